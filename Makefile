@@ -1,0 +1,51 @@
+# xaisparse — the two commands of the README are `make demo` and `make test`.
+# Everything is installed from requirements.lock (a matched torch/torchvision pair) by uv,
+# which resolves from PyPI only (it does not read pip's local wheel folder).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+TOOLS ?= .tools
+PY := $(VENV)/bin/python
+UV := $(TOOLS)/bin/uv
+STAMP := $(VENV)/.xaisparse-installed
+JOBS ?= 2
+
+.PHONY: venv test test-fast demo lock bench study lab clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
+
+$(STAMP): requirements.lock pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	$(PY) -c "import torch, torchvision.ops; print('torch', torch.__version__, '| torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Regenerate the lock file after changing dependencies in pyproject.toml.
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --all-extras -c constraints.txt --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu -o requirements.lock
+
+## The whole test suite (unit, doctests, notebooks, browser when Chromium is present).
+test: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup
+
+## The main job: train a CNN on the embedded digits data until it overfits.
+demo: $(STAMP)
+	$(VENV)/bin/xaisparse demo --out runs/demo
+
+bench: $(STAMP)
+	$(PY) bench/overhead.py
+
+study: $(STAMP)
+	$(PY) studies/replicate.py --out runs/study
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache runs
