@@ -1,0 +1,48 @@
+"""xaisparse: perplexity-based activation sparsity for PyTorch CNNs.
+
+Measure it per layer and channel, watch it rise before the test loss does, penalise it.
+The public names below are imported lazily, so ``import xaisparse`` stays light (it never
+imports ipywidgets or matplotlib; :mod:`xaisparse.widgets` does).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # maths
+    "perplexity": "xaisparse.functional",
+    "perplexity_sparsity": "xaisparse.functional",
+    "zero_fraction": "xaisparse.functional",
+    "hoyer": "xaisparse.functional",
+    "gini": "xaisparse.functional",
+    # streaming, recording, monitoring, penalty
+    "LayerSparsity": "xaisparse.estimators",
+    "ActivationRecorder": "xaisparse.recording",
+    "expose_functional_activations": "xaisparse.recording",
+    "SparsityMonitor": "xaisparse.monitor",
+    "SparsityReport": "xaisparse.monitor",
+    "SparsityPenalty": "xaisparse.penalty",
+    # errors
+    "XaisparseError": "xaisparse._errors",
+    "UnknownLayerError": "xaisparse._errors",
+    "HistoryFormatError": "xaisparse._errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xaisparse' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,236 @@
+"""SparsityMonitor: an activation recorder feeding one streaming estimator per (split, layer)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .estimators import LayerSparsity
+from .recording import ActivationRecorder
+
+__all__ = ["SparsityMonitor", "SparsityReport", "CHANNEL_STATISTICS", "LAYER_STATISTICS"]
+
+#: Per-channel statistics in :attr:`SparsityReport.channels`.
+CHANNEL_STATISTICS = (
+    "spatial_mean",  # mean over samples of the channel's map sparsity (dead maps count as 1)
+    "spatial_std",
+    "dead_fraction",  # share of the channel's maps that were all zero
+    "count",  # finite maps measured
+    "nonfinite",  # maps with NaN/Inf, excluded
+    "lifetime_sparsity",  # sparsity of the channel's spatial means over all samples seen
+    "lifetime_perplexity",
+)
+#: Per-layer statistics in :attr:`SparsityReport.layers`.
+LAYER_STATISTICS = (
+    "spatial_mean",  # mean map sparsity over all channels and samples
+    "dead_fraction",
+    "nonfinite",
+    "channel_mean",  # population sparsity: mean over samples of sparsity across channels
+    "channel_std",
+    "lifetime_mean",  # mean over channels of lifetime sparsity
+    "num_channels",
+    "samples",
+)
+
+
+@dataclass
+class SparsityReport:
+    """What a :class:`SparsityMonitor` measured, as tidy tables plus fixed-bin histograms.
+
+    ``channels``: columns ``split, layer, channel, statistic, value`` (see
+    :data:`CHANNEL_STATISTICS`). ``layers``: ``split, layer, statistic, value`` (see
+    :data:`LAYER_STATISTICS`). ``spatial_hist[(split, layer)]``: ``(channels, bins)`` counts of
+    per-sample map sparsity; ``channel_hist[(split, layer)]``: ``(bins,)`` counts of per-sample
+    population sparsity; both on ``bin_edges``.
+    """
+
+    channels: pd.DataFrame
+    layers: pd.DataFrame
+    spatial_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    channel_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    bin_edges: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 21))
+
+    def layer_value(self, split: str, layer: str, statistic: str = "spatial_mean") -> float:
+        """One layer-level number, e.g. ``report.layer_value("test", "block1.relu")``."""
+        rows = self.layers[
+            (self.layers.split == split) & (self.layers.layer == layer) & (self.layers.statistic == statistic)
+        ]
+        if rows.empty:
+            raise KeyError(f"no {statistic!r} for split={split!r}, layer={layer!r}")
+        return float(rows.value.iloc[0])
+
+
+def _frames(split: str, layer: str, out: dict[str, Tensor]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Per-channel table and per-layer numbers of one estimator's ``compute()`` output."""
+    np_out = {k: v.detach().cpu().numpy() for k, v in out.items()}
+    count = np_out["spatial_count"].astype(np.float64)
+    dead = np_out["spatial_dead"].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dead_fraction = np.where(count > 0, dead / np.maximum(count, 1), np.nan)
+    per_channel = {
+        "spatial_mean": np_out["spatial_mean"],
+        "spatial_std": np_out["spatial_std"],
+        "dead_fraction": dead_fraction,
+        "count": count,
+        "nonfinite": np_out["spatial_nonfinite"].astype(np.float64),
+        "lifetime_sparsity": np_out["sample_sparsity"],
+        "lifetime_perplexity": np_out["sample_perplexity"],
+    }
+    c = len(count)
+    table = pd.DataFrame(
+        {
+            "split": split,
+            "layer": layer,
+            "channel": np.tile(np.arange(c), len(per_channel)),
+            "statistic": np.repeat(list(per_channel), c),
+            "value": np.concatenate([np.asarray(v, dtype=np.float64) for v in per_channel.values()]),
+        }
+    )
+    total = count.sum()
+    lifetime = np_out["sample_sparsity"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spatial_mean = float((np_out["spatial_mean"] * count)[count > 0].sum() / total) if total else np.nan
+        layer = {
+            "spatial_mean": spatial_mean,
+            "dead_fraction": float(dead.sum() / total) if total else np.nan,
+            "nonfinite": float(np_out["spatial_nonfinite"].sum() + np_out["channel_nonfinite"]),
+            "channel_mean": float(np_out["channel_mean"]),
+            "channel_std": float(np_out["channel_std"]),
+            "lifetime_mean": float(np.nanmean(lifetime)) if np.isfinite(lifetime).any() else np.nan,
+            "num_channels": float(c),
+            "samples": float(np_out["sample_count"].max(initial=0)),
+        }
+    return table, layer
+
+
+class SparsityMonitor:
+    """Measure activation sparsity of selected layers, per data split, while a model runs.
+
+    ``layers`` takes any selector of :class:`~xaisparse.recording.ActivationRecorder`
+    (default: the activation outputs of the conv blocks). Statistics stream into one
+    :class:`~xaisparse.estimators.LayerSparsity` per ``(split, layer)`` on the activations'
+    device; nothing is stored across batches but fixed-size sums and histograms.
+
+    >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    >>> monitor = SparsityMonitor(model, bins=10)
+    >>> with monitor.track(split="test"), torch.no_grad():
+    ...     for batch in torch.randn(3, 5, 1, 8, 8):
+    ...         _ = model(batch)
+    >>> report = monitor.compute()
+    >>> sorted(report.layers.layer.unique()), report.spatial_hist[("test", "1")].shape
+    (['1'], (4, 10))
+    >>> int(report.layer_value("test", "1", "samples"))
+    15
+    """
+
+    def __init__(self, model: nn.Module, layers: object = None, *, bins: int = 20) -> None:
+        if not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins must be a positive int, got {bins!r}")
+        self.bins = bins
+        self.recorder = ActivationRecorder(model, layers, callback=self._on_activation)
+        self._split: str | None = None
+        self._estimators: dict[tuple[str, str], LayerSparsity] = {}
+
+    @property
+    def model(self) -> nn.Module:
+        return self.recorder.model
+
+    @property
+    def splits(self) -> list[str]:
+        return list(dict.fromkeys(split for split, _ in self._estimators))
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Recorded call sites, in the order they were first seen."""
+        return list(dict.fromkeys(layer for _, layer in self._estimators))
+
+    @contextmanager
+    def track(self, split: str = "test") -> Iterator[SparsityMonitor]:
+        """Within this block every forward of the model feeds the estimators of ``split``.
+
+        Hooks are attached on entry and removed on exit (also after an exception) unless the
+        recorder was already attached by the caller.
+        """
+        if not isinstance(split, str) or not split:
+            raise ValueError(f"split must be a non-empty string such as 'train' or 'test', got {split!r}")
+        if self._split is not None:
+            raise RuntimeError(f"already tracking split {self._split!r}; tracking blocks do not nest")
+        attached_here = not self.recorder.attached
+        self.recorder.attach()
+        self._split = split
+        try:
+            yield self
+        finally:
+            self._split = None
+            if attached_here:
+                self.recorder.detach()
+
+    def _on_activation(self, name: str, x: Tensor) -> None:
+        if self._split is None:
+            return
+        key = (self._split, name)
+        est = self._estimators.get(key)
+        if est is None:
+            if x.dim() < 2:
+                raise ValueError(f"layer {name!r} produced a tensor of shape {tuple(x.shape)}; expected (N, C, ...)")
+            est = LayerSparsity(int(x.shape[1]), bins=self.bins).to(x.device)
+            self._estimators[key] = est
+        est.update(x)
+
+    def compute(self) -> SparsityReport:
+        """Tidy tables and histograms of everything measured since the last :meth:`reset`."""
+        if not self._estimators:
+            warnings.warn(
+                "SparsityMonitor.compute() called before any activation was recorded: run the model "
+                "inside `with monitor.track(split=...)` first; returning an empty report",
+                UserWarning,
+                stacklevel=2,
+            )
+        tables, rows = [], []
+        spatial_hist, channel_hist = {}, {}
+        for (split, layer), est in self._estimators.items():
+            out = est.compute()
+            table, layer_stats = _frames(split, layer, out)
+            tables.append(table)
+            rows.extend({"split": split, "layer": layer, "statistic": k, "value": v} for k, v in layer_stats.items())
+            spatial_hist[(split, layer)] = out["spatial_hist"].cpu().numpy()
+            channel_hist[(split, layer)] = out["channel_hist"].cpu().numpy()
+        channel_cols = ["split", "layer", "channel", "statistic", "value"]
+        channels = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=channel_cols)
+        layers = pd.DataFrame(rows, columns=["split", "layer", "statistic", "value"])
+        return SparsityReport(
+            channels=channels,
+            layers=layers,
+            spatial_hist=spatial_hist,
+            channel_hist=channel_hist,
+            bin_edges=np.linspace(0.0, 1.0, self.bins + 1),
+        )
+
+    def reset(self, split: str | None = None) -> None:
+        """Forget what was measured (for one split, or all)."""
+        for key in [k for k in self._estimators if split is None or k[0] == split]:
+            del self._estimators[key]
+
+    def estimator(self, split: str, layer: str) -> LayerSparsity:
+        """The streaming estimator of one split and layer (for merging or DDP)."""
+        try:
+            return self._estimators[(split, layer)]
+        except KeyError:
+            raise KeyError(
+                f"no estimator for split={split!r}, layer={layer!r}; measured: {sorted(self._estimators)}"
+            ) from None
+
+    def to(self, device: torch.device | str) -> SparsityMonitor:
+        for est in self._estimators.values():
+            est.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return f"SparsityMonitor(layers={self.recorder.modules}, bins={self.bins}, splits={self.splits})"

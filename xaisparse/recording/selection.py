@@ -1,0 +1,181 @@
+"""Choosing which modules of a model to record: names, globs, module types, predicates.
+
+Selection is pure: it reads ``model.named_modules()`` and returns module names; it
+registers nothing and changes nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from typing import Union
+
+from torch import nn
+
+from xaisparse._errors import UnknownLayerError, closest
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "CONV_TYPES",
+    "LayerSelector",
+    "default_activation_layers",
+    "select_layers",
+]
+
+#: Element-wise activation modules that the default selection looks for.
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU,
+    nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid,
+    nn.LogSigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Threshold,
+)
+
+#: Convolutions: an activation that follows one of these is a feature-extraction activation.
+CONV_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+)
+
+#: Other weighted layers: an activation that follows one of these is not selected by default.
+_OTHER_WEIGHTED: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Bilinear, nn.RNNBase, nn.MultiheadAttention, nn.Embedding,
+)
+
+_Single = Union[str, type, nn.Module, Callable[[str, nn.Module], bool]]
+#: What ``layers=`` accepts: one selector or a list/tuple of them (their union).
+LayerSelector = Union[_Single, Sequence[_Single], None]
+
+_GLOB_CHARS = "*?["
+
+
+def _short(names: Sequence[str], n: int = 12) -> str:
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    # The root (name "") is never a candidate: it is the model, not a layer of it.
+    return [(name, mod) for name, mod in model.named_modules() if name]
+
+
+def default_activation_layers(model: nn.Module) -> list[str]:
+    """Names of the activation modules of the feature-extraction (convolutional) part.
+
+    Rule: walk ``model.named_modules()`` in registration order, remembering whether the last
+    weighted layer seen was a convolution (``nn.Conv1d/2d/3d`` and transposed) or another
+    weighted layer (``nn.Linear``, ...). Every activation module (see ``ACTIVATION_TYPES``)
+    whose last weighted predecessor is a convolution is selected. This picks the ReLUs of
+    ``features`` in VGG but not those of ``classifier``, and the stem and block ReLUs of a
+    ResNet. The rule relies on registration order following the data flow, as it does in
+    torchvision and in most hand-written models.
+
+    Raises ``ValueError`` when nothing is found; in particular when the model has
+    convolutions but applies its activations as functions (``F.relu``), which leaves
+    nothing to hook.
+
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 4), nn.ReLU())
+    >>> default_activation_layers(net)
+    ['1']
+    """
+    last: str | None = None
+    n_conv = 0
+    found: list[str] = []
+    for name, mod in _candidates(model):
+        if isinstance(mod, CONV_TYPES):
+            last, n_conv = "conv", n_conv + 1
+        elif isinstance(mod, _OTHER_WEIGHTED):
+            last = "other"
+        elif isinstance(mod, ACTIVATION_TYPES) and last == "conv":
+            found.append(name)
+    if found:
+        return found
+    if n_conv == 0:
+        raise ValueError(
+            f"the default layer selection records activation modules that follow convolution "
+            f"layers, but {type(model).__name__} has no Conv1d/Conv2d/Conv3d layer; pass "
+            f"layers=... explicitly (a name, a glob such as 'features.*', a module type such as "
+            f"nn.ReLU, or a predicate)"
+        )
+    raise ValueError(
+        f"{type(model).__name__} has {n_conv} convolution layer(s) but no activation module "
+        f"(nn.ReLU, nn.GELU, ...) registered after one; its activations are probably functional "
+        f"calls (F.relu, torch.relu, x.relu()), which have no module to hook. Either pass "
+        f"layers=nn.Conv2d to record the pre-activation convolution outputs (sparsity then uses "
+        f"|a|), or call expose_functional_activations(model) and build the recorder on the "
+        f"returned GraphModule."
+    )
+
+
+def _match_one(
+    sel: object, cands: list[tuple[str, nn.Module]], model: nn.Module
+) -> list[str]:
+    names = [n for n, _ in cands]
+    if isinstance(sel, str):
+        if sel in names:
+            return [sel]
+        if any(c in sel for c in _GLOB_CHARS):
+            hits = [n for n in names if fnmatch.fnmatchcase(n, sel)]
+            if hits:
+                return hits
+            raise UnknownLayerError(
+                f"the pattern {sel!r} matches no layer of {type(model).__name__}; "
+                f"layers are: {_short(names)}"
+            )
+        raise UnknownLayerError(
+            f"{type(model).__name__} has no layer named {sel!r}; closest valid names: "
+            f"{_short(closest(sel, names))}"
+        )
+    if isinstance(sel, nn.Module):
+        hits = [n for n, m in cands if m is sel]
+        if not hits:
+            raise UnknownLayerError(
+                f"the module {type(sel).__name__} passed in layers= is not a submodule of "
+                f"{type(model).__name__}"
+            )
+        return hits
+    if isinstance(sel, type):
+        if not issubclass(sel, nn.Module):
+            raise TypeError(f"a type in layers= must be an nn.Module subclass, got {sel!r}")
+        return [n for n, m in cands if isinstance(m, sel)]
+    if callable(sel):
+        return [n for n, m in cands if sel(n, m)]
+    raise TypeError(
+        "layers= expects None, a module name or glob (str), an nn.Module subclass, an "
+        "nn.Module instance, a predicate f(name, module) -> bool, or a list/tuple of these; "
+        f"got {type(sel).__name__}: {sel!r}"
+    )
+
+
+def select_layers(model: nn.Module, layers: LayerSelector = None) -> list[str]:
+    """Names of the modules of ``model`` chosen by ``layers``, in registration order.
+
+    ``layers`` is ``None`` (``default_activation_layers``), an exact module name, a glob
+    (``"features.*"``, ``fnmatch`` rules, case-sensitive), an ``nn.Module`` subclass, an
+    ``nn.Module`` instance (matched by identity), a predicate ``f(name, module) -> bool``, or a
+    list/tuple of these (their union). The root module itself is never selected.
+
+    Errors: an exact name or glob that matches nothing raises ``UnknownLayerError`` (a
+    ``ValueError``) with the closest valid names; a selection that matches nothing at all
+    raises ``ValueError``; a selector of an unsupported kind raises ``TypeError``.
+
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.ReLU())
+    >>> select_layers(net, nn.Conv2d)
+    ['0', '2']
+    >>> select_layers(net, ["3", lambda name, m: name == "0"])
+    ['0', '3']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if layers is None:
+        return default_activation_layers(model)
+    cands = _candidates(model)
+    selectors = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    chosen: set[str] = set()
+    for sel in selectors:
+        chosen.update(_match_one(sel, cands, model))
+    if not chosen:
+        raise ValueError(
+            f"layers={layers!r} selects no layer of {type(model).__name__}; layers are: "
+            f"{_short([f'{n} ({type(m).__name__})' for n, m in cands])}"
+        )
+    return [n for n, _ in cands if n in chosen]
