@@ -1,4 +1,4 @@
-"""Streaming per-layer sparsity estimator with fixed-size, mergeable state (a torchmetrics Metric)."""
+"""Streaming per-layer sparsity estimator with fixed-size, sum-mergeable state."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import warnings
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from ..functional.perplexity import _check_float, perplexity, sparsity_from_perplexity, xlogx
+from .state import SumState
 
 __all__ = ["LayerSparsity"]
 
@@ -18,10 +18,11 @@ def _hist_index(s: Tensor, bins: int) -> Tensor:
     return (torch.nan_to_num(s, nan=0.0) * bins).long().clamp_(0, bins - 1)
 
 
-class LayerSparsity(Metric):
+class LayerSparsity(SumState):
     """Streaming sparsity statistics of one layer's activations, one batch at a time.
 
-    State is fixed-size and sum-reducible (so ``merge_state`` and DDP sync are exact):
+    State is fixed-size and sum-reducible (so ``merge_state`` and the DDP sync in ``compute``
+    are exact):
 
     * ``spatial`` axis, per channel: fixed-bin histogram of the per-sample map sparsity,
       sum and sum of squares (mean, std), count, dead maps, non-finite maps;
@@ -50,12 +51,8 @@ class LayerSparsity(Metric):
     tensor(True)
     """
 
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = None
-
-    def __init__(self, num_channels: int, bins: int = 20, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, num_channels: int, bins: int = 20) -> None:
+        super().__init__()
         if not isinstance(num_channels, int) or num_channels < 1:
             raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
         if not isinstance(bins, int) or bins < 1:
@@ -82,7 +79,7 @@ class LayerSparsity(Metric):
             ("sample_n", (c,), i64),
             ("sample_nonfinite", (c,), i64),
         ]:
-            self.add_state(name, default=torch.zeros(shape, dtype=dtype), dist_reduce_fx="sum")
+            self.add_state(name, torch.zeros(shape, dtype=dtype))
 
     @property
     def bin_edges(self) -> Tensor:

@@ -1,0 +1,128 @@
+"""A small base for streaming estimators whose state is fixed-size and sum-reducible.
+
+It follows torchmetrics' ``Metric`` protocol (``add_state`` / ``update`` / ``compute`` /
+``reset`` / ``merge_state``, automatic DDP sync in ``compute``) for the one kind of state we
+need: tensors that merge by addition. We do not subclass torchmetrics itself because importing
+it imports matplotlib and torchvision (tens of seconds on a small machine), and
+``import xaisparse`` must stay light.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SumState"]
+
+
+class SumState(nn.Module):
+    """Streaming estimator base: states are buffers (saved in ``state_dict``, moved by ``.to``)
+    that merge across chunks and ranks by summation.
+
+    Subclasses call :meth:`add_state` in ``__init__`` and implement ``update`` and ``compute``.
+    ``compute`` warns when called before any ``update`` and, inside an initialised
+    ``torch.distributed`` process group, first sums the states over all ranks (the local
+    states are restored afterwards, so updates can go on).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._defaults: dict[str, Tensor] = {}
+        self._update_count = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "update" in cls.__dict__:
+            cls.update = _counted(cls.__dict__["update"])  # type: ignore[method-assign]
+        if "compute" in cls.__dict__:
+            cls.compute = _synced(cls.__dict__["compute"])  # type: ignore[method-assign]
+
+    def add_state(self, name: str, default: Tensor) -> None:
+        """Register a sum-reducible tensor state with its reset value."""
+        self._defaults[name] = default.detach().clone()
+        self.register_buffer(name, default.detach().clone(), persistent=True)
+
+    @property
+    def update_count(self) -> int:
+        return self._update_count
+
+    def sync(self) -> dict[str, Tensor] | None:
+        """Sum every state over the ranks of the default process group (no-op outside DDP).
+
+        Returns the local states it replaced (``compute`` restores them), or None.
+        """
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return None
+        local = {name: getattr(self, name).clone() for name in self._defaults}
+        for name in self._defaults:
+            reduced = getattr(self, name).clone()
+            dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+            setattr(self, name, reduced)
+        return local
+
+    def reset(self) -> None:
+        """Back to the empty state."""
+        for name, default in self._defaults.items():
+            setattr(self, name, default.to(getattr(self, name).device).clone())
+        self._update_count = 0
+
+    def merge_state(self, other: SumState | dict[str, Tensor]) -> None:
+        """Add another estimator's state (same class and shapes) or a state dict to this one."""
+        if isinstance(other, SumState):
+            if type(other) is not type(self):
+                raise TypeError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
+            states, count = {name: getattr(other, name) for name in other._defaults}, other._update_count
+        elif isinstance(other, dict):
+            states, count = other, 1
+        else:
+            raise TypeError(f"merge_state expects a {type(self).__name__} or a dict of tensors, got {type(other).__name__}")
+        for name in self._defaults:
+            if name not in states:
+                raise KeyError(f"state {name!r} missing from the merged state; got {sorted(states)}")
+            mine, theirs = getattr(self, name), states[name]
+            if mine.shape != theirs.shape:
+                raise ValueError(f"cannot merge state {name!r}: shape {tuple(theirs.shape)} into {tuple(mine.shape)}")
+            mine += theirs.to(mine.device, mine.dtype)
+        self._update_count += count
+
+    def metric_state(self) -> dict[str, Tensor]:
+        """The current states by name."""
+        return {name: getattr(self, name) for name in self._defaults}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._update_count = max(self._update_count, 1)  # loaded state counts as data seen
+
+
+def _counted(update: Any) -> Any:
+    @functools.wraps(update)
+    def wrapped(self: SumState, *args: Any, **kwargs: Any) -> None:
+        self._update_count += 1
+        return update(self, *args, **kwargs)
+
+    return wrapped
+
+
+def _synced(compute: Any) -> Any:
+    @functools.wraps(compute)
+    def wrapped(self: SumState, *args: Any, **kwargs: Any) -> Any:
+        if self._update_count == 0:
+            warnings.warn(
+                f"{type(self).__name__}.compute() was called before any update(): no data seen; "
+                "statistics are empty (NaN means, zero counts)",
+                UserWarning,
+                stacklevel=2,
+            )
+        local = self.sync()
+        try:
+            return compute(self, *args, **kwargs)
+        finally:
+            for name, value in (local or {}).items():
+                setattr(self, name, value)
+
+    return wrapped
