@@ -1,0 +1,418 @@
+"""Tests of xaisparse.data: the embedded digits and the torchvision loaders on generated files.
+
+The torchvision tests write small files in each dataset's real on-disk format and read them
+back through the real torchvision classes. CIFAR and SVHN files are md5-checked by
+torchvision; the tests compute the md5 of the files they write and monkeypatch the class's
+checksum table (test only: the library uses the classes unchanged, and the check still runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets as tvd
+
+from xaisparse.data import (
+    DATASET_NAMES,
+    DatasetIntegrityError,
+    DatasetNotFoundError,
+    DatasetSplit,
+    load_dataset,
+    load_digits_dataset,
+    load_torchvision_dataset,
+    make_loaders,
+    probe_subset,
+)
+
+# --------------------------------------------------------------------------- digits
+
+
+@pytest.fixture(scope="module")
+def digits() -> DatasetSplit:
+    return load_digits_dataset()
+
+
+def _xy(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = dataset.tensors
+    return x, y
+
+
+def test_digits_shapes_dtypes_and_sizes(digits: DatasetSplit) -> None:
+    x_train, y_train = _xy(digits.train)
+    x_test, y_test = _xy(digits.test)
+    assert x_train.shape == (1257, 1, 16, 16) and x_test.shape == (540, 1, 16, 16)
+    assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
+    assert (digits.num_classes, digits.in_channels, digits.image_size, digits.name) == (10, 1, 16, "digits")
+    assert set(y_train.tolist()) == set(range(10)) == set(y_test.tolist())
+    json.dumps(digits.info)  # JSON-serialisable
+    assert digits.info["n_train"] == 1257 and digits.info["n_test"] == 540
+    assert digits.info["flipped_count"] == 0 and len(digits.flipped_indices) == 0
+
+
+def test_digits_stratified_class_balance(digits: DatasetSplit) -> None:
+    from sklearn.datasets import load_digits
+
+    overall = np.bincount(load_digits().target, minlength=10) / 1797
+    for ds in (digits.train, digits.test):
+        y = _xy(ds)[1].numpy()
+        share = np.bincount(y, minlength=10) / len(y)
+        assert np.abs(share - overall).max() < 0.01
+
+
+def test_digits_train_normalised_and_test_uses_train_stats(digits: DatasetSplit) -> None:
+    x_train, x_test = _xy(digits.train)[0], _xy(digits.test)[0]
+    assert abs(float(x_train.mean())) < 1e-4
+    assert abs(float(x_train.std()) - 1.0) < 1e-4
+    raw = load_digits_dataset(normalize=False)
+    mean, std = digits.info["mean"][0], digits.info["std"][0]
+    torch.testing.assert_close(x_test, (_xy(raw.test)[0] - mean) / std)
+    x_raw = _xy(raw.train)[0]
+    assert float(x_raw.min()) >= 0.0 and float(x_raw.max()) <= 1.0
+
+
+def test_digits_upsampling_is_bilinear_and_size8_is_raw() -> None:
+    from sklearn.datasets import load_digits
+
+    small = load_digits_dataset(size=8, normalize=False)
+    big = load_digits_dataset(size=24, normalize=False)
+    x8 = _xy(small.train)[0]
+    images = load_digits().images / 16.0
+    # each 8x8 image is one of the raw images (sorted split indices keep dataset order)
+    assert any(np.allclose(x8[0, 0].numpy(), img) for img in images[:5])
+    expected = torch.nn.functional.interpolate(x8, size=(24, 24), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(_xy(big.train)[0], expected)
+
+
+def test_digits_deterministic_and_seed_dependent(digits: DatasetSplit) -> None:
+    again = load_digits_dataset()
+    for a, b in ((digits.train, again.train), (digits.test, again.test)):
+        assert torch.equal(_xy(a)[0], _xy(b)[0]) and torch.equal(_xy(a)[1], _xy(b)[1])
+    other = load_digits_dataset(seed=1)
+    assert not torch.equal(_xy(digits.test)[0], _xy(other.test)[0])
+
+
+def test_digits_train_subset_stratified_and_seeded() -> None:
+    sub = load_digits_dataset(train_subset=200, seed=3)
+    y = _xy(sub.train)[1]
+    assert len(sub.train) == 200 and sub.info["n_train"] == 200
+    assert np.bincount(y.numpy(), minlength=10).min() >= 19  # ~20 per class
+    assert len(sub.test) == 540  # the test set is not reduced
+    again = load_digits_dataset(train_subset=200, seed=3)
+    assert torch.equal(_xy(sub.train)[0], _xy(again.train)[0])
+    # the kept samples are a subset of the full train split with the same seed
+    full = _xy(load_digits_dataset(seed=3, normalize=False).train)[0].flatten(1)
+    kept = _xy(load_digits_dataset(train_subset=200, seed=3, normalize=False).train)[0].flatten(1)
+    assert all(bool((full == row).all(dim=1).any()) for row in kept[:20])
+
+
+@pytest.mark.parametrize("noise", [0.1, 0.35])
+def test_digits_label_noise_exact_fraction_and_only_train(noise: float) -> None:
+    clean = load_digits_dataset(train_subset=300)
+    noisy = load_digits_dataset(train_subset=300, label_noise=noise)
+    y_clean, y_noisy = _xy(clean.train)[1], _xy(noisy.train)[1]
+    expected = int(np.floor(noise * 300 + 0.5))
+    changed = torch.nonzero(y_clean != y_noisy).flatten()
+    assert len(changed) == expected == noisy.info["flipped_count"]
+    assert torch.equal(changed, noisy.flipped_indices)
+    assert torch.equal(noisy.clean_train_targets, y_clean)
+    assert bool((y_noisy[changed] != y_clean[changed]).all())
+    assert int(y_noisy.min()) >= 0 and int(y_noisy.max()) <= 9
+    # same samples, untouched test labels
+    assert torch.equal(_xy(clean.train)[0], _xy(noisy.train)[0])
+    assert torch.equal(_xy(clean.test)[1], _xy(noisy.test)[1])
+    # seeded
+    assert torch.equal(y_noisy, _xy(load_digits_dataset(train_subset=300, label_noise=noise).train)[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "fragments"),
+    [
+        ({"size": 4}, ValueError, ["size", ">= 8", "4"]),
+        ({"size": 16.0}, TypeError, ["size", "int", "float"]),
+        ({"test_fraction": 1.0}, ValueError, ["test_fraction", "(0, 1)", "1.0"]),
+        ({"test_fraction": 0.001}, ValueError, ["test_fraction", "stratified"]),
+        ({"test_fraction": "0.3"}, TypeError, ["test_fraction", "float", "str"]),
+        ({"seed": -1}, ValueError, ["seed", ">= 0", "-1"]),
+        ({"train_subset": 0}, ValueError, ["train_subset", ">= 1", "0"]),
+        ({"train_subset": 5000}, ValueError, ["train_subset", "<= 1257", "5000"]),
+        ({"train_subset": 10.5}, TypeError, ["train_subset", "int", "float"]),
+        ({"label_noise": 1.0}, ValueError, ["label_noise", "[0, 1)", "1.0"]),
+        ({"label_noise": -0.1}, ValueError, ["label_noise", "[0, 1)"]),
+        ({"label_noise": float("nan")}, ValueError, ["label_noise", "nan"]),
+        ({"normalize": 1}, TypeError, ["normalize", "bool", "int"]),
+    ],
+)
+def test_digits_bad_arguments(kwargs: dict, exc: type, fragments: list[str]) -> None:
+    with pytest.raises(exc) as info:
+        load_digits_dataset(**kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+# --------------------------------------------------------------------------- loaders / probes / dispatch
+
+
+def test_make_loaders_seeded_shuffle_and_unshuffled_test(digits: DatasetSplit) -> None:
+    tr1, te1 = make_loaders(digits, batch_size=64, seed=5)
+    tr2, _ = make_loaders(digits, batch_size=64, seed=5)
+    tr3, _ = make_loaders(digits, batch_size=64, seed=6)
+    b1, b2, b3 = next(iter(tr1))[1], next(iter(tr2))[1], next(iter(tr3))[1]
+    assert torch.equal(b1, b2) and not torch.equal(b1, b3)
+    x, y = next(iter(te1))
+    assert x.shape == (64, 1, 16, 16)
+    assert torch.equal(y, _xy(digits.test)[1][:64])
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        make_loaders(digits, batch_size=0)
+    with pytest.raises(TypeError, match="DatasetSplit"):
+        make_loaders(digits.train)  # type: ignore[arg-type]
+
+
+def test_probe_subset_fixed_and_bounded(digits: DatasetSplit) -> None:
+    p1, p2 = probe_subset(digits.train, 100, seed=0), probe_subset(digits.train, 100, seed=0)
+    assert len(p1) == 100 and p1.indices == p2.indices
+    assert p1.indices != probe_subset(digits.train, 100, seed=1).indices
+    assert p1.indices == sorted(p1.indices)
+    assert torch.equal(p1.targets, _xy(digits.train)[1][p1.indices])
+    assert len(probe_subset(digits.test, 10_000)) == len(digits.test)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        probe_subset(digits.train, 0)
+
+
+def test_load_dataset_dispatch_and_errors() -> None:
+    assert load_dataset().name == "digits"
+    assert load_dataset("Digits", size=8).image_size == 8
+    with pytest.raises(ValueError) as info:
+        load_dataset("imagenet")
+    for name in DATASET_NAMES:
+        assert name in str(info.value)
+    with pytest.raises(TypeError, match="augment"):
+        load_dataset("digits", augment=True)
+
+
+# --------------------------------------------------------------------------- torchvision files
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _pickle(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def _images(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 20) -> dict[str, np.ndarray]:
+    """Five train batches + test batch + meta in cifar-10-batches-py; returns HWC images/labels."""
+    rng = np.random.default_rng(0)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    out: dict[str, list] = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        x = _images(rng, per_batch, (3, 32, 32))
+        y = rng.integers(0, 10, size=len(x)).tolist()
+        _pickle(base / name, {"batch_label": name, "data": x.reshape(len(x), -1), "labels": y, "filenames": []})
+        split = "test" if name == "test_batch" else "train"
+        out[f"{split}_x"].append(x.transpose(0, 2, 3, 1))
+        out[f"{split}_y"].extend(y)
+    _pickle(base / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
+    monkeypatch.setattr(
+        tvd.CIFAR10, "train_list", [[f"data_batch_{i}", _md5(base / f"data_batch_{i}")] for i in range(1, 6)]
+    )
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", _md5(base / "test_batch")]])
+    monkeypatch.setattr(
+        tvd.CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": _md5(base / "batches.meta")}
+    )
+    return {k: np.concatenate(v) if k.endswith("x") else np.array(v) for k, v in out.items()}
+
+
+def write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    out = {}
+    for name, n in (("train", 200), ("test", 30)):
+        x = _images(rng, n, (3, 32, 32))
+        fine = rng.integers(0, 100, size=n).tolist()
+        fine[:100] = list(range(100)) if name == "train" else fine[:100]
+        _pickle(base / name, {"data": x.reshape(n, -1), "fine_labels": fine, "coarse_labels": [f // 5 for f in fine]})
+        out[f"{name}_x"], out[f"{name}_y"] = x.transpose(0, 2, 3, 1), np.array(fine)
+    _pickle(base / "meta", {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": []})
+    monkeypatch.setattr(tvd.CIFAR100, "train_list", [["train", _md5(base / "train")]])
+    monkeypatch.setattr(tvd.CIFAR100, "test_list", [["test", _md5(base / "test")]])
+    monkeypatch.setattr(
+        tvd.CIFAR100, "meta", {"filename": "meta", "key": "fine_label_names", "md5": _md5(base / "meta")}
+    )
+    return out
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX format: magic (0, 0, 0x08 = uint8, ndim), big-endian int32 dims, raw uint8 data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">i", d) for d in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_mnist(root: Path, folder: str) -> dict[str, np.ndarray]:
+    """Uncompressed idx files in <root>/<folder>/raw, what torchvision 0.29 reads."""
+    rng = np.random.default_rng(2)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    out = {}
+    for split, prefix, n in (("train", "train", 40), ("test", "t10k", 15)):
+        x = _images(rng, n, (28, 28))
+        y = np.tile(np.arange(10), n // 10 + 1)[:n].astype(np.uint8)
+        rng.shuffle(y)
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", x)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", y)
+        out[f"{split}_x"], out[f"{split}_y"] = x[..., None], y.astype(np.int64)
+    return out
+
+
+def write_svhn(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray]:
+    """.mat files with X (32, 32, 3, n) uint8 and y (n, 1) in 1..10 (10 is digit 0)."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    split_list = {k: list(v) for k, v in tvd.SVHN.split_list.items()}
+    for split, n in (("train", 30), ("test", 12)):
+        x = _images(rng, n, (32, 32, 3))  # NHWC
+        digits = np.tile(np.arange(10), n // 10 + 1)[:n]
+        path = root / f"{split}_32x32.mat"
+        savemat(path, {"X": x.transpose(1, 2, 3, 0), "y": np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]})
+        split_list[split][2] = _md5(path)
+        out[f"{split}_x"], out[f"{split}_y"] = x, digits.astype(np.int64)
+    monkeypatch.setattr(tvd.SVHN, "split_list", split_list)
+    return out
+
+
+def _unnormalise(x: torch.Tensor, split: DatasetSplit) -> np.ndarray:
+    mean = torch.tensor(split.info["mean"]).view(-1, 1, 1)
+    std = torch.tensor(split.info["std"]).view(-1, 1, 1)
+    return np.rint(((x * std + mean) * 255).permute(1, 2, 0).numpy()).astype(np.int64)
+
+
+WRITERS = {
+    "cifar10": lambda root, mp: write_cifar10(root, mp),
+    "cifar100": lambda root, mp: write_cifar100(root, mp),
+    "mnist": lambda root, mp: write_mnist(root, "MNIST"),
+    "fashion_mnist": lambda root, mp: write_mnist(root, "FashionMNIST"),
+    "svhn": lambda root, mp: write_svhn(root, mp),
+}
+GEOMETRY = {  # num_classes, in_channels, size
+    "cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "mnist": (10, 1, 28),
+    "fashion_mnist": (10, 1, 28), "svhn": (10, 3, 32),
+}
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_torchvision_loader_reads_real_format(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written = WRITERS[name](tmp_path, monkeypatch)
+    split = load_torchvision_dataset(name, tmp_path)
+    assert (split.num_classes, split.in_channels, split.image_size) == GEOMETRY[name]
+    assert split.name == name and len(split.train) == len(written["train_y"])
+    assert len(split.test) == len(written["test_y"])
+    json.dumps(split.info)
+    for part in ("train", "test"):
+        ds = getattr(split, part)
+        for i in (0, len(ds) - 1):
+            x, y = ds[i]
+            assert x.dtype == torch.float32 and x.shape == (split.in_channels, split.image_size, split.image_size)
+            assert y == written[f"{part}_y"][i]
+            np.testing.assert_array_equal(_unnormalise(x, split), written[f"{part}_x"][i])
+
+
+@pytest.mark.parametrize(
+    ("name", "fragments"),
+    [
+        ("cifar10", ["CIFAR-10", "cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch",
+                     "cifar-10-batches-py/batches.meta"]),
+        ("cifar100", ["CIFAR-100", "cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"]),
+        ("mnist", ["MNIST", "MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"]),
+        ("fashion_mnist", ["Fashion-MNIST", "FashionMNIST/raw/train-images-idx3-ubyte"]),
+        ("svhn", ["SVHN", "train_32x32.mat", "test_32x32.mat"]),
+    ],
+)
+def test_missing_files_error_names_them(name: str, fragments: list[str], tmp_path: Path) -> None:
+    root = tmp_path / "nothing-here"
+    with pytest.raises(FileNotFoundError) as info:
+        load_torchvision_dataset(name, root)
+    assert isinstance(info.value, DatasetNotFoundError)
+    message = str(info.value)
+    for fragment in fragments + [str(root), "download=True"]:
+        assert fragment in message
+
+
+def test_partially_missing_files_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_mnist(tmp_path, "MNIST")
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DatasetNotFoundError, match="missing MNIST/raw/t10k-labels-idx1-ubyte \\(expected"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_corrupt_files_give_integrity_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_svhn(tmp_path, monkeypatch)
+    with open(tmp_path / "train_32x32.mat", "ab") as f:
+        f.write(b"junk")  # md5 no longer matches
+    with pytest.raises(DatasetIntegrityError, match="md5"):
+        load_torchvision_dataset("svhn", tmp_path)
+
+
+def test_download_flag_is_passed_to_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_download(self) -> None:  # what download=True would do, without internet
+        calls.append(type(self).__name__)
+        if not (tmp_path / "FashionMNIST").exists():
+            write_mnist(tmp_path, "FashionMNIST")
+
+    monkeypatch.setattr(tvd.FashionMNIST, "download", fake_download)
+    split = load_dataset("fashion-mnist", tmp_path, download=True)
+    assert calls == ["FashionMNIST", "FashionMNIST"] and len(split.train) == 40
+
+
+def test_torchvision_subset_noise_resize_augment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written = write_cifar10(tmp_path, monkeypatch, per_batch=50)  # 250 train samples
+    clean = load_torchvision_dataset("cifar10", tmp_path, train_subset=50, seed=1)
+    noisy = load_torchvision_dataset("cifar10", tmp_path, train_subset=50, seed=1, label_noise=0.2)
+    assert len(clean.train) == len(noisy.train) == 50
+    assert clean.train.indices == sorted(clean.train.indices)
+    y_clean = torch.tensor([int(y) for y in clean.clean_train_targets])
+    assert y_clean.tolist() == [int(written["train_y"][i]) for i in clean.train.indices]
+    y_noisy = torch.tensor([noisy.train[i][1] for i in range(50)])
+    changed = torch.nonzero(y_noisy != y_clean).flatten()
+    assert len(changed) == 10 == noisy.info["flipped_count"]
+    assert torch.equal(changed, noisy.flipped_indices)
+    assert torch.equal(noisy.train[3][0], clean.train[3][0])  # same samples
+    assert [noisy.test[i][1] for i in range(5)] == written["test_y"][:5].tolist()
+
+    small = load_torchvision_dataset("cifar10", tmp_path, size=16, augment=True)
+    assert small.image_size == 16 and small.train[0][0].shape == (3, 16, 16)
+    assert small.test[0][0].shape == (3, 16, 16)
+    assert small.info["augment"] is True
+    with pytest.raises(ValueError, match="train_subset must be <= .*250.*, got 999"):
+        load_torchvision_dataset("cifar10", tmp_path, train_subset=999)
+
+
+def test_torchvision_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="valid names"):
+        load_torchvision_dataset("imagenet", tmp_path)
+    with pytest.raises(ValueError, match="handles cifar10"):
+        load_torchvision_dataset("digits", tmp_path)
+    with pytest.raises(TypeError, match="root must be a str or path"):
+        load_torchvision_dataset("mnist", 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="label_noise"):
+        load_torchvision_dataset("mnist", tmp_path, label_noise=2.0)
+    with pytest.raises(TypeError, match="download must be a bool"):
+        load_torchvision_dataset("mnist", tmp_path, download="yes")  # type: ignore[arg-type]
