@@ -26,6 +26,17 @@ _EXPORTS: dict[str, str] = {
     "SparsityMonitor": "xaisparse.monitor",
     "SparsityReport": "xaisparse.monitor",
     "SparsityPenalty": "xaisparse.penalty",
+    # runs: data, models, training, history, detection
+    "History": "xaisparse.history",
+    "load_runs": "xaisparse.history",
+    "load_dataset": "xaisparse.data",
+    "load_digits_dataset": "xaisparse.data",
+    "build_model": "xaisparse.models",
+    "SmallCNN": "xaisparse.models",
+    "fit": "xaisparse.train",
+    "OverfitDetector": "xaisparse.detect",
+    "DetectionResult": "xaisparse.detect",
+    "evaluate": "xaisparse.detect",
     # errors
     "XaisparseError": "xaisparse._errors",
     "UnknownLayerError": "xaisparse._errors",
