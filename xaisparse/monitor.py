@@ -79,7 +79,8 @@ def _frames(split: str, layer: str, out: dict[str, Tensor]) -> tuple[pd.DataFram
         "spatial_std": np_out["spatial_std"],
         "dead_fraction": dead_fraction,
         "count": count,
-        "nonfinite": np_out["spatial_nonfinite"].astype(np.float64),
+        # maps with NaN/Inf; counted on every layer (also 1x1 maps, where spatial is skipped)
+        "nonfinite": np_out["sample_nonfinite"].astype(np.float64),
         "lifetime_sparsity": np_out["sample_sparsity"],
         "lifetime_perplexity": np_out["sample_perplexity"],
     }
@@ -100,7 +101,7 @@ def _frames(split: str, layer: str, out: dict[str, Tensor]) -> tuple[pd.DataFram
         layer = {
             "spatial_mean": spatial_mean,
             "dead_fraction": float(dead.sum() / total) if total else np.nan,
-            "nonfinite": float(np_out["spatial_nonfinite"].sum() + np_out["channel_nonfinite"]),
+            "nonfinite": float(np_out["sample_nonfinite"].sum()),  # non-finite maps, like per channel
             "channel_mean": float(np_out["channel_mean"]),
             "channel_std": float(np_out["channel_std"]),
             "lifetime_mean": float(np.nanmean(lifetime)) if np.isfinite(lifetime).any() else np.nan,

@@ -7,15 +7,28 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..functional.perplexity import _check_float, perplexity, sparsity_from_perplexity, xlogx
+from ..functional.perplexity import _check_float, _entropy_nonneg, sparsity_from_perplexity
 from .state import SumState
 
 __all__ = ["LayerSparsity"]
 
 
+def _hist_edges(bins: int, device: torch.device | str | None = None) -> Tensor:
+    """The ``bins + 1`` edges on ``[0, 1]``, bit-identical to ``np.linspace(0, 1, bins + 1)``."""
+    edges = torch.arange(bins + 1, dtype=torch.float64, device=device) * (1.0 / bins)
+    edges[-1] = 1.0
+    return edges
+
+
 def _hist_index(s: Tensor, bins: int) -> Tensor:
-    """Bin of each sparsity value in ``[0, 1]`` for ``bins`` equal bins (1.0 falls in the last)."""
-    return (torch.nan_to_num(s, nan=0.0) * bins).long().clamp_(0, bins - 1)
+    """Bin of each sparsity value in ``[0, 1]``: ``[e_i, e_{i+1})`` on :func:`_hist_edges`, 1.0 in the last.
+
+    This is ``np.histogram``'s rule on the same edges. A bare ``floor(s * bins)`` disagrees with
+    it (and with the published ``bin_edges``) for values within an ulp or two of an inner edge,
+    e.g. ``s = 0.3`` with 10 bins.
+    """
+    s = torch.nan_to_num(s, nan=0.0).to(torch.float64)
+    return (torch.bucketize(s, _hist_edges(bins, s.device), right=True) - 1).clamp_(0, bins - 1)
 
 
 class LayerSparsity(SumState):
@@ -84,7 +97,7 @@ class LayerSparsity(SumState):
     @property
     def bin_edges(self) -> Tensor:
         """The ``bins + 1`` fixed histogram edges on ``[0, 1]``."""
-        return torch.linspace(0.0, 1.0, self.bins + 1, dtype=torch.float64)
+        return _hist_edges(self.bins)
 
     def update(self, x: Tensor) -> None:  # type: ignore[override]
         """Add one batch of activations ``(N, C, ...)``. No host synchronisation happens here."""
@@ -93,13 +106,23 @@ class LayerSparsity(SumState):
             raise ValueError(
                 f"expected activations of shape (N, {self.num_channels}, ...), got shape {tuple(x.shape)}"
             )
-        a = x.abs().flatten(2) if x.dim() > 2 else x.abs().unsqueeze(-1)  # (N, C, L)
-        finite = torch.isfinite(a)
-        a = torch.where(finite, a, torch.zeros_like(a))
-        map_ok = finite.all(-1)  # (N, C): map free of NaN/Inf
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # Half precision overflows (a map summing past 65504 reads as inf, i.e. sparsity 1)
+            # and keeps ~3 digits of the sparsity: measure in float32 instead.
+            x = x.float()
+        a = x.abs().flatten(2) if x.dim() > 2 else x.abs().unsqueeze(-1)  # (N, C, L), our own copy
+        # Hot path (runs in a forward hook): one cheap pass each over the big tensor. ``amax``
+        # propagates NaN and Inf, so a map is free of them iff its maximum is finite; the maps
+        # that are not are masked out of every statistic below, so ``total`` may hold NaN/Inf there.
+        if a.shape[-1]:
+            map_ok = torch.isfinite(a.amax(-1))  # (N, C)
+        else:  # zero-size maps: nothing to reduce
+            map_ok = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
+        total = a.sum(-1)  # (N, C)
+        means = torch.where(map_ok, total, 0.0) / max(a.shape[-1], 1)  # (N, C) spatial means of |x|
 
         if a.shape[-1] > 1:
-            self._update_spatial(a, map_ok)
+            self._update_spatial(a, total, map_ok)
         elif not self._warned_spatial:
             self._warned_spatial = True
             warnings.warn(
@@ -109,17 +132,18 @@ class LayerSparsity(SumState):
                 stacklevel=2,
             )
 
-        means = a.mean(-1)  # (N, C) per-channel spatial means of |x|
         self._update_channel(means, map_ok)
         self._update_sample(means, map_ok)
 
-    def _update_spatial(self, a: Tensor, ok: Tensor) -> None:
-        s = sparsity_from_perplexity(perplexity(a, dim=-1), a.shape[-1])  # (N, C)
+    def _update_spatial(self, a: Tensor, total: Tensor, ok: Tensor) -> None:
+        # ``a`` is update()'s private |x|: the entropy may overwrite it.
+        h = _entropy_nonneg(a, total, overwrite=True)
+        s = sparsity_from_perplexity(torch.exp(h), a.shape[-1])  # (N, C)
         s64 = torch.where(ok, s, torch.zeros_like(s)).to(torch.float64)
         self.spatial_sum += s64.sum(0)
         self.spatial_sumsq += (s64 * s64).sum(0)
         self.spatial_count += ok.sum(0)
-        self.spatial_dead += (ok & (a.sum(-1) == 0)).sum(0)
+        self.spatial_dead += (ok & (total == 0)).sum(0)
         self.spatial_nonfinite += (~ok).sum(0)
         idx = _hist_index(s, self.bins) + torch.arange(self.num_channels, device=s.device) * self.bins
         self.spatial_hist.view(-1).scatter_add_(0, idx.flatten(), ok.flatten().long())
@@ -127,7 +151,7 @@ class LayerSparsity(SumState):
     def _update_channel(self, means: Tensor, ok: Tensor) -> None:
         row_ok = ok.all(-1)  # (N,)
         if means.shape[1] > 1:
-            s = sparsity_from_perplexity(perplexity(means, dim=-1), means.shape[1])
+            s = sparsity_from_perplexity(torch.exp(_entropy_nonneg(means)), means.shape[1])
         else:  # one channel: no population sparsity
             s = torch.full(means.shape[:1], float("nan"), dtype=means.dtype, device=means.device)
             row_ok = torch.zeros_like(row_ok)
@@ -142,7 +166,7 @@ class LayerSparsity(SumState):
     def _update_sample(self, means: Tensor, ok: Tensor) -> None:
         m = torch.where(ok, means, torch.zeros_like(means)).to(torch.float64)
         self.sample_S += m.sum(0)
-        self.sample_T += xlogx(m).sum(0)
+        self.sample_T += m.clamp(min=torch.finfo(m.dtype).tiny).log_().mul_(m).sum(0)  # Σ m ln m (0 ln 0 = 0)
         self.sample_n += ok.sum(0)
         self.sample_nonfinite += (~ok).sum(0)
 
@@ -176,7 +200,7 @@ class LayerSparsity(SumState):
 
     def one_shot(self, x: Tensor) -> dict[str, Tensor]:
         """Statistics of ``x`` alone (a fresh estimator, one update): handy for comparisons."""
-        fresh = LayerSparsity(self.num_channels, self.bins)
+        fresh = LayerSparsity(self.num_channels, self.bins).to(x.device)
         fresh.update(x)
         return fresh.compute()
 

@@ -102,8 +102,9 @@ class SumState(nn.Module):
 def _counted(update: Any) -> Any:
     @functools.wraps(update)
     def wrapped(self: SumState, *args: Any, **kwargs: Any) -> None:
-        self._update_count += 1
-        return update(self, *args, **kwargs)
+        out = update(self, *args, **kwargs)
+        self._update_count += 1  # only updates that went through count as data seen
+        return out
 
     return wrapped
 
@@ -118,10 +119,14 @@ def _synced(compute: Any) -> Any:
                 UserWarning,
                 stacklevel=2,
             )
+        if getattr(self, "_in_compute", False):  # a subclass calling super().compute(): sync once
+            return compute(self, *args, **kwargs)
         local = self.sync()
+        self._in_compute = True
         try:
             return compute(self, *args, **kwargs)
         finally:
+            self._in_compute = False
             for name, value in (local or {}).items():
                 setattr(self, name, value)
 

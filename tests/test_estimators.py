@@ -1,0 +1,662 @@
+"""Tests of the streaming estimator ``xaisparse.estimators.LayerSparsity``.
+
+Every expected value comes from :func:`reference`, a plain NumPy/SciPy computation of DESIGN §1
+on *all* the data at once (``scipy.stats.entropy`` for H, ``np.histogram`` on
+``np.linspace(0, 1, bins + 1)`` for the histograms) — never from the code under test.
+
+Semantics pinned here (read from DESIGN §1 and ``layer.py``):
+
+* values are ``|x|``; a dead (all-zero) vector has sparsity 1 and is also counted as dead;
+* ``spatial``: one vector per (sample, channel) map; a map holding NaN/Inf is excluded and
+  counted as non-finite for that channel only; skipped (NaN means, zero counts, one
+  RuntimeWarning) for ``(N, C)`` inputs and 1×1 maps;
+* ``channel`` (population): per sample, the vector of per-channel spatial means; the whole
+  sample is excluded (and counted) if any of its maps is non-finite; no value for ``C = 1``;
+* ``sample`` (lifetime): per channel, the spatial means over all samples whose map *of that
+  channel* is finite (a NaN in channel 0 does not drop the sample from channel 1);
+* std is the sample standard deviation (``ddof = 1``); NaN with fewer than two values.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import math
+import os
+import re
+import socket
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xaisparse.estimators import LayerSparsity
+from xaisparse.estimators.layer import _hist_index
+
+STATE_NAMES = {
+    f"{axis}_{k}"
+    for axis in ("spatial", "channel")
+    for k in ("hist", "sum", "sumsq", "count", "dead", "nonfinite")
+} | {"sample_S", "sample_T", "sample_n", "sample_nonfinite"}
+
+OUT_KEYS = {
+    f"{axis}_{k}" for axis in ("spatial", "channel") for k in ("mean", "std", "count", "dead", "nonfinite", "hist")
+} | {"sample_perplexity", "sample_sparsity", "sample_count", "sample_nonfinite"}
+
+# Absolute tolerance on sparsity values / relative on perplexity, by input dtype. float64 input is
+# measured in float64 (agreement to rounding); float32 (and half, upcast) in float32.
+TOL = {torch.float64: 1e-9, torch.float32: 5e-5}
+# std comes from sum / sum of squares: cancellation costs ~sqrt(n * eps) absolute at worst.
+STD_TOL = {torch.float64: 1e-6, torch.float32: 5e-4}
+
+HSET = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --------------------------------------------------------------------------------------------
+# Independent one-shot reference (NumPy / SciPy, written from DESIGN §1)
+# --------------------------------------------------------------------------------------------
+
+
+def _entropy(v: np.ndarray) -> float:
+    import scipy.stats  # here, not at the top: the spawned DDP workers import this module
+
+    return float(scipy.stats.entropy(v))  # scipy normalises by the sum; 0 ln 0 = 0
+
+
+def ref_sparsity(v: np.ndarray) -> float:
+    """Sparsity of one finite non-negative vector of length >= 2 (dead -> 1)."""
+    n = v.size
+    assert n >= 2 and np.all(np.isfinite(v))
+    if v.sum() == 0:
+        return 1.0
+    pp = math.exp(_entropy(v))
+    return float(np.clip(1.0 - (pp - 1.0) / (n - 1.0), 0.0, 1.0))  # s is in [0, 1] by definition
+
+
+def _stats(vals: list[float], bins: int) -> dict[str, object]:
+    v = np.asarray(vals, dtype=np.float64)
+    return {
+        "mean": float(v.mean()) if v.size else math.nan,
+        "std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
+        "hist": np.histogram(v, bins=np.linspace(0.0, 1.0, bins + 1))[0],
+        "values": v,
+    }
+
+
+def reference(x: np.ndarray, bins: int) -> dict[str, np.ndarray]:
+    """All of ``compute()``'s keys for activations ``x`` ((N, C, ...) or (N, C)), in one shot."""
+    x = np.asarray(x, dtype=np.float64)
+    n, c = x.shape[:2]
+    a = np.abs(x.reshape(n, c, -1))  # (N, C, L): one map per (sample, channel)
+    length = a.shape[-1]
+    finite = np.isfinite(a).all(-1)  # (N, C)
+    means = np.full((n, c), np.nan)
+    for i in range(n):
+        for ch in range(c):
+            if finite[i, ch]:
+                means[i, ch] = a[i, ch].mean()
+    out: dict[str, np.ndarray] = {}
+
+    # spatial: each (sample, channel) map
+    sp_mean, sp_std, sp_hist, sp_count, sp_dead, sp_nonfinite, sp_values = [], [], [], [], [], [], []
+    for ch in range(c):
+        if length > 1:
+            vals = [ref_sparsity(a[i, ch]) for i in range(n) if finite[i, ch]]
+            dead = sum(1 for i in range(n) if finite[i, ch] and not a[i, ch].any())
+            bad = int((~finite[:, ch]).sum())
+        else:  # no spatial sparsity for maps of size 1: nothing counted at all
+            vals, dead, bad = [], 0, 0
+        st_ = _stats(vals, bins)
+        sp_mean.append(st_["mean"])
+        sp_std.append(st_["std"])
+        sp_hist.append(st_["hist"])
+        sp_count.append(len(vals))
+        sp_dead.append(dead)
+        sp_nonfinite.append(bad)
+        sp_values.append(st_["values"])
+    out.update(
+        spatial_mean=np.array(sp_mean),
+        spatial_std=np.array(sp_std),
+        spatial_hist=np.array(sp_hist).reshape(c, bins),
+        spatial_count=np.array(sp_count),
+        spatial_dead=np.array(sp_dead),
+        spatial_nonfinite=np.array(sp_nonfinite),
+    )
+    out["_spatial_values"] = sp_values  # type: ignore[assignment]
+
+    # channel (population): each sample's vector of per-channel means
+    rows_ok = finite.all(1)
+    vals = [ref_sparsity(means[i]) for i in range(n) if rows_ok[i]] if c > 1 else []
+    dead = sum(1 for i in range(n) if rows_ok[i] and not a[i].any()) if c > 1 else 0
+    st_ = _stats(vals, bins)
+    out.update(
+        channel_mean=np.array(st_["mean"]),
+        channel_std=np.array(st_["std"]),
+        channel_hist=st_["hist"],
+        channel_count=np.array(len(vals)),
+        channel_dead=np.array(dead),
+        channel_nonfinite=np.array(int((~rows_ok).sum())),
+    )
+    out["_channel_values"] = st_["values"]
+
+    # sample (lifetime): each channel's means over the samples whose map of *that* channel is finite
+    pp, sp, cnt = np.full(c, np.nan), np.full(c, np.nan), np.zeros(c, dtype=int)
+    for ch in range(c):
+        m = means[finite[:, ch], ch]
+        cnt[ch] = m.size
+        if m.size == 0:
+            continue
+        pp[ch] = 1.0 if m.sum() == 0 else math.exp(_entropy(m))
+        if m.size > 1:
+            sp[ch] = np.clip(1.0 - (pp[ch] - 1.0) / (m.size - 1.0), 0.0, 1.0)
+    out.update(sample_perplexity=pp, sample_sparsity=sp, sample_count=cnt, sample_nonfinite=n - cnt)
+    return out
+
+
+def assert_hist_matches(got: np.ndarray, values: np.ndarray, bins: int, tol: float) -> None:
+    """``got == np.histogram(values, np.linspace(0, 1, bins + 1))``, except that a value within
+    ``tol`` of an inner edge may land on either side (the estimator's value and the reference's
+    differ by rounding) — such values get exactly that freedom and nothing more."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ref = np.histogram(values, bins=edges)[0]
+    assert got.sum() == values.size, (got, values)
+    inner = edges[1:-1]
+    near = (np.abs(values[:, None] - inner[None, :]).min(1) < tol) if inner.size else np.zeros(values.size, bool)
+    if not near.any():
+        np.testing.assert_array_equal(got, ref)
+        return
+    sure = np.histogram(values[~near], bins=edges)[0]
+    lo = np.histogram(np.clip(values[near] - tol, 0, 1), bins=edges)[0]
+    hi = np.histogram(np.clip(values[near] + tol, 0, 1), bins=edges)[0]
+    assert np.all(got >= sure) and np.all(got <= sure + lo + hi), (got, ref)
+
+
+def assert_matches_reference(out: dict[str, torch.Tensor], ref: dict, bins: int, dtype: torch.dtype) -> None:
+    assert set(out) == OUT_KEYS
+    tol, std_tol = TOL[dtype], STD_TOL[dtype]
+    o = {k: v.detach().cpu().numpy() for k, v in out.items()}
+    for k in ("spatial_count", "spatial_dead", "spatial_nonfinite", "channel_count", "channel_dead",
+              "channel_nonfinite", "sample_count", "sample_nonfinite"):
+        np.testing.assert_array_equal(o[k], ref[k], err_msg=k)
+    for k in ("spatial_mean", "channel_mean", "sample_sparsity"):
+        np.testing.assert_allclose(o[k], ref[k], rtol=0, atol=tol, err_msg=k)
+    for k in ("spatial_std", "channel_std"):
+        np.testing.assert_allclose(o[k], ref[k], rtol=0, atol=std_tol, err_msg=k)
+    np.testing.assert_allclose(o["sample_perplexity"], ref["sample_perplexity"], rtol=tol, atol=tol, err_msg="pp")
+    assert o["spatial_hist"].shape == (len(ref["spatial_mean"]), bins)
+    assert o["channel_hist"].shape == (bins,)
+    for ch, values in enumerate(ref["_spatial_values"]):
+        assert_hist_matches(o["spatial_hist"][ch], values, bins, tol)
+    assert_hist_matches(o["channel_hist"], ref["_channel_values"], bins, tol)
+
+
+def outputs_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k].nan_to_num(-7.0), b[k].nan_to_num(-7.0)) for k in a)
+
+
+def states(m: LayerSparsity) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def feed(m: LayerSparsity, x: torch.Tensor, sizes: list[int]) -> None:
+    """Update ``m`` with ``x`` cut into consecutive chunks of the given sizes (zeros allowed)."""
+    assert sum(sizes) == x.shape[0]
+    start = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # spatial skip for (N, C) / 1×1 inputs
+        for size in sizes:
+            m.update(x[start : start + size])
+            start += size
+
+
+# --------------------------------------------------------------------------------------------
+# Random activations: signed values over many scales, exact zeros, dead maps and channels,
+# one-hot and k-equal maps (sparsity on rational values, often on bin edges), NaN, ±Inf
+# --------------------------------------------------------------------------------------------
+
+
+def make_activations(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    n, c = shape[:2]
+    x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3)
+    x[rng.random(shape) < rng.uniform(0, 0.6)] = 0.0  # scattered exact zeros
+    if len(shape) > 2:
+        flat = x.reshape(n, c, -1)
+        length = flat.shape[-1]
+        for i in range(n):
+            for ch in range(c):
+                kind = rng.integers(0, 8)
+                if kind == 0:
+                    flat[i, ch] = 0.0  # dead map
+                elif kind == 1:
+                    flat[i, ch] = 0.0
+                    flat[i, ch, rng.integers(length)] = rng.uniform(0.1, 5)  # one active unit
+                elif kind == 2:  # k equal active units (rational sparsity 1 - (k-1)/(L-1))
+                    flat[i, ch] = 0.0
+                    idx = rng.choice(length, size=rng.integers(1, length + 1), replace=False)
+                    flat[i, ch, idx] = rng.choice([-2.0, 2.0], size=idx.size)
+        x = flat.reshape(shape)
+    if rng.random() < 0.3:
+        x[:, rng.integers(c)] = 0.0  # a channel dead over every sample
+    for value, p in ((np.nan, 0.05), (np.inf, 0.03), (-np.inf, 0.03)):
+        if rng.random() < 0.5:
+            x[rng.random(shape) < p] = value
+    return x
+
+
+@st.composite
+def cases(draw):
+    n = draw(st.integers(1, 10))
+    c = draw(st.integers(1, 5))
+    spatial = draw(
+        st.one_of(
+            st.just(()),  # (N, C) features
+            st.just((1, 1)),
+            st.tuples(st.integers(1, 4), st.integers(1, 4)),
+        )
+    )
+    dtype = draw(st.sampled_from([torch.float64, torch.float64, torch.float32]))
+    bins = draw(st.sampled_from([1, 2, 3, 4, 5, 7, 10, 20]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
+    sizes = list(np.diff([0, *cuts, n]))
+    x = make_activations(np.random.default_rng(seed), (n, c, *spatial))
+    return torch.tensor(x, dtype=dtype), bins, [int(s) for s in sizes]
+
+
+def ref_of(x: torch.Tensor, bins: int) -> dict:
+    return reference(x.double().numpy(), bins)  # exactly the values the estimator saw
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming over any chunking == one-shot reference on all the data
+# --------------------------------------------------------------------------------------------
+
+
+@HSET
+@given(cases())
+def test_streaming_over_random_chunkings_equals_one_shot_reference(case):
+    x, bins, sizes = case
+    m = LayerSparsity(x.shape[1], bins=bins)
+    feed(m, x, sizes)
+    assert_matches_reference(m.compute(), ref_of(x, bins), bins, x.dtype)
+
+
+@pytest.mark.parametrize("sizes", [[7], [1] * 7, [3, 0, 4], [0, 0, 7, 0], [2, 5]])
+def test_chunkings_agree_with_each_other_and_with_one_shot(sizes):
+    rng = np.random.default_rng(0)
+    x = torch.tensor(make_activations(rng, (7, 4, 3, 5)))
+    m = LayerSparsity(4, bins=10)
+    feed(m, x, sizes)
+    out = m.compute()
+    assert_matches_reference(out, ref_of(x, 10), 10, torch.float64)
+    one = LayerSparsity(4, bins=10).one_shot(x)
+    for k in out:  # same sums in another order: equal to rounding; counts and histograms exactly
+        if out[k].dtype == torch.long:
+            assert torch.equal(out[k], one[k]), k
+        else:
+            torch.testing.assert_close(out[k], one[k], rtol=1e-9, atol=1e-6, equal_nan=True, msg=k)
+
+
+def test_per_channel_exclusion_on_the_lifetime_axis():
+    """A NaN map of channel 0 drops sample 0 from channel 0's lifetime vector only; the
+    channel (population) axis drops the whole sample; the spatial axis drops that map only."""
+    x = torch.rand(4, 3, 2, 2, dtype=torch.float64) + 0.1
+    x[0, 0, 1, 1] = float("nan")
+    x[2, 2, 0, 0] = float("inf")
+    m = LayerSparsity(3, bins=5)
+    m.update(x)
+    out = m.compute()
+    assert out["sample_count"].tolist() == [3, 4, 3]
+    assert out["sample_nonfinite"].tolist() == [1, 0, 1]
+    assert out["channel_count"].item() == 2 and out["channel_nonfinite"].item() == 2
+    assert out["spatial_count"].tolist() == [3, 4, 3]
+    assert out["spatial_nonfinite"].tolist() == [1, 0, 1]
+    # channel 1's lifetime sparsity uses all four samples' means
+    means1 = x[:, 1].abs().flatten(1).mean(1).numpy()
+    pp1 = math.exp(_entropy(means1))
+    assert out["sample_perplexity"][1].item() == pytest.approx(pp1, rel=1e-12)
+    assert out["sample_sparsity"][1].item() == pytest.approx(1 - (pp1 - 1) / 3, abs=1e-12)
+    assert_matches_reference(out, ref_of(x, 5), 5, torch.float64)
+
+
+def test_dead_maps_count_as_sparsity_one_and_as_dead():
+    x = torch.zeros(3, 2, 2, 2, dtype=torch.float64)
+    x[:, 0] = 1.0  # channel 0 uniform -> 0
+    x[0, 1, 0, 0] = -4.0  # channel 1: sample 0 one-hot, samples 1 and 2 dead
+    m = LayerSparsity(2, bins=4)
+    m.update(x)
+    out = m.compute()
+    assert out["spatial_mean"].tolist() == [0.0, 1.0]
+    assert out["spatial_dead"].tolist() == [0, 2]
+    assert out["spatial_hist"].tolist() == [[3, 0, 0, 0], [0, 0, 0, 3]]
+    assert out["channel_dead"].item() == 0
+    # a channel dead in every sample: lifetime perplexity 1, sparsity 1
+    y = torch.zeros(4, 2, 3, 3, dtype=torch.float64)
+    y[:, 0] = torch.rand(4, 3, 3, dtype=torch.float64)
+    m2 = LayerSparsity(2, bins=4)
+    m2.update(y)
+    out2 = m2.compute()
+    assert out2["sample_perplexity"][1].item() == 1.0 and out2["sample_sparsity"][1].item() == 1.0
+    assert out2["spatial_dead"].tolist() == [0, 4]
+    # every map dead: the population vector of each sample is dead too
+    m3 = LayerSparsity(2, bins=4)
+    m3.update(torch.zeros(5, 2, 2, 2))
+    out3 = m3.compute()
+    assert out3["channel_dead"].item() == 5 and out3["channel_mean"].item() == 1.0
+    assert out3["channel_hist"].tolist() == [0, 0, 0, 5]
+
+
+def test_half_precision_activations_are_measured_in_float32():
+    """float16 maps summing past 65504 used to overflow to inf and read as sparsity 1."""
+    x = torch.full((2, 1, 8, 8), 2000.0, dtype=torch.float16)  # uniform: sparsity 0
+    m = LayerSparsity(1, bins=10)
+    m.update(x)
+    out = m.compute()
+    assert out["spatial_mean"].item() < 1e-5
+    assert out["spatial_hist"].tolist() == [[2] + [0] * 9]
+    rng = np.random.default_rng(3)
+    for dtype in (torch.float16, torch.bfloat16):
+        xh = torch.tensor(make_activations(rng, (6, 3, 4, 4))).clamp(-6e4, 6e4).to(dtype)
+        mh = LayerSparsity(3, bins=7)
+        feed(mh, xh, [2, 4])
+        assert_matches_reference(mh.compute(), ref_of(xh, 7), 7, torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Histogram binning on exact edges: the same rule as np.histogram on np.linspace edges
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bins", [1, 2, 3, 5, 7, 9, 10, 11, 20, 33, 60])
+def test_histogram_binning_equals_np_histogram_on_and_around_edges(bins):
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    np.testing.assert_array_equal(LayerSparsity(1, bins=bins).bin_edges.numpy(), edges)  # bit-identical
+    vals = set()
+    for centre in (*edges, *(k / bins for k in range(bins + 1))):
+        v = float(centre)
+        for _ in range(3):
+            v = np.nextafter(v, -1.0)
+        for _ in range(7):
+            if 0.0 <= v <= 1.0:
+                vals.add(v)
+            v = np.nextafter(v, 2.0)
+    values = np.array(sorted(vals))
+    expected = np.array([np.histogram([v], bins=edges)[0].argmax() for v in values])
+    got = _hist_index(torch.tensor(values), bins).numpy()
+    np.testing.assert_array_equal(got, expected)
+    # float32 sparsities (from float32 activations) are binned by their exact value too
+    v32 = values.astype(np.float32)
+    expected32 = np.array([np.histogram([float(v)], bins=edges)[0].argmax() for v in v32])
+    np.testing.assert_array_equal(_hist_index(torch.tensor(v32), bins).numpy(), expected32)
+    # NaN never reaches a histogram with weight (it is masked), but must index safely
+    assert 0 <= _hist_index(torch.tensor([float("nan")]), bins).item() < bins
+
+
+# --------------------------------------------------------------------------------------------
+# merge_state, reset, state_dict, device / dtype moves, compute before update
+# --------------------------------------------------------------------------------------------
+
+
+def test_merge_state_of_disjoint_halves_equals_one_estimator_on_all():
+    rng = np.random.default_rng(1)
+    x = torch.tensor(make_activations(rng, (9, 3, 3, 3)))
+    a, b, both = LayerSparsity(3, bins=6), LayerSparsity(3, bins=6), LayerSparsity(3, bins=6)
+    a.update(x[:4])
+    b.update(x[4:])
+    both.update(x[:4])
+    both.update(x[4:])
+    a.merge_state(b)
+    sa, sb = states(a), states(both)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # same additions in the same order: bit-identical
+    assert a.update_count == both.update_count == 2
+    assert outputs_equal(a.compute(), both.compute())
+    assert_matches_reference(a.compute(), ref_of(x, 6), 6, torch.float64)
+    # merging a plain state dict (e.g. loaded from disk) works the same way
+    c = LayerSparsity(3, bins=6)
+    c.update(x[:4])
+    c.merge_state(states(b))
+    assert outputs_equal(c.compute(), both.compute())
+
+
+def test_merge_state_rejects_incompatible_estimators():
+    m = LayerSparsity(3, bins=6)
+    with pytest.raises(ValueError, match="shape"):
+        m.merge_state(LayerSparsity(4, bins=6))
+    with pytest.raises(ValueError, match="shape"):
+        m.merge_state(LayerSparsity(3, bins=5))
+    with pytest.raises(TypeError):
+        m.merge_state(torch.zeros(3))  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="spatial_hist"):
+        m.merge_state({"spatial_sum": torch.zeros(3, dtype=torch.float64)})
+
+
+def test_reset_returns_to_the_empty_state():
+    fresh = LayerSparsity(2, bins=4)
+    m = LayerSparsity(2, bins=4)
+    m.update(torch.rand(5, 2, 3, 3))
+    assert m.update_count == 1
+    m.reset()
+    assert m.update_count == 0
+    s_m, s_f = states(m), states(fresh)
+    assert all(torch.equal(s_m[k], s_f[k]) and s_m[k].dtype == s_f[k].dtype for k in s_f)
+    with pytest.warns(UserWarning, match="before any update"):
+        m.compute()
+    y = torch.rand(3, 2, 3, 3, dtype=torch.float64)
+    m.update(y)
+    assert_matches_reference(m.compute(), ref_of(y, 4), 4, torch.float64)  # nothing left from before
+
+
+def test_state_dict_round_trip():
+    """The states are persistent buffers (not torchmetrics' non-persistent states): all 16 are
+    in ``state_dict``, survive ``torch.save``/``torch.load(weights_only=True)``, and a loaded
+    estimator computes and keeps streaming exactly like the original."""
+    rng = np.random.default_rng(2)
+    x = torch.tensor(make_activations(rng, (8, 3, 2, 3)))
+    m = LayerSparsity(3, bins=5)
+    m.update(x[:5])
+    sd = m.state_dict()
+    assert set(sd) == STATE_NAMES
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    n = LayerSparsity(3, bins=5)
+    n.load_state_dict(loaded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loaded state counts as data: no "before update" warning
+        assert outputs_equal(n.compute(), m.compute())
+    m.update(x[5:])
+    n.update(x[5:])
+    assert outputs_equal(n.compute(), m.compute())
+    assert_matches_reference(n.compute(), ref_of(x, 5), 5, torch.float64)
+    with pytest.raises(RuntimeError):  # wrong shapes are refused by load_state_dict
+        LayerSparsity(4, bins=5).load_state_dict(loaded)
+
+
+def test_to_float64_and_cpu_keep_working():
+    x = torch.tensor(make_activations(np.random.default_rng(4), (6, 2, 3, 3)))
+    m = LayerSparsity(2, bins=8)
+    dtypes = {k: v.dtype for k, v in m.state_dict().items()}
+    assert m.to(torch.float64) is m
+    assert m.to("cpu") is m
+    m.double()
+    assert {k: v.dtype for k, v in m.state_dict().items()} == dtypes  # counts stay int64, sums float64
+    assert m.to(torch.device("cpu"), torch.float64) is m
+    feed(m, x, [1, 5])
+    out = m.compute()
+    assert all(v.device.type == "cpu" for v in out.values())
+    assert_matches_reference(out, ref_of(x, 8), 8, torch.float64)
+    assert m.bin_edges.dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_estimator_and_one_shot():
+    x = torch.tensor(make_activations(np.random.default_rng(5), (6, 3, 4, 4)))
+    m = LayerSparsity(3, bins=10).to("cuda")
+    feed(m, x.cuda(), [2, 4])
+    out = m.compute()
+    assert all(v.device.type == "cuda" for v in out.values())
+    assert_matches_reference(out, ref_of(x, 10), 10, torch.float64)
+    one = LayerSparsity(3, bins=10).one_shot(x.cuda())  # the fresh estimator follows the input's device
+    assert_matches_reference(one, ref_of(x, 10), 10, torch.float64)
+
+
+def test_compute_before_update_warns_and_returns_nan_means():
+    m = LayerSparsity(3, bins=4)
+    with pytest.warns(UserWarning, match="before any update"):
+        out = m.compute()
+    assert set(out) == OUT_KEYS
+    for k in ("spatial_mean", "spatial_std", "channel_mean", "channel_std", "sample_perplexity", "sample_sparsity"):
+        assert torch.isnan(out[k]).all(), k
+    for k in OUT_KEYS - {"spatial_mean", "spatial_std", "channel_mean", "channel_std", "sample_perplexity",
+                         "sample_sparsity"}:
+        assert not out[k].any(), k
+    assert out["spatial_hist"].shape == (3, 4) and out["channel_hist"].shape == (4,)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_integer_input_is_a_type_error_naming_the_dtype(dtype):
+    m = LayerSparsity(2)
+    before = states(m)
+    with pytest.raises(TypeError, match=r"dtype.*" + re.escape(str(dtype))):
+        m.update(torch.ones(2, 2, 3, 3, dtype=dtype))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # state untouched
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        m.update(np.ones((2, 2, 3, 3)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5, 5), (2, 2), (3, 1, 4), (6,), ()])
+def test_wrong_shape_is_a_value_error_with_expected_and_got(shape):
+    m = LayerSparsity(3)
+    with pytest.raises(ValueError) as err:
+        m.update(torch.ones(shape))
+    msg = str(err.value)
+    assert "(N, 3, ...)" in msg and f"got shape {tuple(shape)}" in msg, msg
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "3", None])
+def test_bad_num_channels_or_bins_is_a_value_error(bad):
+    with pytest.raises(ValueError, match="num_channels"):
+        LayerSparsity(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="bins"):
+        LayerSparsity(3, bins=bad)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial skip: (N, C) inputs and 1×1 maps
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spatial", [(), (1,), (1, 1)])
+def test_spatial_axis_skipped_with_one_warning_others_measured(spatial):
+    rng = np.random.default_rng(6)
+    x = torch.tensor(make_activations(rng, (9, 4, *spatial)))
+    m = LayerSparsity(4, bins=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for chunk in (x[:3], x[3:5], x[5:]):
+            m.update(chunk)
+    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(runtime) == 1, [str(w.message) for w in caught]
+    assert "spatial" in str(runtime[0].message)
+    out = m.compute()
+    assert torch.isnan(out["spatial_mean"]).all() and torch.isnan(out["spatial_std"]).all()
+    for k in ("spatial_count", "spatial_dead", "spatial_nonfinite", "spatial_hist"):
+        assert not out[k].any(), k
+    assert out["channel_count"].item() + out["channel_nonfinite"].item() == 9
+    assert_matches_reference(out, ref_of(x, 5), 5, torch.float64)  # channel and sample axes measured
+
+
+def test_conv_maps_do_not_warn():
+    m = LayerSparsity(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.update(torch.rand(3, 2, 2, 1))
+        m.update(torch.rand(3, 2, 4, 4))
+        m.compute()
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed: a real two-process gloo group; compute() sums the states over the ranks
+# --------------------------------------------------------------------------------------------
+
+DDP_SHAPE = (11, 3, 3, 4)
+DDP_SPLIT = 4  # rank 0 gets samples [0, 4), rank 1 gets [4, 11): unequal shards on purpose
+DDP_BINS = 7
+
+
+def _ddp_data() -> torch.Tensor:
+    x = make_activations(np.random.default_rng(123), DDP_SHAPE)
+    x[1, 0] = 0.0  # a dead map on rank 0
+    x[6, 2, 0, 0] = np.nan  # a non-finite map on rank 1
+    return torch.tensor(x)
+
+
+def _ddp_worker(rank: int, port: int, outdir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        x = _ddp_data()
+        shard = x[:DDP_SPLIT] if rank == 0 else x[DDP_SPLIT:]
+        m = LayerSparsity(DDP_SHAPE[1], bins=DDP_BINS)
+        feed(m, shard, [1, shard.shape[0] - 1])
+        local = states(m)
+        first = m.compute()
+        after = states(m)  # compute must restore the local states
+        second = m.compute()  # and not reduce twice
+        torch.save(
+            {
+                "first": first,
+                "second": second,
+                "local_restored": all(torch.equal(local[k], after[k]) for k in local),
+                "local_count": int(after["spatial_count"].sum()),
+            },
+            os.path.join(outdir, f"rank{rank}.pt"),
+        )
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available in this build")
+def test_two_process_gloo_compute_equals_one_shot_on_the_concatenation(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=1):  # re-raises a worker's exception with its traceback
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("two-process gloo test did not finish in time")
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    x = _ddp_data()
+    ref = ref_of(x, DDP_BINS)
+    assert_matches_reference(r0["first"], ref, DDP_BINS, torch.float64)
+    for r in (r0, r1):
+        assert outputs_equal(r["first"], r0["first"])  # every rank gets the global result
+        assert outputs_equal(r["second"], r["first"])  # a second compute does not reduce again
+        assert r["local_restored"]
+    assert r0["local_count"] == ref_of(x[:DDP_SPLIT], DDP_BINS)["spatial_count"].sum()
+    assert r1["local_count"] == ref_of(x[DDP_SPLIT:], DDP_BINS)["spatial_count"].sum()
+    assert r0["local_count"] + r1["local_count"] == ref["spatial_count"].sum()
