@@ -32,7 +32,7 @@ lock: | $(UV)
 
 ## The whole test suite (unit, doctests, notebooks, browser when Chromium is present).
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup --nbmake --nbmake-timeout=900
 
 ## The main job: train a CNN on the embedded digits data until it overfits.
 demo: $(STAMP)

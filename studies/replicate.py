@@ -33,7 +33,7 @@ import pandas as pd
 ARCHS = {
     # name: (build_model name, keyword arguments)
     "small_cnn": ("small_cnn", {"width": 16, "depth": 3}),
-    "vgg11_small": ("vgg11", {"width_mult": 0.25, "dropout": 0.0}),
+    "resnet18_small": ("resnet18", {"width": 16}),
 }
 DETECTOR_GRID = {
     "threshold": [0.005, 0.01, 0.02],
@@ -78,13 +78,13 @@ def tune_detector(histories: dict, grid: dict) -> tuple[dict, pd.DataFrame]:
     for values in itertools.product(*grid.values()):
         params = dict(zip(grid, values))
         _, summary = evaluate(histories, OverfitDetector(**params))
-        s = summary.loc["sparsity"] if "sparsity" in summary.index else summary[summary.method == "sparsity"].iloc[0]
-        rows.append({**params, "hit": s["hit"], "false_alarm": s["false_alarm"], "miss": s["miss"],
-                     "median_lead": s["median_lead"], "score": s["hit"] - s["false_alarm"]})
+        s = summary.set_index("method").loc["sparsity"]
+        rows.append({**params, "hit": s["hit_rate"], "false_alarm": s["false_alarm_rate"], "miss": s["miss_rate"],
+                     "median_lead": s["median_lead"], "score": s["hit_rate"] - s["false_alarm_rate"]})
     table = pd.DataFrame(rows)
     table["abs_lead"] = table.median_lead.abs().fillna(99)
     best = table.sort_values(["score", "abs_lead"], ascending=[False, True]).iloc[0]
-    return {k: best[k].item() if hasattr(best[k], "item") else best[k] for k in grid}, table
+    return {k: type(grid[k][0])(best[k]) for k in grid}, table
 
 
 def penalty_table(histories: dict) -> pd.DataFrame:
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--penalty", type=float, default=0.5, help="λ of the penalty condition")
+    ap.add_argument("--penalty", type=float, default=0.1, help="λ of the penalty condition")
     ap.add_argument("--train-subset", type=int, default=300)
     ap.add_argument("--label-noise", type=float, default=0.2)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -179,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Held-out seeds, tuned detector vs patience early stopping on the test loss:",
         "",
-        tuned_eval.summary.to_markdown(floatfmt=".2f"),
+        tuned_eval.summary.to_markdown(index=False, floatfmt=".2f"),
         "",
         "Held-out seeds, default detector parameters:",
         "",
-        default_eval.summary.to_markdown(floatfmt=".2f"),
+        default_eval.summary.to_markdown(index=False, floatfmt=".2f"),
         "",
         "## Penalty vs baseline (paired by seed)",
         "",

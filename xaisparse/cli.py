@@ -101,8 +101,7 @@ def _train(args: argparse.Namespace, out: Path):
 def _verdict(history) -> str:
     from .detect import evaluate
 
-    table = evaluate(history)
-    rows = table.runs if hasattr(table, "runs") else table
+    rows, _ = evaluate(history)
     det = (history.detector or {})
     loss = history.metric("test", "loss")
     best = int(loss.idxmin()) if len(loss) else None
@@ -119,10 +118,8 @@ def _verdict(history) -> str:
             f"sparsity detector: alarm at epoch {det['alarm_epoch']} ({abs(lead)} epochs {when} the test-loss minimum), "
             f"layers {', '.join(det.get('layers') or [])}"
         )
-    try:
-        lines.append(str(rows.to_string(index=False)))
-    except Exception:  # noqa: BLE001 - the table is a bonus; never fail the verdict on it
-        pass
+    cols = ["method", "stop_epoch", "lead", "outcome", "loss_at_stop", "accuracy_at_stop"]
+    lines.append(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return "\n".join(lines)
 
 
@@ -197,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "without and once with the sparsity penalty; print the detector's verdict "
                                       "beside the test-loss minimum; write run directories and static reports.")
     _add_run_args(demo, DEMO_DEFAULTS)
-    demo.add_argument("--penalty-weight", type=float, default=0.5, help="λ of the penalised run")
+    demo.add_argument("--penalty-weight", type=float, default=0.1, help="λ of the penalised run")
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.set_defaults(func=cmd_demo)
 

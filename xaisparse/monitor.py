@@ -145,7 +145,7 @@ class SparsityMonitor:
 
     @property
     def splits(self) -> list[str]:
-        return list(dict.fromkeys(split for split, _ in self._estimators))
+        return list(dict.fromkeys(split for (split, _), est in self._estimators.items() if est.update_count))
 
     @property
     def layer_names(self) -> list[str]:
@@ -187,7 +187,8 @@ class SparsityMonitor:
 
     def compute(self) -> SparsityReport:
         """Tidy tables and histograms of everything measured since the last :meth:`reset`."""
-        if not self._estimators:
+        measured = {key: est for key, est in self._estimators.items() if est.update_count > 0}
+        if not measured:
             warnings.warn(
                 "SparsityMonitor.compute() called before any activation was recorded: run the model "
                 "inside `with monitor.track(split=...)` first; returning an empty report",
@@ -196,7 +197,7 @@ class SparsityMonitor:
             )
         tables, rows = [], []
         spatial_hist, channel_hist = {}, {}
-        for (split, layer), est in self._estimators.items():
+        for (split, layer), est in measured.items():
             out = est.compute()
             table, layer_stats = _frames(split, layer, out)
             tables.append(table)
@@ -216,8 +217,9 @@ class SparsityMonitor:
 
     def reset(self, split: str | None = None) -> None:
         """Forget what was measured (for one split, or all)."""
-        for key in [k for k in self._estimators if split is None or k[0] == split]:
-            del self._estimators[key]
+        for key, est in self._estimators.items():
+            if split is None or key[0] == split:
+                est.reset()
 
     def estimator(self, split: str, layer: str) -> LayerSparsity:
         """The streaming estimator of one split and layer (for merging or DDP)."""
