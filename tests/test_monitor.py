@@ -19,24 +19,11 @@ from torch import nn
 from torchvision.models import resnet18
 
 from xaisparse.monitor import CHANNEL_STATISTICS, LAYER_STATISTICS, SparsityMonitor, SparsityReport
+from xaisparse.testing import count_hooks
 
 BINS = 10
 ATOL = 2e-5  # float32 activations and float32 maths inside the estimator vs float64 reference
 
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
-
-
-def count_hooks(model: nn.Module) -> int:
-    """Hooks of any kind left on the model or any of its submodules."""
-    return sum(len(getattr(m, d, {})) for m in model.modules() for d in HOOK_DICTS)
 
 
 # -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------

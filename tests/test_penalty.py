@@ -22,20 +22,8 @@ from torchvision.models import resnet18
 from xaisparse._errors import UnknownLayerError
 from xaisparse.monitor import SparsityMonitor
 from xaisparse.penalty import SparsityPenalty
+from xaisparse.testing import count_hooks
 
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
-
-
-def count_hooks(model: nn.Module) -> int:
-    return sum(len(getattr(m, d, {})) for m in model.modules() for d in HOOK_DICTS)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -16,21 +16,8 @@ from xaisparse.recording import (
     expose_functional_activations,
     select_layers,
 )
+from xaisparse.testing import count_hooks
 
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-)
-
-
-def count_hooks(model: nn.Module) -> int:
-    """Hooks of any kind registered on the model or any of its submodules."""
-    return sum(len(getattr(m, d, {})) for m in model.modules() for d in HOOK_DICTS)
 
 
 class SmallCNN(nn.Module):

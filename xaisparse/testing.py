@@ -8,7 +8,27 @@ import pandas as pd
 from .history import History
 from .monitor import SparsityReport
 
-__all__ = ["synthetic_history"]
+__all__ = ["count_hooks", "synthetic_history"]
+
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def count_hooks(model) -> int:
+    """Hooks of any kind registered on ``model`` or any of its submodules (0 after a clean exit).
+
+    >>> from torch import nn
+    >>> count_hooks(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))
+    0
+    """
+    return sum(len(getattr(m, d, {})) for m in model.modules() for d in _HOOK_DICTS)
 
 
 def synthetic_history(

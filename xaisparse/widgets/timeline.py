@@ -40,6 +40,16 @@ def _split_options(history: Any) -> list[str]:
     return sorted(found, key=lambda s: ({"train": 0, "test": 1}.get(s, 2), found.index(s)))
 
 
+def _statistic_choices(h: Any, statistic: str) -> list[str]:
+    """The statistics the dropdown offers, including a valid ``statistic`` the history lacks."""
+    stats = _statistic_options(h)
+    if statistic not in stats:
+        if statistic not in TIMELINE_STATISTICS:
+            raise ValueError(f"statistic must be one of {list(TIMELINE_STATISTICS)}, got {statistic!r}")
+        stats = [*stats, statistic]
+    return stats
+
+
 def _statistic_options(history: Any) -> list[str]:
     present = set(history.layers.statistic.astype(str)) if not history.layers.empty else set()
     return [s for s in TIMELINE_STATISTICS if s in present] or list(TIMELINE_STATISTICS)
@@ -185,11 +195,7 @@ class SparsityTimeline(FigureWidget):
         names = list(h.layer_names)
         for name in layers or []:
             check_layer(name, names)
-        stats = _statistic_options(h)
-        if statistic not in stats:
-            if statistic not in TIMELINE_STATISTICS:
-                raise ValueError(f"statistic must be one of {list(TIMELINE_STATISTICS)}, got {statistic!r}")
-            stats = [*stats, statistic]
+        stats = _statistic_choices(h, statistic)
         sticky: list[str] = []
         splits = _split_options(h)
         split = _resolve_split(split, splits, sticky)
@@ -243,11 +249,7 @@ class LayerEpochHeatmap(FigureWidget):
         _check_str(split, "split")
         _check_str(statistic, "statistic")
         h = self.history
-        stats = _statistic_options(h)
-        if statistic not in stats:
-            if statistic not in TIMELINE_STATISTICS:
-                raise ValueError(f"statistic must be one of {list(TIMELINE_STATISTICS)}, got {statistic!r}")
-            stats = [*stats, statistic]
+        stats = _statistic_choices(h, statistic)
         sticky: list[str] = []
         splits = _split_options(h)
         split = _resolve_split(split, splits, sticky)
