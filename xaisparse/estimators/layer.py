@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..functional.perplexity import _check_float, _entropy_nonneg, sparsity_from_perplexity
+from ..functional.perplexity import _check_float, _entropy_nonneg, _sparsity_of_length, sparsity_from_perplexity
 from .state import SumState
 
 __all__ = ["LayerSparsity"]
@@ -122,7 +122,7 @@ class LayerSparsity(SumState):
         means = torch.where(map_ok, total, 0.0) / max(a.shape[-1], 1)  # (N, C) spatial means of |x|
 
         if a.shape[-1] > 1:
-            self._update_spatial(a, total, map_ok)
+            self._update_spatial(a, x, total, map_ok)
         elif not self._warned_spatial:
             self._warned_spatial = True
             warnings.warn(
@@ -135,11 +135,11 @@ class LayerSparsity(SumState):
         self._update_channel(means, map_ok)
         self._update_sample(means, map_ok)
 
-    def _update_spatial(self, a: Tensor, total: Tensor, ok: Tensor) -> None:
-        # ``a`` is update()'s private |x|: the entropy may overwrite it.
-        h = _entropy_nonneg(a, total, overwrite=True)
-        s = sparsity_from_perplexity(torch.exp(h), a.shape[-1])  # (N, C)
-        s64 = torch.where(ok, s, torch.zeros_like(s)).to(torch.float64)
+    def _update_spatial(self, a: Tensor, x: Tensor, total: Tensor, ok: Tensor) -> None:
+        # ``a`` is update()'s private |x|: the entropy overwrites it (no second big buffer).
+        h = _entropy_nonneg(a, total, of=x)
+        s = _sparsity_of_length(torch.exp(h), a.shape[-1])  # (N, C)
+        s64 = torch.where(ok, s, 0.0).to(torch.float64)
         self.spatial_sum += s64.sum(0)
         self.spatial_sumsq += (s64 * s64).sum(0)
         self.spatial_count += ok.sum(0)
@@ -151,11 +151,11 @@ class LayerSparsity(SumState):
     def _update_channel(self, means: Tensor, ok: Tensor) -> None:
         row_ok = ok.all(-1)  # (N,)
         if means.shape[1] > 1:
-            s = sparsity_from_perplexity(torch.exp(_entropy_nonneg(means)), means.shape[1])
+            s = _sparsity_of_length(torch.exp(_entropy_nonneg(means)), means.shape[1])
         else:  # one channel: no population sparsity
             s = torch.full(means.shape[:1], float("nan"), dtype=means.dtype, device=means.device)
             row_ok = torch.zeros_like(row_ok)
-        s64 = torch.where(row_ok, s, torch.zeros_like(s)).to(torch.float64)
+        s64 = torch.where(row_ok, s, 0.0).to(torch.float64)
         self.channel_sum += s64.sum()
         self.channel_sumsq += (s64 * s64).sum()
         self.channel_count += row_ok.sum()

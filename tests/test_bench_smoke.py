@@ -1,0 +1,53 @@
+"""Smoke test of the overhead benchmark: ``bench/overhead.py --quick`` runs and reports.
+
+No timing is asserted (the ratios depend on the machine and its load); only that the script
+exits 0, prints the results table, and that the monitor and the research-code reference agree
+on the mean sparsity of one batch (the sanity line), for both models.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "overhead.py"
+
+pytestmark = pytest.mark.slow
+
+
+def test_overhead_benchmark_quick_runs_and_agrees_with_reference() -> None:
+    if not SCRIPT.exists():
+        pytest.skip(f"{SCRIPT} not found")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # One thread: a busy shared runner makes spinning OpenMP workers slow the run down a lot.
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--threads", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "| case | model | plain ms/step | ours ms/step | ratio | spread (IQR) | target | result |" in proc.stdout
+    for case in ("(a) monitor, train step", "(b) monitor, eval pass", "(c) penalty, train step",
+                 "(d) vs scipy reference", "(e) memory growth"):
+        assert case in proc.stdout, case
+    sanity = re.findall(
+        r"^sanity: max \|mean sparsity ours - reference\| = (\S+) over (\d+) layers of (\S+) "
+        r"\(tolerance (\S+)\): (\w+)$",
+        proc.stdout,
+        flags=re.MULTILINE,
+    )
+    assert {m[2] for m in sanity} == {"SmallCNN", "ResNet-18"}, proc.stdout[-3000:]
+    for diff, layers, model, tol, verdict in sanity:
+        assert float(tol) == 1e-5
+        assert float(diff) <= 1e-5 and verdict == "OK", (model, diff)
+        assert int(layers) > 0
