@@ -1,0 +1,110 @@
+"""fit(): measurements, callbacks, early stop, resume; the xaisparse command line."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from xaisparse.detect import OverfitDetector
+from xaisparse.history import History
+from xaisparse.train import Callback, fit
+
+
+def _data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+
+def test_fit_measures_probe_loss_and_sparsity_independently():
+    train, test = _data(seed=0), _data(seed=1)
+    model = _net()
+    h = fit(model, train, test, epochs=2, progress=False, probe_size=1000, batch_size=32)
+    assert h.epochs == [0, 1, 2]
+    # the recorded final test loss/accuracy equal a direct evaluation of the returned model
+    model.eval()
+    with torch.no_grad():
+        x, y = test.tensors
+        out = model(x)
+    assert h.metric("test", "loss").iloc[-1] == pytest.approx(nn.functional.cross_entropy(out, y).item(), rel=1e-5)
+    assert h.metric("test", "accuracy").iloc[-1] == pytest.approx((out.argmax(1) == y).float().mean().item())
+    assert set(h.layer_names) == {"1", "3"}
+    assert h.spatial_hist[("test", "1")].shape == (3, 4, 20)
+
+
+def test_callbacks_and_stop_after_current_epoch():
+    seen_batches, seen_epochs = [], []
+
+    class Stopper(Callback):
+        def on_batch_end(self, state):
+            seen_batches.append((state.epoch, state.batch))
+
+        def on_epoch_end(self, history):
+            seen_epochs.append(history.epochs[-1])
+            self.stop_requested = history.epochs[-1] == 2
+
+    h = fit(_net(), _data(), _data(seed=1), epochs=10, progress=False, batch_size=32, callbacks=[Stopper(), seen_epochs.append])
+    assert h.epochs == [0, 1, 2] and h.config["stopped_early_at"] == 2
+    assert [e for e in seen_epochs if isinstance(e, int)] == [0, 1, 2]
+    assert seen_batches == [(e, b) for e in (1, 2) for b in range(3)]
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    full = fit(_net(), _data(), _data(seed=1), epochs=4, progress=False, batch_size=32, checkpoint_dir=tmp_path / "full")
+    fit(_net(), _data(), _data(seed=1), epochs=2, progress=False, batch_size=32, checkpoint_dir=tmp_path / "part")
+    model = _net(seed=123)  # different init: resume must overwrite it
+    resumed = fit(model, _data(), _data(seed=1), epochs=4, progress=False, batch_size=32,
+                  checkpoint_dir=tmp_path / "part", resume=tmp_path / "part")
+    assert resumed.epochs == full.epochs
+    a, b = full.metric("test", "loss"), resumed.metric("test", "loss")
+    assert a.tolist() == pytest.approx(b.tolist(), rel=1e-6)
+    assert History.load(tmp_path / "part" / "history").epochs == [0, 1, 2, 3, 4]
+
+
+def test_detector_result_is_saved_and_bad_args_are_clear():
+    h = fit(_net(), _data(), _data(seed=1), epochs=3, progress=False, detector=OverfitDetector())
+    assert "alarm_epoch" in h.detector
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        fit("not a model", _data())
+    with pytest.raises(ValueError, match="epochs"):
+        fit(_net(), _data(), epochs=-1)
+    with pytest.raises(ValueError, match="optimizer"):
+        fit(_net(), _data(), epochs=1, optimizer="lbfgs", progress=False)
+    with pytest.raises(TypeError, match="penalty"):
+        fit(_net(), _data(), epochs=1, penalty="yes", progress=False)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "xaisparse.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_cli_help_for_every_command():
+    for cmd in ([], ["demo"], ["run"], ["report"], ["compare"]):
+        out = _cli(*cmd, "--help")
+        assert out.returncode == 0 and "usage: xaisparse" in out.stdout, out.stderr
+
+
+@pytest.mark.slow
+def test_cli_run_report_compare(tmp_path):
+    common = ["--epochs", "2", "--train-subset", "60", "--probe-size", "64", "--width", "4", "--no-progress"]
+    a = _cli("run", "--out", str(tmp_path / "a"), *common)
+    assert a.returncode == 0, a.stderr
+    assert "test-loss minimum: epoch" in a.stdout and "sparsity detector" in a.stdout
+    assert (tmp_path / "a" / "report" / "index.html").is_file() and (tmp_path / "a" / "report" / "timeline.png").is_file()
+    b = _cli("run", "--out", str(tmp_path / "b"), "--penalty", "0.1", "--no-report", *common)
+    assert b.returncode == 0, b.stderr
+    rep = _cli("report", str(tmp_path / "b"))
+    assert rep.returncode == 0 and (tmp_path / "b" / "report" / "index.html").is_file(), rep.stderr
+    cmp_ = _cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp"))
+    assert cmp_.returncode == 0 and (tmp_path / "cmp" / "comparison.png").is_file(), cmp_.stderr
+    bad = _cli("report", str(tmp_path / "nothing-here"))
+    assert bad.returncode == 2 and "no run directory" in bad.stderr
+    missing = _cli("run", "--out", str(tmp_path / "c"), "--dataset", "cifar10", "--data-root", str(tmp_path), *common)
+    assert missing.returncode == 2 and "cifar-10-batches-py" in missing.stderr
