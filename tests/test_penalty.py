@@ -26,13 +26,7 @@ from xaisparse.testing import count_hooks
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared CPU cores: intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------

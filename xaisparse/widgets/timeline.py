@@ -40,6 +40,17 @@ def _split_options(history: Any) -> list[str]:
     return sorted(found, key=lambda s: ({"train": 0, "test": 1}.get(s, 2), found.index(s)))
 
 
+def _layer_history(widget: Any) -> Any:
+    """The widget's history, after checking it has layer sparsity to draw (clears ``widget.data``)."""
+    h = widget.history
+    widget.data = {}
+    if h.is_empty:
+        raise NoData("This run has no epochs yet: nothing to show.")
+    if h.layers.empty:
+        raise NoData("This run records no layer sparsity (only metrics).")
+    return h
+
+
 def _statistic_choices(h: Any, statistic: str) -> list[str]:
     """The statistics the dropdown offers, including a valid ``statistic`` the history lacks."""
     stats = _statistic_options(h)
@@ -217,12 +228,7 @@ class SparsityTimeline(FigureWidget):
                 f"statistic={self.statistic_dropdown.value!r})")
 
     def _draw(self, notes: list[str]) -> Figure:
-        h = self.history
-        self.data = {}
-        if h.is_empty:
-            raise NoData("This run has no epochs yet: nothing to show.")
-        if h.layers.empty:
-            raise NoData("This run records no layer sparsity (only metrics).")
+        h = _layer_history(self)
         layers = list(self.layers_select.value)
         if not layers:
             raise NoData("Select at least one layer.")
@@ -266,12 +272,7 @@ class LayerEpochHeatmap(FigureWidget):
         return f"LayerEpochHeatmap(split={self.split_buttons.value!r}, statistic={self.statistic_dropdown.value!r})"
 
     def _draw(self, notes: list[str]) -> Figure:
-        h = self.history
-        self.data = {}
-        if h.is_empty:
-            raise NoData("This run has no epochs yet: nothing to show.")
-        if h.layers.empty:
-            raise NoData("This run records no layer sparsity (only metrics).")
+        h = _layer_history(self)
         split, statistic = self.split_buttons.value, self.statistic_dropdown.value
         n_layers = len(h.layer_names)
         fig = R.new_figure(9.0, float(np.clip(0.45 * n_layers + 1.6, 2.6, 10.0)))
