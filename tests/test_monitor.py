@@ -173,7 +173,13 @@ def run(monitor: SparsityMonitor, xs: list[torch.Tensor], split: str = "test") -
             monitor.model(x)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on shared CPU cores: intra-op threads only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture()

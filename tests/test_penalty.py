@@ -26,7 +26,13 @@ from xaisparse.testing import count_hooks
 
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on shared CPU cores: intra-op threads only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------
