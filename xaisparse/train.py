@@ -9,6 +9,7 @@ sparsity statistics on fixed probe subsets of the train and test data, appending
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 import tempfile
@@ -288,9 +289,6 @@ def fit(
             history.record_epoch(epoch, metrics, monitor.compute())
             for cb in cbs:
                 (cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb)(history)
-            if detector is not None and hasattr(detector, "result"):
-                res = detector.result()
-                history.detector = res.to_dict() if hasattr(res, "to_dict") else res
             if ckpt_dir is not None:
                 _save_checkpoint(ckpt_dir, model, opt, train_loader, history, epoch)
             _postfix(bar, metrics, history)
@@ -312,23 +310,20 @@ def _train_one_epoch(model, loader, opt, pen, device, loss_fn, state, cbs) -> No
         opt.zero_grad(set_to_none=True)
         out = model(x)
         loss = loss_fn(out, y)
-        if pen is not None:
-            p = pen()
-            total = loss + p
-            pen_value = p.detach()
-        else:
-            total, pen_value = loss, None
-        if not torch.isfinite(total):
+        total = loss + pen() if pen is not None else loss
+        # one host sync per step: the task loss and the total (with the penalty) together
+        state.loss, total_value = torch.stack([loss.detach(), total.detach()]).tolist()
+        if not math.isfinite(total_value):
             raise FloatingPointError(
-                f"training loss became {float(total)} at epoch {state.epoch}, batch {i}; lower the learning rate "
+                f"training loss became {total_value} at epoch {state.epoch}, batch {i}; lower the learning rate "
                 "or the penalty weight"
             )
         total.backward()
         opt.step()
-        state.batch, state.loss = i, float(loss.detach())
+        state.batch = i
         loss_sum += state.loss
-        if pen_value is not None:
-            state.penalty = float(pen_value)
+        if pen is not None:
+            state.penalty = total_value - state.loss
             pen_sum += state.penalty
         n += 1
         for cb in cbs:
