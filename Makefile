@@ -10,7 +10,7 @@ UV := $(TOOLS)/bin/uv
 STAMP := $(VENV)/.xaisparse-installed
 JOBS ?= 2
 
-.PHONY: venv test test-fast demo lock bench study lab clean
+.PHONY: venv lint test demo lock bench study lab clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -29,6 +29,11 @@ venv: $(STAMP)
 lock: | $(UV)
 	$(UV) pip compile pyproject.toml --all-extras -c constraints.txt --python-version 3.11 \
 	  --python-platform x86_64-unknown-linux-gnu -o requirements.lock
+
+## Lint and type checks (also the first step of `make test`).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 ## The whole test suite (unit, doctests, notebooks, browser when Chromium is present).
 test: $(STAMP)

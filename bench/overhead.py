@@ -36,34 +36,34 @@ import sys
 if "--omp-passive" in sys.argv[1:]:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import gc  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-import tracemalloc  # noqa: E402
-from collections import defaultdict  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from functools import partial  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import contextlib
+import gc
+import platform
+import statistics
+import time
+import tracemalloc
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-import scipy.stats  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchvision  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import scipy
+import scipy.stats
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
 
 # Measure the working tree this script lives in (also without an install, and with an editable
 # install whose finder resolves ``xaisparse`` to a namespace package when run from bench/).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import xaisparse  # noqa: E402
-from xaisparse.monitor import SparsityMonitor  # noqa: E402
-from xaisparse.penalty import SparsityPenalty  # noqa: E402
-from xaisparse.recording import ActivationRecorder  # noqa: E402
+import xaisparse
+from xaisparse.monitor import SparsityMonitor
+from xaisparse.penalty import SparsityPenalty
+from xaisparse.recording import ActivationRecorder
 
 SANITY_TOL = 1e-5
 TABLE_HEADER = "| case | model | plain ms/step | ours ms/step | ratio | spread (IQR) | target | result |"
@@ -170,9 +170,7 @@ class Row:
     ok: bool | None  # None: information only
 
 
-def ratio_row(
-    case: str, model: str, base: list[float], ours: list[float], *, speedup: bool, limit: float
-) -> Row:
+def ratio_row(case: str, model: str, base: list[float], ours: list[float], *, speedup: bool, limit: float) -> Row:
     """Ratio of the medians; spread = interquartile range of the per-repeat (paired) ratios."""
     mb, mo = statistics.median(base), statistics.median(ours)
     paired = [(b / o) if speedup else (o / b) for b, o in zip(base, ours)]
@@ -402,11 +400,11 @@ def run_model(setup: Setup, device: torch.device) -> tuple[list[Row], list[str]]
     # Sanity first, on fresh accumulators: both measure the same thing on the same batch.
     model.eval()
     check = SparsityMonitor(model)
-    with check.track("check"), torch.no_grad():
+    with check.track("test"), torch.no_grad():
         model(x)
     with ReferenceSparsity(model, layers) as ref_check, torch.no_grad():
         model(x)
-    ours_m, ref_m = ours_pooled_means(check, "check"), ref_check.means()
+    ours_m, ref_m = ours_pooled_means(check, "test"), ref_check.means()
     if set(ours_m) != set(ref_m):
         raise RuntimeError(f"layers differ: ours {sorted(ours_m)}, reference {sorted(ref_m)}")
     diff = max(abs(ours_m[k] - ref_m[k]) for k in ours_m)

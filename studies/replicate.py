@@ -56,16 +56,25 @@ def train_one(job: dict) -> str:
     out = Path(job["dir"])
     if (out / "history.json").exists():
         return str(out)
-    split = load_digits_dataset(size=16, seed=job["seed"], train_subset=job["train_subset"],
-                                label_noise=job["label_noise"])
+    split = load_digits_dataset(
+        size=16, seed=job["seed"], train_subset=job["train_subset"], label_noise=job["label_noise"]
+    )
     name, kw = ARCHS[job["arch"]]
     torch.manual_seed(job["seed"])
     model = build_model(name, in_channels=1, num_classes=10, image_size=16, **kw)
-    history = fit(model, split.train, split.test, epochs=job["epochs"], lr=job["lr"], batch_size=32,
-                  penalty=job["penalty"] or None, seed=job["seed"], progress=False,
-                  detector=OverfitDetector(),
-                  config={"name": out.name, "arch": job["arch"], "condition": job["condition"],
-                          "data": split.info})
+    history = fit(
+        model,
+        split.train,
+        split.test,
+        epochs=job["epochs"],
+        lr=job["lr"],
+        batch_size=32,
+        penalty=job["penalty"] or None,
+        seed=job["seed"],
+        progress=False,
+        detector=OverfitDetector(),
+        config={"name": out.name, "arch": job["arch"], "condition": job["condition"], "data": split.info},
+    )
     history.save(out)
     return str(out)
 
@@ -79,8 +88,16 @@ def tune_detector(histories: dict, grid: dict) -> tuple[dict, pd.DataFrame]:
         params = dict(zip(grid, values))
         _, summary = evaluate(histories, OverfitDetector(**params))
         s = summary.set_index("method").loc["sparsity"]
-        rows.append({**params, "hit": s["hit_rate"], "false_alarm": s["false_alarm_rate"], "miss": s["miss_rate"],
-                     "median_lead": s["median_lead"], "score": s["hit_rate"] - s["false_alarm_rate"]})
+        rows.append(
+            {
+                **params,
+                "hit": s["hit_rate"],
+                "false_alarm": s["false_alarm_rate"],
+                "miss": s["miss_rate"],
+                "median_lead": s["median_lead"],
+                "score": s["hit_rate"] - s["false_alarm_rate"],
+            }
+        )
     table = pd.DataFrame(rows)
     table["abs_lead"] = table.median_lead.abs().fillna(99)
     best = table.sort_values(["score", "abs_lead"], ascending=[False, True]).iloc[0]
@@ -90,15 +107,28 @@ def tune_detector(histories: dict, grid: dict) -> tuple[dict, pd.DataFrame]:
 def penalty_table(histories: dict) -> pd.DataFrame:
     """One row per (arch, seed): baseline vs penalty test accuracy/loss, best and last epoch."""
     rows = []
-    for name, h in histories.items():
+    for _name, h in histories.items():
         acc, loss = h.metric("test", "accuracy"), h.metric("test", "loss")
         sparsity = np.nanmean([h.layer_series("test", l).iloc[-1] for l in h.layer_names])
-        rows.append({"arch": h.config["arch"], "seed": h.config["seed"], "condition": h.config["condition"],
-                     "best_acc": acc.max(), "last_acc": acc.iloc[-1], "min_loss": loss.min(),
-                     "last_loss": loss.iloc[-1], "best_epoch": int(loss.idxmin()), "last_sparsity": sparsity})
+        rows.append(
+            {
+                "arch": h.config["arch"],
+                "seed": h.config["seed"],
+                "condition": h.config["condition"],
+                "best_acc": acc.max(),
+                "last_acc": acc.iloc[-1],
+                "min_loss": loss.min(),
+                "last_loss": loss.iloc[-1],
+                "best_epoch": int(loss.idxmin()),
+                "last_sparsity": sparsity,
+            }
+        )
     long = pd.DataFrame(rows)
-    return long.pivot_table(index=["arch", "seed"], columns="condition",
-                            values=["best_acc", "last_acc", "min_loss", "last_loss", "last_sparsity"])
+    return long.pivot_table(
+        index=["arch", "seed"],
+        columns="condition",
+        values=["best_acc", "last_acc", "min_loss", "last_loss", "last_sparsity"],
+    )
 
 
 def paired_summary(wide: pd.DataFrame) -> pd.DataFrame:
@@ -113,10 +143,18 @@ def paired_summary(wide: pd.DataFrame) -> pd.DataFrame:
                 pval = wilcoxon(p, b).pvalue if np.any(diff != 0) else 1.0
             except ValueError:
                 pval = float("nan")
-            rows.append({"arch": arch, "metric": metric, "baseline_median": np.median(b),
-                         "penalty_median": np.median(p), "median_diff": np.median(diff),
-                         "penalty_better": int(np.sum(diff > 0 if "acc" in metric else diff < 0)),
-                         "pairs": len(diff), "wilcoxon_p": pval})
+            rows.append(
+                {
+                    "arch": arch,
+                    "metric": metric,
+                    "baseline_median": np.median(b),
+                    "penalty_median": np.median(p),
+                    "median_diff": np.median(diff),
+                    "penalty_better": int(np.sum(diff > 0 if "acc" in metric else diff < 0)),
+                    "pairs": len(diff),
+                    "wilcoxon_p": pval,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -140,10 +178,20 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     jobs = [
-        {"dir": str(out / "runs" / f"{arch}-{cond}-s{seed}"), "arch": arch, "condition": cond, "seed": seed,
-         "penalty": args.penalty if cond == "penalty" else 0.0, "epochs": args.epochs, "lr": args.lr,
-         "train_subset": args.train_subset, "label_noise": args.label_noise}
-        for arch in args.archs for seed in range(args.seeds) for cond in ("baseline", "penalty")
+        {
+            "dir": str(out / "runs" / f"{arch}-{cond}-s{seed}"),
+            "arch": arch,
+            "condition": cond,
+            "seed": seed,
+            "penalty": args.penalty if cond == "penalty" else 0.0,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "train_subset": args.train_subset,
+            "label_noise": args.label_noise,
+        }
+        for arch in args.archs
+        for seed in range(args.seeds)
+        for cond in ("baseline", "penalty")
     ]
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=args.workers) as pool:

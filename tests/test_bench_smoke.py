@@ -37,8 +37,13 @@ def test_overhead_benchmark_quick_runs_and_agrees_with_reference() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "| case | model | plain ms/step | ours ms/step | ratio | spread (IQR) | target | result |" in proc.stdout
-    for case in ("(a) monitor, train step", "(b) monitor, eval pass", "(c) penalty, train step",
-                 "(d) vs scipy reference", "(e) memory growth"):
+    for case in (
+        "(a) monitor, train step",
+        "(b) monitor, eval pass",
+        "(c) penalty, train step",
+        "(d) vs scipy reference",
+        "(e) memory growth",
+    ):
         assert case in proc.stdout, case
     sanity = re.findall(
         r"^sanity: max \|mean sparsity ours - reference\| = (\S+) over (\d+) layers of (\S+) "

@@ -311,8 +311,11 @@ WRITERS = {
     "svhn": lambda root, mp: write_svhn(root, mp),
 }
 GEOMETRY = {  # num_classes, in_channels, size
-    "cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "mnist": (10, 1, 28),
-    "fashion_mnist": (10, 1, 28), "svhn": (10, 3, 32),
+    "cifar10": (10, 3, 32),
+    "cifar100": (100, 3, 32),
+    "mnist": (10, 1, 28),
+    "fashion_mnist": (10, 1, 28),
+    "svhn": (10, 3, 32),
 }
 
 
@@ -336,8 +339,15 @@ def test_torchvision_loader_reads_real_format(name: str, tmp_path: Path, monkeyp
 @pytest.mark.parametrize(
     ("name", "fragments"),
     [
-        ("cifar10", ["CIFAR-10", "cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch",
-                     "cifar-10-batches-py/batches.meta"]),
+        (
+            "cifar10",
+            [
+                "CIFAR-10",
+                "cifar-10-batches-py/data_batch_1",
+                "cifar-10-batches-py/test_batch",
+                "cifar-10-batches-py/batches.meta",
+            ],
+        ),
         ("cifar100", ["CIFAR-100", "cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"]),
         ("mnist", ["MNIST", "MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"]),
         ("fashion_mnist", ["Fashion-MNIST", "FashionMNIST/raw/train-images-idx3-ubyte"]),

@@ -41,15 +41,17 @@ def make_history(
 ) -> History:
     """A History whose ``layers`` table holds ``series[layer][i]`` at epoch ``start + i``."""
     rows = [
-        (start + i, split, layer, statistic, float(v))
-        for layer, values in series.items()
-        for i, v in enumerate(values)
+        (start + i, split, layer, statistic, float(v)) for layer, values in series.items() for i, v in enumerate(values)
     ]
     rows.sort(key=lambda r: r[0])
     h = History(layers=pd.DataFrame(rows, columns=LAYER_COLUMNS), layer_order=list(series))
     if loss is not None:
         h.metrics = pd.DataFrame(
-            [(start + i, "test", m, float(v if m == "loss" else 1 - v)) for i, v in enumerate(loss) for m in ("loss", "accuracy")],
+            [
+                (start + i, "test", m, float(v if m == "loss" else 1 - v))
+                for i, v in enumerate(loss)
+                for m in ("loss", "accuracy")
+            ],
             columns=["epoch", "split", "metric", "value"],
         )
     return h
@@ -243,7 +245,9 @@ maybe_nan = st.one_of(dyadic, dyadic, dyadic, dyadic, st.just(math.nan))
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    data=st.integers(1, 14).flatmap(lambda n: st.lists(st.lists(maybe_nan, min_size=n, max_size=n), min_size=1, max_size=3)),
+    data=st.integers(1, 14).flatmap(
+        lambda n: st.lists(st.lists(maybe_nan, min_size=n, max_size=n), min_size=1, max_size=3)
+    ),
     smooth=st.integers(1, 3),
     threshold=st.sampled_from([0.0, 0.05, 0.2]),
     noise=st.sampled_from([0.0, 1.5]),
@@ -309,9 +313,7 @@ def test_synthetic_alarm_near_overfitting(synth_runs, k, seed):
 def test_synthetic_onsets_track_the_true_start(synth_runs):
     # The raw rise starts at k - 2, the 3-epoch trailing mean's at k - 1.
     offsets = [
-        onset - k
-        for (k, seed), h in synth_runs.items()
-        for onset in OverfitDetector().detect(h).onsets.values()
+        onset - k for (k, seed), h in synth_runs.items() for onset in OverfitDetector().detect(h).onsets.values()
     ]
     assert -3 <= float(np.median(offsets)) <= 0, offsets
 

@@ -38,9 +38,7 @@ from xaisparse.estimators import LayerSparsity
 from xaisparse.estimators.layer import _hist_index
 
 STATE_NAMES = {
-    f"{axis}_{k}"
-    for axis in ("spatial", "channel")
-    for k in ("hist", "sum", "sumsq", "count", "dead", "nonfinite")
+    f"{axis}_{k}" for axis in ("spatial", "channel") for k in ("hist", "sum", "sumsq", "count", "dead", "nonfinite")
 } | {"sample_S", "sample_T", "sample_n", "sample_nonfinite"}
 
 OUT_KEYS = {
@@ -179,8 +177,16 @@ def assert_matches_reference(out: dict[str, torch.Tensor], ref: dict, bins: int,
     assert set(out) == OUT_KEYS
     tol, std_tol = TOL[dtype], STD_TOL[dtype]
     o = {k: v.detach().cpu().numpy() for k, v in out.items()}
-    for k in ("spatial_count", "spatial_dead", "spatial_nonfinite", "channel_count", "channel_dead",
-              "channel_nonfinite", "sample_count", "sample_nonfinite"):
+    for k in (
+        "spatial_count",
+        "spatial_dead",
+        "spatial_nonfinite",
+        "channel_count",
+        "channel_dead",
+        "channel_nonfinite",
+        "sample_count",
+        "sample_nonfinite",
+    ):
         np.testing.assert_array_equal(o[k], ref[k], err_msg=k)
     for k in ("spatial_mean", "channel_mean", "sample_sparsity"):
         np.testing.assert_allclose(o[k], ref[k], rtol=0, atol=tol, err_msg=k)
@@ -512,8 +518,14 @@ def test_compute_before_update_warns_and_returns_nan_means():
     assert set(out) == OUT_KEYS
     for k in ("spatial_mean", "spatial_std", "channel_mean", "channel_std", "sample_perplexity", "sample_sparsity"):
         assert torch.isnan(out[k]).all(), k
-    for k in OUT_KEYS - {"spatial_mean", "spatial_std", "channel_mean", "channel_std", "sample_perplexity",
-                         "sample_sparsity"}:
+    for k in OUT_KEYS - {
+        "spatial_mean",
+        "spatial_std",
+        "channel_mean",
+        "channel_std",
+        "sample_perplexity",
+        "sample_sparsity",
+    }:
         assert not out[k].any(), k
     assert out["spatial_hist"].shape == (3, 4) and out["channel_hist"].shape == (4,)
 
@@ -605,7 +617,10 @@ def _ddp_worker(rank: int, port: int, outdir: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=2,
         timeout=datetime.timedelta(seconds=60),
     )
     try:

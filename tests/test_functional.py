@@ -363,8 +363,14 @@ def test_dead_maps_are_exactly_one_and_flagged():
 
 @pytest.mark.parametrize(
     "axis,shape",
-    [("spatial", (3, 2, 1, 1)), ("spatial", (3, 2, 1)), ("channel", (4, 1, 3, 3)), ("channel", (4, 1)),
-     ("sample", (1, 3, 2, 2)), ("sample", (1, 5))],
+    [
+        ("spatial", (3, 2, 1, 1)),
+        ("spatial", (3, 2, 1)),
+        ("channel", (4, 1, 3, 3)),
+        ("channel", (4, 1)),
+        ("sample", (1, 3, 2, 2)),
+        ("sample", (1, 5)),
+    ],
 )
 def test_length_one_vectors_give_nan_with_warning(axis, shape):
     x = torch.rand(*shape) + 0.5
@@ -407,9 +413,7 @@ def test_nonfinite_affects_only_its_vector(bad):
     ss = perplexity_sparsity(xt, "sample")
     assert torch.equal(nonfinite_mask(xt, "sample"), torch.tensor([False, False, True, False]))
     assert torch.isnan(ss[2]) and not torch.isnan(ss[[0, 1, 3]]).any()
-    np.testing.assert_allclose(
-        ss.numpy()[[0, 1, 3]], ref_apply(clean, "sample", ref_sparsity_of_vector)[[0, 1, 3]]
-    )
+    np.testing.assert_allclose(ss.numpy()[[0, 1, 3]], ref_apply(clean, "sample", ref_sparsity_of_vector)[[0, 1, 3]])
 
 
 def test_spatial_on_2d_raises_with_shape():
@@ -692,6 +696,8 @@ def test_sample_axis_streamed_over_batches_equals_one_shot(splits):
         t_acc += t
     n = x.shape[0]
     with np.errstate(divide="ignore", invalid="ignore"):
-        pp = np.where(s_acc > 0, np.exp(np.log(np.where(s_acc > 0, s_acc, 1)) - t_acc / np.where(s_acc > 0, s_acc, 1)), 1.0)
+        pp = np.where(
+            s_acc > 0, np.exp(np.log(np.where(s_acc > 0, s_acc, 1)) - t_acc / np.where(s_acc > 0, s_acc, 1)), 1.0
+        )
     streamed = 1 - (pp - 1) / (n - 1)
     assert_close(perplexity_sparsity(xt, "sample"), streamed)

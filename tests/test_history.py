@@ -18,7 +18,9 @@ def hist():
 
 def _same(h1: History, h2: History) -> None:
     for kind in ("metrics", "layers", "channels"):
-        a = h1.to_dataframe(kind).astype({c: str for c in ("split", "layer", "statistic", "metric") if c in h1.to_dataframe(kind)})
+        a = h1.to_dataframe(kind).astype(
+            {c: str for c in ("split", "layer", "statistic", "metric") if c in h1.to_dataframe(kind)}
+        )
         b = h2.to_dataframe(kind).astype({c: str for c in a.columns if a[c].dtype == object})
         pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_dtype=False)
     assert sorted(h1.spatial_hist) == sorted(h2.spatial_hist)
@@ -45,7 +47,9 @@ def test_tidy_tables_and_accessors(hist):
     assert hist.epochs == [0, 1, 2, 3, 4]
     m = hist.layer_matrix("test")
     assert list(m.index) == ["a", "b"] and list(m.columns) == [0, 1, 2, 3, 4]
-    rows = hist.layers[(hist.layers.split == "test") & (hist.layers.layer == "b") & (hist.layers.statistic == "spatial_mean")]
+    rows = hist.layers[
+        (hist.layers.split == "test") & (hist.layers.layer == "b") & (hist.layers.statistic == "spatial_mean")
+    ]
     assert m.loc["b"].tolist() == rows.value.tolist()
     assert hist.histogram("test", "a", 2).shape == (3, 20)
     with pytest.raises(KeyError, match="recorded epochs"):
@@ -86,11 +90,22 @@ def test_failed_save_leaves_previous_run_intact(tmp_path, hist, monkeypatch):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda p: (p / "layers.parquet").write_bytes((p / "layers.parquet").read_bytes()[:100]), "corrupt or truncated"),
+        (
+            lambda p: (p / "layers.parquet").write_bytes((p / "layers.parquet").read_bytes()[:100]),
+            "corrupt or truncated",
+        ),
         (lambda p: (p / "histograms.npz").unlink(), "histograms.npz is missing"),
         (lambda p: (p / "history.json").write_text('{"format": "xaisparse.history", "schema'), "not valid JSON"),
-        (lambda p: (p / "history.json").write_text(json.dumps({"format": "something-else"})), "not an xaisparse history"),
-        (lambda p: (p / "history.json").write_text(json.dumps({"format": "xaisparse.history", "schema_version": 99})), "schema version 99"),
+        (
+            lambda p: (p / "history.json").write_text(json.dumps({"format": "something-else"})),
+            "not an xaisparse history",
+        ),
+        (
+            lambda p: (p / "history.json").write_text(
+                json.dumps({"format": "xaisparse.history", "schema_version": 99})
+            ),
+            "schema version 99",
+        ),
         (lambda p: (p / "history.json").unlink(), "not an xaisparse run directory"),
     ],
 )

@@ -25,7 +25,6 @@ BINS = 10
 ATOL = 2e-5  # float32 activations and float32 maths inside the estimator vs float64 reference
 
 
-
 # -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------
 def ref_sparsity(v: np.ndarray, n: np.ndarray | int | None = None) -> np.ndarray:
     """Perplexity sparsity of each vector along the last axis of a non-negative float64 array.
@@ -64,7 +63,7 @@ def reference(acts: torch.Tensor) -> dict[str, np.ndarray | float]:
             layer_dead_fraction=float(dead.sum() / finite.sum()),
         )
     # lifetime: one channel's spatial means over all finite samples
-    out["lifetime_sparsity"] = ref_sparsity(np.where(finite, means, 0.0).T, finite.sum(0))
+    out["sample_sparsity"] = ref_sparsity(np.where(finite, means, 0.0).T, finite.sum(0))
     # population: per sample, the vector of channel means (rows with any non-finite map excluded)
     rows = finite.all(1)
     pop = ref_sparsity(means[rows])
@@ -108,7 +107,7 @@ def check_layer(report: SparsityReport, split: str, layer: str, acts: torch.Tens
     ref = reference(acts)
     c = acts.shape[1]
     close = dict(rtol=0, atol=ATOL)
-    np.testing.assert_allclose(channel_values(report, split, layer, "lifetime_sparsity"), ref["lifetime_sparsity"], **close)
+    np.testing.assert_allclose(channel_values(report, split, layer, "sample_sparsity"), ref["sample_sparsity"], **close)
     np.testing.assert_array_equal(channel_values(report, split, layer, "nonfinite"), ref["nonfinite"])
     np.testing.assert_allclose(report.layer_value(split, layer, "channel_mean"), ref["channel_mean"], **close)
     assert report.layer_value(split, layer, "num_channels") == c
@@ -116,10 +115,14 @@ def check_layer(report: SparsityReport, split: str, layer: str, acts: torch.Tens
     assert_hist_matches(report.channel_hist[(split, layer)], ref["population"], BINS)
     if "maps" in ref:
         np.testing.assert_allclose(channel_values(report, split, layer, "spatial_mean"), ref["spatial_mean"], **close)
-        np.testing.assert_allclose(channel_values(report, split, layer, "dead_fraction"), ref["dead_fraction"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            channel_values(report, split, layer, "dead_fraction"), ref["dead_fraction"], rtol=0, atol=1e-12
+        )
         np.testing.assert_array_equal(channel_values(report, split, layer, "count"), ref["count"])
         np.testing.assert_allclose(report.layer_value(split, layer, "spatial_mean"), ref["layer_spatial_mean"], **close)
-        np.testing.assert_allclose(report.layer_value(split, layer, "dead_fraction"), ref["layer_dead_fraction"], atol=1e-12)
+        np.testing.assert_allclose(
+            report.layer_value(split, layer, "dead_fraction"), ref["layer_dead_fraction"], atol=1e-12
+        )
         hist = report.spatial_hist[(split, layer)]
         assert hist.shape == (c, BINS)
         for ch in range(c):
@@ -182,7 +185,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture()
+@pytest.fixture
 def cnn() -> SmallCNN:
     torch.manual_seed(0)
     return SmallCNN().eval()
@@ -240,15 +243,20 @@ def test_resnet18_matches_captum_numpy_reference(resnet: nn.Module) -> None:
     for site in one_by_one:
         assert np.isnan(channel_values(report, "test", site, "spatial_mean")).all()
         assert (channel_values(report, "test", site, "count") == 0).all()
-        assert np.isfinite(channel_values(report, "test", site, "lifetime_sparsity")).all()
+        assert np.isfinite(channel_values(report, "test", site, "sample_sparsity")).all()
         assert np.isfinite(report.layer_value("test", site, "channel_mean"))
 
 
 def test_one_by_one_maps_warn_once_and_report_channel_and_lifetime() -> None:
     torch.manual_seed(3)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.AdaptiveAvgPool2d(1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(5, 2),
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3),
+        nn.AdaptiveAvgPool2d(1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5, 2),
     ).eval()
     g = torch.Generator().manual_seed(4)
     xs = list(torch.randn(12, 1, 9, 9, generator=g).split(4))
@@ -293,9 +301,9 @@ def test_nan_activations_counted_and_excluded() -> None:
     np.testing.assert_array_equal(channel_values(report, "test", "2", "count"), [8, 4, 6, 8])
     # Layer level: 6 non-finite maps (the unit of the per-channel column and of the widgets).
     assert report.layer_value("test", "2", "nonfinite") == 6
-    for stat in ("spatial_mean", "spatial_std", "lifetime_sparsity", "lifetime_perplexity"):
+    for stat in ("spatial_mean", "spatial_std", "sample_sparsity", "sample_perplexity"):
         assert np.isfinite(channel_values(report, "test", "2", stat)).all(), stat
-    for stat in ("spatial_mean", "dead_fraction", "channel_mean", "lifetime_mean"):
+    for stat in ("spatial_mean", "dead_fraction", "channel_mean", "sample_mean"):
         assert np.isfinite(report.layer_value("test", "2", stat)), stat
     assert report.spatial_hist[("test", "2")].sum(1).tolist() == [8, 4, 6, 8]
     assert report.channel_hist[("test", "2")].sum() == 8 - 6  # samples 0, 2, 3 of each batch dropped
@@ -303,6 +311,7 @@ def test_nan_activations_counted_and_excluded() -> None:
 
 def test_nan_in_one_by_one_maps_counted() -> None:
     """Non-finite values are counted also where the spatial axis is skipped (1x1 maps)."""
+
     class InjectNaN(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.clone()
@@ -343,7 +352,9 @@ def test_two_splits_keep_separate_statistics_and_reset(cnn: SmallCNN) -> None:
     after = monitor.compute()
     assert set(after.channels.split) == {"test"} and set(after.layers.split) == {"test"}
     assert set(after.spatial_hist) == {("test", n) for n in LAYERS}
-    pd.testing.assert_frame_equal(after.channels, report.channels[report.channels.split == "test"].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        after.channels, report.channels[report.channels.split == "test"].reset_index(drop=True)
+    )
     run(monitor, x_test[:1], "train")  # the train split starts afresh
     check_layer(monitor.compute(), "train", "relu2", captum_acts(cnn, ["relu2"], x_test[0])["relu2"])
 
@@ -365,7 +376,7 @@ def test_hooks_removed_after_normal_exit_and_after_exception(cnn: SmallCNN) -> N
     with pytest.raises(ZeroDivisionError):
         with monitor.track(split="test"):
             cnn(batches(9, 1)[0])
-            1 / 0
+            1 / 0  # noqa: B018
     assert count_hooks(cnn) == 0
     # The monitor is usable again after the exception, and the first block's data is kept.
     run(monitor, batches(9, 1))
@@ -500,7 +511,7 @@ def test_report_tables_are_tidy(cnn: SmallCNN) -> None:
     assert len(ch) == 2 * sum(n_channels.values()) * len(CHANNEL_STATISTICS)
     assert not ch.duplicated(["split", "layer", "channel", "statistic"]).any()
     assert set(ch.statistic) == set(CHANNEL_STATISTICS)
-    for (split, layer), group in ch.groupby(["split", "layer"]):
+    for (_split, layer), group in ch.groupby(["split", "layer"]):
         assert sorted(group.channel.unique()) == list(range(n_channels[layer]))
         per_channel = group.groupby("channel").statistic.agg(lambda s: tuple(sorted(s)))
         assert set(per_channel) == {tuple(sorted(CHANNEL_STATISTICS))}
@@ -509,7 +520,9 @@ def test_report_tables_are_tidy(cnn: SmallCNN) -> None:
     assert set(ly.statistic) == set(LAYER_STATISTICS)
     assert pd.api.types.is_integer_dtype(ch.channel) and pd.api.types.is_float_dtype(ch.value)
     assert pd.api.types.is_float_dtype(ly.value)
-    assert set(report.spatial_hist) == set(report.channel_hist) == {(s, l) for s in ("train", "test") for l in n_channels}
+    assert (
+        set(report.spatial_hist) == set(report.channel_hist) == {(s, l) for s in ("train", "test") for l in n_channels}
+    )
     assert report.spatial_hist[("train", "relu2")].shape == (8, BINS)
     assert report.channel_hist[("test", "relu1")].shape == (BINS,)
     np.testing.assert_array_equal(report.bin_edges, np.linspace(0, 1, BINS + 1))

@@ -25,7 +25,6 @@ from xaisparse.penalty import SparsityPenalty
 from xaisparse.testing import count_hooks
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny tensors on shared CPU cores: intra-op threads only add contention."""
@@ -90,8 +89,12 @@ class SmallCNN(nn.Module):
     def __init__(self, width: int = 8) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 4 * 4, 10))
 

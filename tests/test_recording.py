@@ -19,16 +19,11 @@ from xaisparse.recording import (
 from xaisparse.testing import count_hooks
 
 
-
 class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU()
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.ReLU(), nn.Linear(8, 3)
-        )
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.ReLU(), nn.Linear(8, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -113,15 +108,18 @@ def test_glob_type_predicate_list_module_selectors(cnn: SmallCNN) -> None:
     assert select_layers(cnn, "features.*") == [f"features.{i}" for i in range(4)]
     assert select_layers(cnn, "classifier.1") == ["classifier.1"]
     assert select_layers(cnn, nn.Conv2d) == ["features.0", "features.2"]
-    assert select_layers(cnn, (nn.Conv2d, nn.Linear)) == [
-        "features.0", "features.2", "classifier.1", "classifier.3"
-    ]
+    assert select_layers(cnn, (nn.Conv2d, nn.Linear)) == ["features.0", "features.2", "classifier.1", "classifier.3"]
     assert select_layers(cnn, nn.ReLU) == ["features.1", "features.3", "classifier.2"]
     pred = lambda name, m: isinstance(m, nn.Linear) and name.endswith("3")  # noqa: E731
     assert select_layers(cnn, pred) == ["classifier.3"]
     # a list is a union, returned in registration order without duplicates
     assert select_layers(cnn, [pred, "features.?", cnn.classifier[1], nn.Conv2d]) == [
-        "features.0", "features.1", "features.2", "features.3", "classifier.1", "classifier.3"
+        "features.0",
+        "features.1",
+        "features.2",
+        "features.3",
+        "classifier.1",
+        "classifier.3",
     ]
     assert select_layers(cnn, cnn.features) == ["features"]
 
@@ -181,9 +179,7 @@ def test_matches_captum_layer_activation_resnet18(resnet: nn.Module) -> None:
     assert (ref_bn < 0).any()
     torch.testing.assert_close(sink.seen["layer1.0.bn1"], ref_bn, rtol=0, atol=0)
     # Captum keeps the last call of a reused module: the block's second ReLU call site.
-    ref_relu = LayerActivation(resnet, resnet.layer1[0].relu).attribute(
-        x, attribute_to_layer_input=False
-    )
+    ref_relu = LayerActivation(resnet, resnet.layer1[0].relu).attribute(x, attribute_to_layer_input=False)
     torch.testing.assert_close(sink.seen["layer1.0.relu#2"], ref_relu, rtol=0, atol=0)
     assert not torch.equal(sink.seen["layer1.0.relu"], sink.seen["layer1.0.relu#2"])
 

@@ -50,18 +50,36 @@ def test_callbacks_and_stop_after_current_epoch():
             seen_epochs.append(history.epochs[-1])
             self.stop_requested = history.epochs[-1] == 2
 
-    h = fit(_net(), _data(), _data(seed=1), epochs=10, progress=False, batch_size=32, callbacks=[Stopper(), seen_epochs.append])
+    h = fit(
+        _net(),
+        _data(),
+        _data(seed=1),
+        epochs=10,
+        progress=False,
+        batch_size=32,
+        callbacks=[Stopper(), seen_epochs.append],
+    )
     assert h.epochs == [0, 1, 2] and h.config["stopped_early_at"] == 2
     assert [e for e in seen_epochs if isinstance(e, int)] == [0, 1, 2]
     assert seen_batches == [(e, b) for e in (1, 2) for b in range(3)]
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
-    full = fit(_net(), _data(), _data(seed=1), epochs=4, progress=False, batch_size=32, checkpoint_dir=tmp_path / "full")
+    full = fit(
+        _net(), _data(), _data(seed=1), epochs=4, progress=False, batch_size=32, checkpoint_dir=tmp_path / "full"
+    )
     fit(_net(), _data(), _data(seed=1), epochs=2, progress=False, batch_size=32, checkpoint_dir=tmp_path / "part")
     model = _net(seed=123)  # different init: resume must overwrite it
-    resumed = fit(model, _data(), _data(seed=1), epochs=4, progress=False, batch_size=32,
-                  checkpoint_dir=tmp_path / "part", resume=tmp_path / "part")
+    resumed = fit(
+        model,
+        _data(),
+        _data(seed=1),
+        epochs=4,
+        progress=False,
+        batch_size=32,
+        checkpoint_dir=tmp_path / "part",
+        resume=tmp_path / "part",
+    )
     assert resumed.epochs == full.epochs
     a, b = full.metric("test", "loss"), resumed.metric("test", "loss")
     assert a.tolist() == pytest.approx(b.tolist(), rel=1e-6)
@@ -82,7 +100,9 @@ def test_detector_result_is_saved_and_bad_args_are_clear():
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "xaisparse.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "xaisparse.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 def test_cli_help_for_every_command():
@@ -97,7 +117,9 @@ def test_cli_run_report_compare(tmp_path):
     a = _cli("run", "--out", str(tmp_path / "a"), *common)
     assert a.returncode == 0, a.stderr
     assert "test-loss minimum: epoch" in a.stdout and "sparsity detector" in a.stdout
-    assert (tmp_path / "a" / "report" / "index.html").is_file() and (tmp_path / "a" / "report" / "timeline.png").is_file()
+    assert (tmp_path / "a" / "report" / "index.html").is_file() and (
+        tmp_path / "a" / "report" / "timeline.png"
+    ).is_file()
     b = _cli("run", "--out", str(tmp_path / "b"), "--penalty", "0.1", "--no-report", *common)
     assert b.returncode == 0, b.stderr
     rep = _cli("report", str(tmp_path / "b"))

@@ -13,16 +13,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402  (only to check that no pyplot figure is ever opened)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
-from xaisparse.history import History  # noqa: E402
-from xaisparse.testing import synthetic_history  # noqa: E402
-from xaisparse.widgets import (  # noqa: E402
+from xaisparse.history import History
+from xaisparse.testing import synthetic_history
+from xaisparse.widgets import (
     ChannelInspector,
     LayerEpochHeatmap,
     LiveDashboard,
@@ -30,8 +30,8 @@ from xaisparse.widgets import (  # noqa: E402
     RunComparison,
     SparsityTimeline,
 )
-from xaisparse.widgets import data as D  # noqa: E402
-from xaisparse.widgets._render import DEAD_COLOR  # noqa: E402
+from xaisparse.widgets import data as D
+from xaisparse.widgets._render import DEAD_COLOR
 
 PNG = b"\x89PNG\r\n\x1a\n"
 L1, L2, L3 = "block1.relu", "block2.relu", "block3.relu"
@@ -155,8 +155,14 @@ def test_timeline_frame_loss_minimum_alarm_and_heatmap(hist):
     assert D.loss_minimum(History()) is None
     assert D.alarm_epoch(hist) == 4
     h = History()
-    for det, want in [(None, None), ({"alarm_epoch": None}, None), ({"alarm_epoch": float("nan")}, None),
-                      ({"alarm_epoch": 7.0}, 7), ({"alarm_epoch": "x"}, None), ({}, None)]:
+    for det, want in [
+        (None, None),
+        ({"alarm_epoch": None}, None),
+        ({"alarm_epoch": float("nan")}, None),
+        ({"alarm_epoch": 7.0}, 7),
+        ({"alarm_epoch": "x"}, None),
+        ({}, None),
+    ]:
         h.detector = det
         assert D.alarm_epoch(h) == want
     pd.testing.assert_frame_equal(
@@ -217,9 +223,11 @@ def test_distribution_follows_the_controls(hist):
     w.kind_dropdown.value = "box"
     fig = w.to_figure()
     expected = [D.histogram_box_stats(row, hist.bin_edges)["med"] for row in hist.histogram("test", L3, 5)]
-    medians = sorted(line.get_ydata()[0] for line in fig.axes[0].get_lines()
-                     if len(line.get_ydata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1]
-                     and line.get_color() == "#222222")
+    medians = sorted(
+        line.get_ydata()[0]
+        for line in fig.axes[0].get_lines()
+        if len(line.get_ydata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1] and line.get_color() == "#222222"
+    )
     np.testing.assert_allclose(medians, sorted(expected))
     assert w.message == ""
 
@@ -318,15 +326,18 @@ def test_timeline_lines_equal_layer_series_and_markers(hist):
     w.statistic_dropdown.value = "dead_fraction"
     fig = w.to_figure()
     assert fig.axes[0].get_ylabel().startswith("dead-map fraction")
-    np.testing.assert_array_equal(line_by_gid(fig, f"layer:{L2}").get_ydata(),
-                                  hist.layer_series("test", L2, "dead_fraction").to_numpy())
+    np.testing.assert_array_equal(
+        line_by_gid(fig, f"layer:{L2}").get_ydata(), hist.layer_series("test", L2, "dead_fraction").to_numpy()
+    )
     assert bytes(w.image.value) != png
     w.layers_select.value = (L3,)
     fig = w.to_figure()
     assert [l.get_gid() for l in fig.axes[0].get_lines() if str(l.get_gid()).startswith("layer:")] == [f"layer:{L3}"]
     w.split_buttons.value = "train"
-    np.testing.assert_array_equal(line_by_gid(w.to_figure(), f"layer:{L3}").get_ydata(),
-                                  hist.layer_series("train", L3, "dead_fraction").to_numpy())
+    np.testing.assert_array_equal(
+        line_by_gid(w.to_figure(), f"layer:{L3}").get_ydata(),
+        hist.layer_series("train", L3, "dead_fraction").to_numpy(),
+    )
     w.layers_select.value = ()
     assert "at least one layer" in w.message
 
@@ -360,9 +371,9 @@ def test_heatmap_equals_layer_matrix(hist):
     assert fig.axes[1].get_ylabel() == "spatial sparsity (0 dense – 1 one unit)"  # the colorbar
     png = bytes(w.image.value)
     w.split_buttons.value = "train"
-    w.statistic_dropdown.value = "lifetime_mean"
+    w.statistic_dropdown.value = "sample_mean"
     image = w.to_figure().axes[0].get_images()[0].get_array()
-    np.testing.assert_allclose(np.ma.filled(image, np.nan), hist.layer_matrix("train", "lifetime_mean").to_numpy())
+    np.testing.assert_allclose(np.ma.filled(image, np.nan), hist.layer_matrix("train", "sample_mean").to_numpy())
     assert bytes(w.image.value) != png
     assert "no epochs" in LayerEpochHeatmap(History()).message
     nan = LayerEpochHeatmap(synthetic_history(nan_epoch=3))
@@ -439,8 +450,14 @@ def tiny_cnn():
     from torch import nn
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
-                        nn.Flatten(), nn.Linear(6 * 8 * 8, 3))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 8 * 8, 3),
+    )
     return net, torch.randn(6, 1, 8, 8)
 
 
@@ -459,7 +476,9 @@ def test_channel_inspector_titles_equal_independent_sparsity(tiny_cnn):
 
     def check(layer_out, channel):
         fig = w.to_figure()
-        got = [float(re.search(r"s = ([0-9.]+)", t).group(1)) for t in (ax.get_title() for ax in fig.axes) if "s = " in t]
+        got = [
+            float(re.search(r"s = ([0-9.]+)", t).group(1)) for t in (ax.get_title() for ax in fig.axes) if "s = " in t
+        ]
         want = [_entropy_sparsity(layer_out[i, channel]) for i in w.images_select.value]
         np.testing.assert_allclose(got, want, atol=6e-4)
         assert f"channel {channel}" in titles(fig)

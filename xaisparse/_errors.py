@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["XaisparseError", "UnknownLayerError", "HistoryFormatError", "closest"]
+__all__ = ["HistoryFormatError", "UnknownLayerError", "XaisparseError", "closest"]
 
 
 class XaisparseError(Exception):

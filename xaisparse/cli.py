@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "DEMO_DEFAULTS"]
+__all__ = ["DEMO_DEFAULTS", "main"]
 
 #: The main job: the embedded digits, a small train subset with label noise, trained well past
 #: the test-loss minimum (about a minute on 2 CPU cores).
@@ -27,10 +27,17 @@ DEMO_DEFAULTS: dict[str, Any] = {
 
 
 def _add_run_args(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
-    p.add_argument("--dataset", default=defaults.get("dataset", "digits"),
-                   help="digits (embedded, default), cifar10, cifar100, mnist, fashion_mnist, svhn")
-    p.add_argument("--data-root", default=None, help="folder of the torchvision datasets (default: $XAISPARSE_DATA or ./data)")
-    p.add_argument("--download", action="store_true", help="let torchvision download a missing dataset (needs internet)")
+    p.add_argument(
+        "--dataset",
+        default=defaults.get("dataset", "digits"),
+        help="digits (embedded, default), cifar10, cifar100, mnist, fashion_mnist, svhn",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="folder of the torchvision datasets (default: $XAISPARSE_DATA or ./data)"
+    )
+    p.add_argument(
+        "--download", action="store_true", help="let torchvision download a missing dataset (needs internet)"
+    )
     p.add_argument("--model", default=defaults.get("model", "small_cnn"), help="small_cnn, vgg11 or resnet18")
     p.add_argument("--width", type=int, default=defaults.get("width", 16), help="base channel width of small_cnn")
     p.add_argument("--depth", type=int, default=3, help="conv blocks of small_cnn")
@@ -38,13 +45,21 @@ def _add_run_args(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     p.add_argument("--lr", type=float, default=defaults.get("lr", 2e-3))
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     p.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 32))
-    p.add_argument("--image-size", type=int, default=defaults.get("image_size", 16), help="digits image side (upsampled)")
+    p.add_argument(
+        "--image-size", type=int, default=defaults.get("image_size", 16), help="digits image side (upsampled)"
+    )
     p.add_argument("--train-subset", type=int, default=defaults.get("train_subset"), help="train on this many samples")
-    p.add_argument("--label-noise", type=float, default=defaults.get("label_noise", 0.0), help="fraction of train labels flipped")
+    p.add_argument(
+        "--label-noise", type=float, default=defaults.get("label_noise", 0.0), help="fraction of train labels flipped"
+    )
     p.add_argument("--penalty", type=float, default=0.0, help="sparsity penalty weight λ (0: none)")
-    p.add_argument("--regularizer", action="append", default=[],
-                   choices=["dropout", "batchnorm", "weight_decay", "augment"],
-                   help="add a classical regulariser (repeatable)")
+    p.add_argument(
+        "--regularizer",
+        action="append",
+        default=[],
+        choices=["dropout", "batchnorm", "weight_decay", "augment"],
+        help="add a classical regulariser (repeatable)",
+    )
     p.add_argument("--probe-size", type=int, default=512, help="samples per split measured each epoch")
     p.add_argument("--seed", type=int, default=defaults.get("seed", 0))
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -66,15 +81,24 @@ def _build(args: argparse.Namespace):
     split = load_dataset(args.dataset, args.data_root, **kw)
     model_kw: dict[str, Any] = {}
     if args.model == "small_cnn":
-        model_kw = {"width": args.width, "depth": args.depth, "batch_norm": "batchnorm" in regs,
-                    "dropout": 0.3 if "dropout" in regs else 0.0}
+        model_kw = {
+            "width": args.width,
+            "depth": args.depth,
+            "batch_norm": "batchnorm" in regs,
+            "dropout": 0.3 if "dropout" in regs else 0.0,
+        }
     elif args.model.startswith("vgg"):
         model_kw = {"batch_norm": "batchnorm" in regs, "dropout": 0.5 if "dropout" in regs else 0.0}
     import torch
 
     torch.manual_seed(args.seed)
-    model = build_model(args.model, in_channels=split.in_channels, num_classes=split.num_classes,
-                        image_size=split.image_size, **model_kw)
+    model = build_model(
+        args.model,
+        in_channels=split.in_channels,
+        num_classes=split.num_classes,
+        image_size=split.image_size,
+        **model_kw,
+    )
     return split, model
 
 
@@ -85,14 +109,31 @@ def _train(args: argparse.Namespace, out: Path):
     split, model = _build(args)
     wd = 5e-4 if "weight_decay" in set(args.regularizer) else 0.0
     name = args.name or (f"{args.model}-penalty{args.penalty:g}" if args.penalty else f"{args.model}-baseline")
-    config = {"name": name, "dataset": split.name, "data": split.info, "model": args.model,
-              "regularizers": sorted(set(args.regularizer)), "command": " ".join(sys.argv)}
+    config = {
+        "name": name,
+        "dataset": split.name,
+        "data": split.info,
+        "model": args.model,
+        "regularizers": sorted(set(args.regularizer)),
+        "command": " ".join(sys.argv),
+    }
     history = fit(
-        model, split.train, split.test, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=wd, batch_size=args.batch_size, penalty=args.penalty or None,
-        probe_size=args.probe_size, device=args.device, seed=args.seed,
-        detector=OverfitDetector(), progress=not args.no_progress,
-        checkpoint_dir=out, config=config,
+        model,
+        split.train,
+        split.test,
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=wd,
+        batch_size=args.batch_size,
+        penalty=args.penalty or None,
+        probe_size=args.probe_size,
+        device=args.device,
+        seed=args.seed,
+        detector=OverfitDetector(),
+        progress=not args.no_progress,
+        checkpoint_dir=out,
+        config=config,
     )
     history.save(out / "history")
     return history
@@ -102,7 +143,7 @@ def _verdict(history) -> str:
     from .detect import evaluate
 
     rows, _ = evaluate(history)
-    det = (history.detector or {})
+    det = history.detector or {}
     loss = history.metric("test", "loss")
     best = int(loss.idxmin()) if len(loss) else None
     lines = [
@@ -179,7 +220,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
     runs = load_runs(args.run_dirs)
     page = write_comparison(runs, Path(args.out))
-    for name, h in runs.items():
+    for _name, h in runs.items():
         print(_verdict(h))
     print(f"comparison: {page}")
     return 0
@@ -189,30 +230,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xaisparse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="the main job: train to overfitting on the embedded digits, detect, report",
-                          description="Train a small CNN on scikit-learn's embedded digits until it overfits, once "
-                                      "without and once with the sparsity penalty; print the detector's verdict "
-                                      "beside the test-loss minimum; write run directories and static reports.")
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: train to overfitting on the embedded digits, detect, report",
+        description="Train a small CNN on scikit-learn's embedded digits until it overfits, once "
+        "without and once with the sparsity penalty; print the detector's verdict "
+        "beside the test-loss minimum; write run directories and static reports.",
+    )
     _add_run_args(demo, DEMO_DEFAULTS)
     demo.add_argument("--penalty-weight", type=float, default=0.1, help="λ of the penalised run")
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.set_defaults(func=cmd_demo)
 
-    run = sub.add_parser("run", help="train one configuration and write a run directory",
-                         description="Train one model with per-epoch sparsity measurement and write RUN_DIR.")
+    run = sub.add_parser(
+        "run",
+        help="train one configuration and write a run directory",
+        description="Train one model with per-epoch sparsity measurement and write RUN_DIR.",
+    )
     _add_run_args(run, DEMO_DEFAULTS)
     run.add_argument("--out", required=True, help="run directory to write")
     run.add_argument("--no-report", action="store_true", help="skip the static report")
     run.set_defaults(func=cmd_run)
 
-    rep = sub.add_parser("report", help="static report (PNG + HTML) of a saved run",
-                         description="Write PNG figures and an HTML page for RUN_DIR.")
+    rep = sub.add_parser(
+        "report",
+        help="static report (PNG + HTML) of a saved run",
+        description="Write PNG figures and an HTML page for RUN_DIR.",
+    )
     rep.add_argument("run_dir")
     rep.add_argument("--out", default=None, help="report folder (default RUN_DIR/report)")
     rep.set_defaults(func=cmd_report)
 
-    cmp_ = sub.add_parser("compare", help="compare two or more saved runs",
-                          description="Curves and distributions of several runs side by side.")
+    cmp_ = sub.add_parser(
+        "compare",
+        help="compare two or more saved runs",
+        description="Curves and distributions of several runs side by side.",
+    )
     cmp_.add_argument("run_dirs", nargs="+")
     cmp_.add_argument("--out", default="runs/comparison")
     cmp_.set_defaults(func=cmd_compare)
@@ -231,4 +284,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -34,15 +34,15 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from ._errors import XaisparseError
 
 __all__ = [
-    "DatasetSplit",
-    "DatasetNotFoundError",
-    "DatasetIntegrityError",
-    "NoisyLabels",
-    "LabelledSubset",
     "DATASET_NAMES",
+    "DatasetIntegrityError",
+    "DatasetNotFoundError",
+    "DatasetSplit",
+    "LabelledSubset",
+    "NoisyLabels",
+    "load_dataset",
     "load_digits_dataset",
     "load_torchvision_dataset",
-    "load_dataset",
     "make_loaders",
     "probe_subset",
 ]
@@ -65,25 +65,60 @@ _TAG_PROBE = 3
 #          mean, std, augmentation (crop padding, horizontal flip))
 _TV_SPECS: dict[str, dict[str, Any]] = {
     "cifar10": dict(
-        cls="CIFAR10", display="CIFAR-10", num_classes=10, in_channels=3, size=32,
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), pad=4, flip=True,
+        cls="CIFAR10",
+        display="CIFAR-10",
+        num_classes=10,
+        in_channels=3,
+        size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        pad=4,
+        flip=True,
     ),
     "cifar100": dict(
-        cls="CIFAR100", display="CIFAR-100", num_classes=100, in_channels=3, size=32,
-        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), pad=4, flip=True,
+        cls="CIFAR100",
+        display="CIFAR-100",
+        num_classes=100,
+        in_channels=3,
+        size=32,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        pad=4,
+        flip=True,
     ),
     "mnist": dict(
-        cls="MNIST", display="MNIST", num_classes=10, in_channels=1, size=28,
-        mean=(0.1307,), std=(0.3081,), pad=2, flip=False,
+        cls="MNIST",
+        display="MNIST",
+        num_classes=10,
+        in_channels=1,
+        size=28,
+        mean=(0.1307,),
+        std=(0.3081,),
+        pad=2,
+        flip=False,
     ),
     "fashion_mnist": dict(
-        cls="FashionMNIST", display="Fashion-MNIST", num_classes=10, in_channels=1, size=28,
-        mean=(0.2860,), std=(0.3530,), pad=2, flip=False,
+        cls="FashionMNIST",
+        display="Fashion-MNIST",
+        num_classes=10,
+        in_channels=1,
+        size=28,
+        mean=(0.2860,),
+        std=(0.3530,),
+        pad=2,
+        flip=False,
     ),
     # SVHN holds digits: random crops, but no horizontal flips (a flipped digit is another glyph).
     "svhn": dict(
-        cls="SVHN", display="SVHN", num_classes=10, in_channels=3, size=32,
-        mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970), pad=4, flip=False,
+        cls="SVHN",
+        display="SVHN",
+        num_classes=10,
+        in_channels=3,
+        size=32,
+        mean=(0.4377, 0.4438, 0.4728),
+        std=(0.1980, 0.2010, 0.1970),
+        pad=4,
+        flip=False,
     ),
 }
 
@@ -558,9 +593,7 @@ def load_torchvision_dataset(
         "mean": list(spec["mean"]),
         "std": list(spec["std"]),
         "train_class_counts": _class_counts(served, spec["num_classes"]),
-        "test_class_counts": (
-            _class_counts(test_targets, spec["num_classes"]) if test_targets is not None else None
-        ),
+        "test_class_counts": (_class_counts(test_targets, spec["num_classes"]) if test_targets is not None else None),
     }
     return DatasetSplit(
         train=train,

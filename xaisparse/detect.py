@@ -48,15 +48,15 @@ import pandas as pd
 from ._errors import UnknownLayerError, closest
 
 __all__ = [
-    "OverfitDetector",
-    "DetectorState",
-    "DetectionResult",
-    "Evaluation",
-    "detect",
-    "evaluate",
-    "early_stopping_epoch",
-    "summarize",
     "EVIDENCE_COLUMNS",
+    "DetectionResult",
+    "DetectorState",
+    "Evaluation",
+    "OverfitDetector",
+    "detect",
+    "early_stopping_epoch",
+    "evaluate",
+    "summarize",
 ]
 
 #: Columns of :attr:`DetectionResult.evidence` (one row per epoch and monitored layer).
@@ -160,10 +160,7 @@ class DetectionResult:
             if not self.epochs:
                 return f"No overfitting warning: no sparsity data ({what}) seen yet."
             span = f"epochs {self.epochs[0]}–{self.epochs[-1]}" if len(self.epochs) > 1 else f"epoch {self.epochs[0]}"
-            return (
-                f"No overfitting warning over {span}: {what} did not rise in the required "
-                f"{req} of {n} layers."
-            )
+            return f"No overfitting warning over {span}: {what} did not rise in the required {req} of {n} layers."
         parts = [f"{name} (since epoch {self.onsets[name]})" if name in self.onsets else name for name in self.layers]
         return (
             f"Overfitting warning at epoch {self.alarm_epoch}: {what} rising in "
@@ -200,7 +197,7 @@ def _json_params(params: Mapping[str, Any]) -> dict[str, Any]:
 class _Layer:
     """Causal running state of one layer's series."""
 
-    __slots__ = ("window", "diffs", "last", "running_min", "min_epoch", "quiet_epoch", "streak")
+    __slots__ = ("diffs", "last", "min_epoch", "quiet_epoch", "running_min", "streak", "window")
 
     def __init__(self, smooth: int) -> None:
         self.window: deque[float] = deque(maxlen=smooth)
@@ -445,9 +442,7 @@ class OverfitDetector:
         in_split = t[t["split"].astype(str) == self.split]
         stats = list(dict.fromkeys(in_split["statistic"].astype(str)))
         if self.statistic not in stats:
-            raise ValueError(
-                f"unknown statistic {self.statistic!r} for split {self.split!r}; available: {stats}"
-            )
+            raise ValueError(f"unknown statistic {self.statistic!r} for split {self.split!r}; available: {stats}")
         rows = in_split[in_split["statistic"].astype(str) == self.statistic]
         rows = rows.assign(epoch=rows["epoch"].astype(int), layer=rows["layer"].astype(str))
         rows = rows.drop_duplicates(["epoch", "layer"], keep="last")
@@ -569,8 +564,17 @@ class OverfitDetector:
         """The verdict on everything fed so far."""
         evidence = pd.DataFrame(self._rows, columns=EVIDENCE_COLUMNS)
         evidence = evidence.astype(
-            {"epoch": "int64", "layer": "object", "value": "float64", "smoothed": "float64",
-             "running_min": "float64", "rise": "float64", "limit": "float64", "streak": "int64", "rising": "bool"}
+            {
+                "epoch": "int64",
+                "layer": "object",
+                "value": "float64",
+                "smoothed": "float64",
+                "running_min": "float64",
+                "rise": "float64",
+                "limit": "float64",
+                "streak": "int64",
+                "rising": "bool",
+            }
         )
         evidence["min_epoch"] = evidence["min_epoch"].astype("Int64")
         evidence["onset"] = evidence["onset"].astype("Int64")
@@ -776,7 +780,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     out = []
     for method, g in runs.groupby("method", sort=False):
         leads = g["lead"].dropna()
-        q25, q50, q75 = (leads.quantile([0.25, 0.5, 0.75]).tolist() if len(leads) else [math.nan] * 3)
+        q25, q50, q75 = leads.quantile([0.25, 0.5, 0.75]).tolist() if len(leads) else [math.nan] * 3
         row = {
             "method": method,
             "runs": len(g),
@@ -789,7 +793,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         }
         for o in OUTCOMES:
             row[f"{o}_rate"] = float((g["outcome"] == o).mean())
-        row["mean_avoided_fraction"] = float(g.loc[g["overfits"], "avoided_fraction"].mean()) if g["overfits"].any() else math.nan
+        row["mean_avoided_fraction"] = (
+            float(g.loc[g["overfits"], "avoided_fraction"].mean()) if g["overfits"].any() else math.nan
+        )
         row["median_loss_gap"] = float(g["loss_gap"].median())
         out.append(row)
     return pd.DataFrame(out, columns=cols)

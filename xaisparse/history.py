@@ -25,7 +25,7 @@ import pandas as pd
 
 from ._errors import HistoryFormatError
 
-__all__ = ["History", "load_runs", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "History", "load_runs"]
 
 SCHEMA_VERSION = 1
 FORMAT = "xaisparse.history"
@@ -297,7 +297,9 @@ class History:
     def __repr__(self) -> str:
         ep = self.epochs
         span = f"{ep[0]}..{ep[-1]}" if ep else "none"
-        return f"History(epochs={span}, splits={self.splits}, layers={len(self.layer_names)}, config={self.config!r:.80})"
+        return (
+            f"History(epochs={span}, splits={self.splits}, layers={len(self.layer_names)}, config={self.config!r:.80})"
+        )
 
 
 def _append(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:

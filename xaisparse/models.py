@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["SmallCNN", "VGGSmall", "VGG_CONFIGS", "resnet18_small", "build_model", "MODEL_NAMES"]
+__all__ = ["MODEL_NAMES", "VGG_CONFIGS", "SmallCNN", "VGGSmall", "build_model", "resnet18_small"]
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -58,8 +58,7 @@ def _check_input(x: torch.Tensor, in_channels: int, image_size: int, model: str)
         return
     if x.dim() != 4 or x.shape[1] != in_channels or x.shape[2] != image_size or x.shape[3] != image_size:
         raise ValueError(
-            f"{model} expects input of shape (batch, {in_channels}, {image_size}, {image_size}), "
-            f"got {tuple(x.shape)}"
+            f"{model} expects input of shape (batch, {in_channels}, {image_size}, {image_size}), got {tuple(x.shape)}"
         )
 
 

@@ -12,10 +12,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ._validation import check_split
 from .estimators import LayerSparsity
 from .recording import ActivationRecorder
 
-__all__ = ["SparsityMonitor", "SparsityReport", "CHANNEL_STATISTICS", "LAYER_STATISTICS"]
+__all__ = ["CHANNEL_STATISTICS", "LAYER_STATISTICS", "SparsityMonitor", "SparsityReport"]
 
 #: Per-channel statistics in :attr:`SparsityReport.channels`.
 CHANNEL_STATISTICS = (
@@ -24,8 +25,8 @@ CHANNEL_STATISTICS = (
     "dead_fraction",  # share of the channel's maps that were all zero
     "count",  # finite maps measured
     "nonfinite",  # maps with NaN/Inf, excluded
-    "lifetime_sparsity",  # sparsity of the channel's spatial means over all samples seen
-    "lifetime_perplexity",
+    "sample_sparsity",  # sparsity of the channel's spatial means over all samples seen
+    "sample_perplexity",
 )
 #: Per-layer statistics in :attr:`SparsityReport.layers`.
 LAYER_STATISTICS = (
@@ -34,7 +35,7 @@ LAYER_STATISTICS = (
     "nonfinite",
     "channel_mean",  # population sparsity: mean over samples of sparsity across channels
     "channel_std",
-    "lifetime_mean",  # mean over channels of lifetime sparsity
+    "sample_mean",  # mean over channels of the sample-axis (lifetime) sparsity
     "num_channels",
     "samples",
 )
@@ -81,8 +82,8 @@ def _frames(split: str, layer: str, out: dict[str, Tensor]) -> tuple[pd.DataFram
         "count": count,
         # maps with NaN/Inf; counted on every layer (also 1x1 maps, where spatial is skipped)
         "nonfinite": np_out["sample_nonfinite"].astype(np.float64),
-        "lifetime_sparsity": np_out["sample_sparsity"],
-        "lifetime_perplexity": np_out["sample_perplexity"],
+        "sample_sparsity": np_out["sample_sparsity"],
+        "sample_perplexity": np_out["sample_perplexity"],
     }
     c = len(count)
     table = pd.DataFrame(
@@ -104,7 +105,7 @@ def _frames(split: str, layer: str, out: dict[str, Tensor]) -> tuple[pd.DataFram
             "nonfinite": float(np_out["sample_nonfinite"].sum()),  # non-finite maps, like per channel
             "channel_mean": float(np_out["channel_mean"]),
             "channel_std": float(np_out["channel_std"]),
-            "lifetime_mean": float(np.nanmean(lifetime)) if np.isfinite(lifetime).any() else np.nan,
+            "sample_mean": float(np.nanmean(lifetime)) if np.isfinite(lifetime).any() else np.nan,
             "num_channels": float(c),
             "samples": float(np_out["sample_count"].max(initial=0)),
         }
@@ -159,8 +160,7 @@ class SparsityMonitor:
         Hooks are attached on entry and removed on exit (also after an exception) unless the
         recorder was already attached by the caller.
         """
-        if not isinstance(split, str) or not split:
-            raise ValueError(f"split must be a non-empty string such as 'train' or 'test', got {split!r}")
+        check_split(split)
         if self._split is not None:
             raise RuntimeError(f"already tracking split {self._split!r}; tracking blocks do not nest")
         attached_here = not self.recorder.attached

@@ -110,7 +110,9 @@ class SparsityPenalty(nn.Module):
         axis: Axis = self.axis
         if axis == "spatial" and (x.dim() < 3 or x[0, 0].numel() == 1):
             axis = "channel"
-            self._warn_once(name, f"layer {name!r} has no spatial extent {tuple(x.shape)}: penalising its channel-axis sparsity")
+            self._warn_once(
+                name, f"layer {name!r} has no spatial extent {tuple(x.shape)}: penalising its channel-axis sparsity"
+            )
         if (axis == "channel" and x.shape[1] == 1) or (axis == "sample" and x.shape[0] == 1):
             self._warn_once(name + "/n1", f"layer {name!r}: vectors of length 1 on axis {axis!r}; skipped")
             return

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .history import History
 
-__all__ = ["write_report", "write_comparison"]
+__all__ = ["write_comparison", "write_report"]
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -49,8 +49,10 @@ def _verdict_html(history: History) -> str:
     det = history.detector or {}
     parts = []
     if len(loss):
-        parts.append(f"Test-loss minimum at epoch <b>{int(loss.idxmin())}</b> (loss {loss.min():.3f}; "
-                     f"last epoch {loss.iloc[-1]:.3f}).")
+        parts.append(
+            f"Test-loss minimum at epoch <b>{int(loss.idxmin())}</b> (loss {loss.min():.3f}; "
+            f"last epoch {loss.iloc[-1]:.3f})."
+        )
     else:
         parts.append("No test data was measured.")
     alarm = det.get("alarm_epoch")
@@ -74,9 +76,16 @@ def write_report(history: History, out_dir: str | os.PathLike) -> Path:
     sections = [
         ("Sparsity and loss over epochs", "timeline.png", lambda: SparsityTimeline(history, split=split)),
         ("Layers × epochs", "heatmap.png", lambda: LayerEpochHeatmap(history, split=split)),
-        ("Per-channel sparsity distribution, last epoch, deepest layer", "distribution.png",
-         lambda: PerplexityDistribution(history, layer=history.layer_names[-1] if history.layer_names else None,
-                                        epoch=epochs[-1] if epochs else None, split=split)),
+        (
+            "Per-channel sparsity distribution, last epoch, deepest layer",
+            "distribution.png",
+            lambda: PerplexityDistribution(
+                history,
+                layer=history.layer_names[-1] if history.layer_names else None,
+                epoch=epochs[-1] if epochs else None,
+                split=split,
+            ),
+        ),
     ]
     for title, name, make in sections:
         fig = make().to_figure()
@@ -85,9 +94,11 @@ def write_report(history: History, out_dir: str | os.PathLike) -> Path:
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in cfg.items())
     body = "".join(f"<h2>{html.escape(t)}</h2><img src='{n}' alt='{html.escape(t)}'>" for t, n in figures)
     title = html.escape(str(history.config.get("name", "xaisparse run")))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_STYLE}</style></head>"
-            f"<body><h1>{title}</h1>{_verdict_html(history)}{body}<h2>Configuration</h2><table>{rows}</table>"
-            "</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_STYLE}</style></head>"
+        f"<body><h1>{title}</h1>{_verdict_html(history)}{body}<h2>Configuration</h2><table>{rows}</table>"
+        "</body></html>"
+    )
     _atomic_write(out / "index.html", page.encode("utf-8"))
     return out / "index.html"
 
@@ -106,12 +117,18 @@ def write_comparison(runs: Mapping[str, History], out_dir: str | os.PathLike) ->
         rows.append(
             f"<tr><th>{html.escape(run)}</th><td>{int(loss.idxmin()) if len(loss) else '–'}</td>"
             f"<td>{loss.min():.3f}</td><td>{acc.max():.3f}</td><td>{acc.iloc[-1]:.3f}</td>"
-            f"<td>{'–' if alarm is None else alarm}</td></tr>" if len(loss) else f"<tr><th>{html.escape(run)}</th></tr>"
+            f"<td>{'–' if alarm is None else alarm}</td></tr>"
+            if len(loss)
+            else f"<tr><th>{html.escape(run)}</th></tr>"
         )
-    table = ("<table><tr><th>run</th><th>test-loss min epoch</th><th>min test loss</th><th>best test acc</th>"
-             "<th>last test acc</th><th>alarm epoch</th></tr>" + "".join(rows) + "</table>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>run comparison</title><style>{_STYLE}</style>"
-            f"</head><body><h1>Run comparison</h1>{table}<h2>Curves and distributions</h2>"
-            f"<img src='{name}' alt='comparison'></body></html>")
+    table = (
+        "<table><tr><th>run</th><th>test-loss min epoch</th><th>min test loss</th><th>best test acc</th>"
+        "<th>last test acc</th><th>alarm epoch</th></tr>" + "".join(rows) + "</table>"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>run comparison</title><style>{_STYLE}</style>"
+        f"</head><body><h1>Run comparison</h1>{table}<h2>Curves and distributions</h2>"
+        f"<img src='{name}' alt='comparison'></body></html>"
+    )
     _atomic_write(out / "index.html", page.encode("utf-8"))
     return out / "index.html"

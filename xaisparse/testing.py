@@ -82,8 +82,8 @@ def synthetic_history(
                     "dead_fraction": dead / 64,
                     "count": np.full(channels, 64.0),
                     "nonfinite": np.zeros(channels),
-                    "lifetime_sparsity": np.clip(per_channel * 0.5, 0, 1),
-                    "lifetime_perplexity": 64 - per_channel * 0.5 * 63,
+                    "sample_sparsity": np.clip(per_channel * 0.5, 0, 1),
+                    "sample_perplexity": 64 - per_channel * 0.5 * 63,
                 }
                 for stat, vals in stats.items():
                     ch_rows += [(split, layer, c, stat, float(v)) for c, v in enumerate(vals)]
@@ -93,7 +93,7 @@ def synthetic_history(
                     "nonfinite": 0.0,
                     "channel_mean": float(np.clip(level * 0.6, 0, 1)),
                     "channel_std": 0.05,
-                    "lifetime_mean": float(np.mean(stats["lifetime_sparsity"])),
+                    "sample_mean": float(np.mean(stats["sample_sparsity"])),
                     "num_channels": float(channels),
                     "samples": 64.0,
                 }

@@ -28,7 +28,7 @@ from .history import History
 from .monitor import SparsityMonitor
 from .penalty import SparsityPenalty
 
-__all__ = ["Callback", "TrainState", "fit", "evaluate_split", "seed_everything", "load_checkpoint"]
+__all__ = ["Callback", "TrainState", "evaluate_split", "fit", "load_checkpoint", "seed_everything"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -36,7 +36,7 @@ CHECKPOINT = "checkpoint.pt"
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeding the legacy global stream is the point
     torch.manual_seed(seed)
 
 
@@ -133,7 +133,9 @@ class _null:
         return None
 
 
-def _optimizer(model: nn.Module, optimizer: Any, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+def _optimizer(
+    model: nn.Module, optimizer: Any, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     params = [p for p in model.parameters() if p.requires_grad]
@@ -231,7 +233,11 @@ def fit(
     monitor = SparsityMonitor(model, monitor_layers, bins=bins)
     pen = penalty
     if isinstance(penalty, (int, float)) and not isinstance(penalty, bool):
-        pen = SparsityPenalty(model, penalty_layers, weight=float(penalty), layer_weights=layer_weights) if penalty else None
+        pen = (
+            SparsityPenalty(model, penalty_layers, weight=float(penalty), layer_weights=layer_weights)
+            if penalty
+            else None
+        )
     elif penalty is not None and not isinstance(penalty, SparsityPenalty):
         raise TypeError(f"penalty must be a number (λ) or a SparsityPenalty, got {type(penalty).__name__}")
     cbs = list(callbacks) + ([detector] if detector is not None else [])

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import lab_harness as lh  # noqa: E402
+import lab_harness as lh
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -78,8 +78,9 @@ class Lab:
     def run(self, notebook_path: str | Path, name: str | None = None, timeout: float = 150.0) -> Any:
         name = name or Path(notebook_path).stem
         t0 = time.monotonic()
-        page = lh.run_notebook_in_lab(self.context, self.server, notebook_path, timeout=timeout,
-                                      artifacts_dir=self.artifacts_dir, name=name)
+        page = lh.run_notebook_in_lab(
+            self.context, self.server, notebook_path, timeout=timeout, artifacts_dir=self.artifacts_dir, name=name
+        )
         self.pages.append((name, page))
         self.timings.update({f"{name}: {k}": v for k, v in page._xaisparse_timing.items()})
         self.timings[f"{name}: open+run"] = time.monotonic() - t0

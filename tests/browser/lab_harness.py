@@ -82,8 +82,13 @@ def missing_requirements() -> str | None:
     if find_chromium() is None:
         where = os.environ.get("XAISPARSE_CHROMIUM") or "/usr/bin/chromium or `chromium` on PATH"
         return f"Chromium not found ({where}); install it (e.g. apt-get install chromium) to run the browser tests"
-    for mod, what in (("playwright", "the playwright Python package"), ("jupyterlab", "jupyterlab"),
-                      ("ipykernel", "ipykernel"), ("ipywidgets", "ipywidgets"), ("PIL", "Pillow")):
+    for mod, what in (
+        ("playwright", "the playwright Python package"),
+        ("jupyterlab", "jupyterlab"),
+        ("ipykernel", "ipykernel"),
+        ("ipywidgets", "ipywidgets"),
+        ("PIL", "Pillow"),
+    ):
         try:
             __import__(mod)
         except ImportError:
@@ -120,8 +125,9 @@ class LabServer:
 
     # ---------------------------------------------------------------- start
     @classmethod
-    def start(cls, root_dir: Path, base_dir: Path | None = None, log_path: Path | None = None,
-              timeout: float = 90.0) -> "LabServer":
+    def start(
+        cls, root_dir: Path, base_dir: Path | None = None, log_path: Path | None = None, timeout: float = 90.0
+    ) -> LabServer:
         root_dir = Path(root_dir).resolve()
         root_dir.mkdir(parents=True, exist_ok=True)
         base_dir = Path(base_dir or root_dir.parent / "jupyter-home").resolve()
@@ -154,7 +160,9 @@ class LabServer:
         token = secrets.token_hex(24)
         port = free_port()
         cmd = [
-            sys.executable, "-m", "jupyterlab",
+            sys.executable,
+            "-m",
+            "jupyterlab",
             "--no-browser",
             f"--IdentityProvider.token={token}",
             "--ServerApp.ip=127.0.0.1",
@@ -174,8 +182,15 @@ class LabServer:
         log_path = Path(log_path or base_dir / "jupyter-server.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "wb")
-        proc = subprocess.Popen(cmd, cwd=root_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=root_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         server = cls(root_dir, base_dir, port, token, proc, log_path, env)
         try:
@@ -203,9 +218,12 @@ class LabServer:
     # ---------------------------------------------------------------- REST
     def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Authorization": f"token {self.token}",
-                                              "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
         return json.loads(raw) if raw else None
@@ -281,12 +299,17 @@ def _write_kernelspec(data_dir: Path) -> None:
     ``python`` is first on PATH."""
     spec = data_dir / "kernels" / "python3"
     spec.mkdir(parents=True, exist_ok=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-        "metadata": {"debugger": False},
-    }, indent=1))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (ipykernel)",
+                "language": "python",
+                "metadata": {"debugger": False},
+            },
+            indent=1,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- browser
@@ -305,8 +328,9 @@ def launch_chromium(playwright: Any, user_data_dir: Path, viewport: tuple[int, i
         device_scale_factor=1,
         accept_downloads=False,
     )
-    context.route(re.compile(r"^(?!https?://(127\.0\.0\.1|localhost)[:/])(https?|wss?)://"),
-                  lambda route: route.abort())
+    context.route(
+        re.compile(r"^(?!https?://(127\.0\.0\.1|localhost)[:/])(https?|wss?)://"), lambda route: route.abort()
+    )
     context.set_default_timeout(30_000)
     return context
 
@@ -368,9 +392,14 @@ def notebook_state(page: Any, path: str) -> dict[str, Any]:
     return page.evaluate(_STATE_JS, path)
 
 
-def run_notebook_in_lab(context: Any, server: LabServer, notebook_path: str | os.PathLike,
-                        timeout: float = 150.0, artifacts_dir: Path | None = None,
-                        name: str | None = None) -> Any:
+def run_notebook_in_lab(
+    context: Any,
+    server: LabServer,
+    notebook_path: str | os.PathLike,
+    timeout: float = 150.0,
+    artifacts_dir: Path | None = None,
+    name: str | None = None,
+) -> Any:
     """Open ``notebook_path`` in JupyterLab, run all cells, wait until the kernel is idle,
     every code cell has an execution count and every widget output has rendered.
 
@@ -405,14 +434,16 @@ def run_notebook_in_lab(context: Any, server: LabServer, notebook_path: str | os
     return page
 
 
-def _open_and_run(page: Any, server: LabServer, path: str, name: str, timeout: float,
-                  artifacts_dir: Path | None, t0: float) -> None:
+def _open_and_run(
+    page: Any, server: LabServer, path: str, name: str, timeout: float, artifacts_dir: Path | None, t0: float
+) -> None:
     console = page._xaisparse_console
     # a fresh, uniquely named workspace per page: the default layout plus this notebook, and
     # no state of earlier tests (``?reset`` would reload the page once more)
     workspace = f"t{secrets.token_hex(6)}"
-    page.goto(f"{server.url}/lab/workspaces/{workspace}/tree/{path}?token={server.token}",
-              wait_until="domcontentloaded")
+    page.goto(
+        f"{server.url}/lab/workspaces/{workspace}/tree/{path}?token={server.token}", wait_until="domcontentloaded"
+    )
     for attempt in range(3):
         try:
             page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
@@ -426,19 +457,27 @@ def _open_and_run(page: Any, server: LabServer, path: str, name: str, timeout: f
 
     def opened():
         st = notebook_state(page, path)
-        return (st.get("stage") == "open" and st.get("ready") and st.get("kernel") is not None
-                and st.get("status") == "idle", st)
+        return (
+            st.get("stage") == "open"
+            and st.get("ready")
+            and st.get("kernel") is not None
+            and st.get("status") == "idle",
+            st,
+        )
 
     try:
         st = _poll(opened, 90, 0.25, f"notebook {path} to open with an idle kernel", page)
     except TimeoutError as exc:
         raise TimeoutError(f"{exc}\nconsole: {console[-20:]}\nserver log:\n{server.log_tail()}") from None
     # make room, focus the notebook and run everything
-    page.evaluate("""(id) => {
+    page.evaluate(
+        """(id) => {
         const app = window.jupyterapp;
         try { app.shell.collapseLeft(); app.shell.collapseRight(); } catch (e) {}
         app.shell.activateById(id);
-    }""", st["id"])
+    }""",
+        st["id"],
+    )
     t_run = time.monotonic()
     # clear stored outputs and execution counts first (so that "every cell has a count" means
     # "every cell ran now"), then run all; fire and forget: the command's promise only
@@ -484,14 +523,20 @@ def _open_and_run(page: Any, server: LabServer, path: str, name: str, timeout: f
             const bad = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
                         .some(el => el.textContent.includes('Error displaying widget'));
             return bad || views.length >= n;
-        }""", arg=n_widget_outputs, timeout=30_000)
+        }""",
+        arg=n_widget_outputs,
+        timeout=30_000,
+    )
     outs_text = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").all_inner_texts()
     broken = [t for t in outs_text if "Error displaying widget" in t]
     if broken:
         raise NotebookRunError(f"{path}: widget views failed to render: {broken}\nconsole: {console[-20:]}")
     wait_images_loaded(page)
-    page._xaisparse_timing = {"load_s": t_restored - t0, "kernel_start_s": t_run - t_restored,
-                              "run_cells_s": time.monotonic() - t_run}  # type: ignore[attr-defined]
+    page._xaisparse_timing = {
+        "load_s": t_restored - t0,
+        "kernel_start_s": t_run - t_restored,
+        "run_cells_s": time.monotonic() - t_run,
+    }  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- images
@@ -508,7 +553,10 @@ def wait_images_loaded(page: Any, timeout: float = 30.0) -> None:
     page.wait_for_function(
         """(sel) => [...document.querySelectorAll(sel)]
               .filter(img => img.getAttribute('src'))
-              .every(img => img.complete)""", arg=WIDGET_IMG, timeout=timeout * 1000)
+              .every(img => img.complete)""",
+        arg=WIDGET_IMG,
+        timeout=timeout * 1000,
+    )
 
 
 def image_info(img: Any) -> dict[str, Any]:
@@ -549,7 +597,9 @@ def pixel_stats(png: bytes) -> dict[str, float]:
     return {"colors": len(colors), "dominant": dominant, "std": float(std), "width": im.width, "height": im.height}
 
 
-def is_nonblank(stats: dict[str, float], min_colors: int = 16, max_dominant: float = 0.995, min_std: float = 2.0) -> bool:
+def is_nonblank(
+    stats: dict[str, float], min_colors: int = 16, max_dominant: float = 0.995, min_std: float = 2.0
+) -> bool:
     return stats["colors"] >= min_colors and stats["dominant"] <= max_dominant and stats["std"] >= min_std
 
 
@@ -614,8 +664,11 @@ def move_slider(page: Any, slider: Any, key: str = "ArrowRight", presses: int = 
     for _ in range(presses):
         handle.press(key)
     try:
-        page.wait_for_function("([el, v]) => el.querySelector('.widget-readout').textContent.trim() !== v",
-                               arg=[slider.element_handle(), before], timeout=3000)
+        page.wait_for_function(
+            "([el, v]) => el.querySelector('.widget-readout').textContent.trim() !== v",
+            arg=[slider.element_handle(), before],
+            timeout=3000,
+        )
         return
     except Exception:
         pass

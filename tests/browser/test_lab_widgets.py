@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import lab_harness as lh
+import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
@@ -23,7 +22,9 @@ GALLERY = lh.REPO_ROOT / "notebooks" / "widgets_gallery.ipynb"
 
 SELFTEST_CELLS = [
     ("markdown", "# Harness self-test\nAn `IntSlider` redraws a matplotlib PNG in an `ipywidgets.Image`."),
-    ("code", """\
+    (
+        "code",
+        """\
 import io
 import numpy as np
 import ipywidgets as widgets
@@ -38,12 +39,16 @@ def render(epoch: int) -> bytes:
     ax.set_title(f"epoch {epoch}")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
-    return buf.getvalue()"""),
-    ("code", """\
+    return buf.getvalue()""",
+    ),
+    (
+        "code",
+        """\
 slider = widgets.IntSlider(value=0, min=0, max=10, description="epoch")
 image = widgets.Image(value=render(0), format="png")
 slider.observe(lambda change: setattr(image, "value", render(change["new"])), names="value")
-widgets.VBox([slider, image])"""),
+widgets.VBox([slider, image])""",
+    ),
     ("code", "widgets.Image(value=render(5), format='png')"),
 ]
 
@@ -54,8 +59,10 @@ def _write_notebook(path: Path, cells) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
-                for kind, src in cells]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(src) if kind == "markdown" else nbformat.v4.new_code_cell(src)
+        for kind, src in cells
+    ]
     nbformat.write(nb, path)
     return path
 
@@ -100,8 +107,14 @@ def test_widgets_gallery(lab):
 
     views = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output > .xaisparse-widget")
     n = views.count()
-    expected = ["PerplexityDistribution", "SparsityTimeline", "LayerEpochHeatmap", "ChannelInspector",
-                "RunComparison", "LiveDashboard"]
+    expected = [
+        "PerplexityDistribution",
+        "SparsityTimeline",
+        "LayerEpochHeatmap",
+        "ChannelInspector",
+        "RunComparison",
+        "LiveDashboard",
+    ]
     assert n == len(expected), f"expected {len(expected)} xaisparse widgets ({expected}), found {n}"
     problems = []
     for i, kind in enumerate(expected):
@@ -117,15 +130,16 @@ def test_widgets_gallery(lab):
         for j in range(imgs.count()):
             try:
                 info = lh.assert_nonblank(imgs.nth(j), f"gallery-{i}-{kind}-image", art)
-                print(f"[browser] {kind}: PNG {info['w']}x{info['h']} shown at {info['shown_w']}x{info['shown_h']},"
-                      f" {info['colors']} colours, dominant {info['dominant']:.1%}")
+                print(
+                    f"[browser] {kind}: PNG {info['w']}x{info['h']} shown at {info['shown_w']}x{info['shown_h']},"
+                    f" {info['colors']} colours, dominant {info['dominant']:.1%}"
+                )
             except AssertionError as exc:
                 problems.append(f"{kind}: {exc}")
     assert not problems, "\n".join(problems)
 
     # move the first epoch slider and check that its widget redraws
-    epoch_views = [views.nth(i) for i in range(n)
-                   if views.nth(i).locator(".widget-slider", has_text="epoch").count()]
+    epoch_views = [views.nth(i) for i in range(n) if views.nth(i).locator(".widget-slider", has_text="epoch").count()]
     assert epoch_views, "no widget with an epoch slider found"
     view = epoch_views[0]
     slider = view.locator(".widget-slider", has_text="epoch").first

@@ -103,9 +103,7 @@ class LayerSparsity(SumState):
         """Add one batch of activations ``(N, C, ...)``. No host synchronisation happens here."""
         x = _check_float(x, "activations").detach()
         if x.dim() < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(
-                f"expected activations of shape (N, {self.num_channels}, ...), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected activations of shape (N, {self.num_channels}, ...), got shape {tuple(x.shape)}")
         if x.dtype in (torch.float16, torch.bfloat16):
             # Half precision overflows (a map summing past 65504 reads as inf, i.e. sparsity 1)
             # and keeps ~3 digits of the sparsity: measure in float32 instead.
@@ -203,4 +201,3 @@ class LayerSparsity(SumState):
         fresh = LayerSparsity(self.num_channels, self.bins).to(x.device)
         fresh.update(x)
         return fresh.compute()
-

@@ -80,7 +80,9 @@ class SumState(nn.Module):
         elif isinstance(other, dict):
             states, count = other, 1
         else:
-            raise TypeError(f"merge_state expects a {type(self).__name__} or a dict of tensors, got {type(other).__name__}")
+            raise TypeError(
+                f"merge_state expects a {type(self).__name__} or a dict of tensors, got {type(other).__name__}"
+            )
         for name in self._defaults:
             if name not in states:
                 raise KeyError(f"state {name!r} missing from the merged state; got {sorted(states)}")

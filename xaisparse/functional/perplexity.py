@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Axis",
     "AXES",
+    "Axis",
     "as_vectors",
     "dead_mask",
     "entropy",

@@ -78,9 +78,7 @@ def _module_for(node: fx.Node) -> nn.Module | None:
         return None
 
 
-def expose_functional_activations(
-    model: nn.Module, example_input: Any = None
-) -> fx.GraphModule:
+def expose_functional_activations(model: nn.Module, example_input: Any = None) -> fx.GraphModule:
     """A traced copy of ``model`` whose functional activations are modules you can record.
 
     Models that apply activations as functions (``F.relu(x)``, ``torch.relu(x)``,
@@ -179,6 +177,5 @@ def _check_same_output(model: nn.Module, exposed: nn.Module, example_input: Any)
         torch.testing.assert_close(got, expected)
     except AssertionError as err:
         raise ValueError(
-            f"the exposed GraphModule does not reproduce {type(model).__name__}'s output on "
-            f"example_input: {err}"
+            f"the exposed GraphModule does not reproduce {type(model).__name__}'s output on example_input: {err}"
         ) from None

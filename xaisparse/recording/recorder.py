@@ -115,9 +115,7 @@ class ActivationRecorder:
         self.detach()
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._enter_root))
-            self._handles.append(
-                self.model.register_forward_hook(self._exit_root, always_call=True)
-            )
+            self._handles.append(self.model.register_forward_hook(self._exit_root, always_call=True))
             for name in self._modules:
                 module = self.model.get_submodule(name)
                 hook = functools.partial(self._on_output, name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Sequence
-from typing import Union
 
 from torch import nn
 
@@ -24,24 +23,50 @@ __all__ = [
 
 #: Element-wise activation modules that the default selection looks for.
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU,
-    nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid,
-    nn.LogSigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Threshold,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.LogSigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Threshold,
 )
 
 #: Convolutions: an activation that follows one of these is a feature-extraction activation.
 CONV_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
 )
 
 #: Other weighted layers: an activation that follows one of these is not selected by default.
 _OTHER_WEIGHTED: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Bilinear, nn.RNNBase, nn.MultiheadAttention, nn.Embedding,
+    nn.Linear,
+    nn.Bilinear,
+    nn.RNNBase,
+    nn.MultiheadAttention,
+    nn.Embedding,
 )
 
-_Single = Union[str, type, nn.Module, Callable[[str, nn.Module], bool]]
+_Single = str | type | nn.Module | Callable[[str, nn.Module], bool]
 #: What ``layers=`` accepts: one selector or a list/tuple of them (their union).
-LayerSelector = Union[_Single, Sequence[_Single], None]
+LayerSelector = _Single | Sequence[_Single] | None
 
 _GLOB_CHARS = "*?["
 
@@ -105,9 +130,7 @@ def default_activation_layers(model: nn.Module) -> list[str]:
     )
 
 
-def _match_one(
-    sel: object, cands: list[tuple[str, nn.Module]], model: nn.Module
-) -> list[str]:
+def _match_one(sel: object, cands: list[tuple[str, nn.Module]], model: nn.Module) -> list[str]:
     names = [n for n, _ in cands]
     if isinstance(sel, str):
         if sel in names:
@@ -117,19 +140,16 @@ def _match_one(
             if hits:
                 return hits
             raise UnknownLayerError(
-                f"the pattern {sel!r} matches no layer of {type(model).__name__}; "
-                f"layers are: {_short(names)}"
+                f"the pattern {sel!r} matches no layer of {type(model).__name__}; layers are: {_short(names)}"
             )
         raise UnknownLayerError(
-            f"{type(model).__name__} has no layer named {sel!r}; closest valid names: "
-            f"{_short(closest(sel, names))}"
+            f"{type(model).__name__} has no layer named {sel!r}; closest valid names: {_short(closest(sel, names))}"
         )
     if isinstance(sel, nn.Module):
         hits = [n for n, m in cands if m is sel]
         if not hits:
             raise UnknownLayerError(
-                f"the module {type(sel).__name__} passed in layers= is not a submodule of "
-                f"{type(model).__name__}"
+                f"the module {type(sel).__name__} passed in layers= is not a submodule of {type(model).__name__}"
             )
         return hits
     if isinstance(sel, type):

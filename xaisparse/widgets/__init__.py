@@ -21,9 +21,9 @@ from .live import LiveDashboard
 from .timeline import LayerEpochHeatmap, SparsityTimeline
 
 __all__ = [
+    "KINDS",
     "ChannelInspector",
     "FigureWidget",
-    "KINDS",
     "LayerEpochHeatmap",
     "LiveDashboard",
     "NoData",

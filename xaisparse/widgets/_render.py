@@ -14,14 +14,22 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from .data import histogram_box_stats, histogram_violin
 
 #: seaborn's "colorblind" palette (the same hex values), for runs and splits.
 PALETTE: tuple[str, ...] = (
-    "#0173b2", "#de8f05", "#029e73", "#cc78bc", "#ca9161",
-    "#fbafe4", "#949494", "#ece133", "#56b4e9", "#d55e00",
+    "#0173b2",
+    "#de8f05",
+    "#029e73",
+    "#cc78bc",
+    "#ca9161",
+    "#fbafe4",
+    "#949494",
+    "#ece133",
+    "#56b4e9",
+    "#d55e00",
 )
 SPLIT_COLORS = {"test": "#0173b2", "train": "#de8f05"}
 CHANNEL_COLOR = "#0173b2"
@@ -171,8 +179,9 @@ def draw_ridge(
             continue
         top = base + d / scale * overlap
         if filled:
-            poly = ax.fill_between(x, base, top, facecolor=color, edgecolor="#333333", linewidth=0.6, alpha=alpha,
-                                   zorder=2 + 2 * k)
+            poly = ax.fill_between(
+                x, base, top, facecolor=color, edgecolor="#333333", linewidth=0.6, alpha=alpha, zorder=2 + 2 * k
+            )
         else:
             poly = ax.fill_between(x, base, top, facecolor=color, alpha=alpha * 0.35, linewidth=0, zorder=2 + 2 * k)
             ax.plot(x, top, color=color, linewidth=1.6, zorder=3 + 2 * k)

@@ -89,24 +89,43 @@ class RunComparison(FigureWidget):
             fallback = "test" if "test" in splits else splits[0]
             sticky.append(f"split {split!r} is not recorded in any run; showing {fallback!r}.")
             split = fallback
-        self.layer_dropdown = widgets.Dropdown(options=options, value=layer or (options[0] if options else None),
-                                               description="layer")
-        self.metric_dropdown = widgets.Dropdown(options=metrics, value=metric, description="metric",
-                                                layout=widgets.Layout(width="200px"))
-        self.statistic_dropdown = widgets.Dropdown(options=list(TIMELINE_STATISTICS), value=statistic,
-                                                   description="statistic")
-        self.split_buttons = widgets.ToggleButtons(options=splits or [split], value=split, description="split",
-                                                   style={"button_width": "64px"})
+        self.layer_dropdown = widgets.Dropdown(
+            options=options, value=layer or (options[0] if options else None), description="layer"
+        )
+        self.metric_dropdown = widgets.Dropdown(
+            options=metrics, value=metric, description="metric", layout=widgets.Layout(width="200px")
+        )
+        self.statistic_dropdown = widgets.Dropdown(
+            options=list(TIMELINE_STATISTICS), value=statistic, description="statistic"
+        )
+        self.split_buttons = widgets.ToggleButtons(
+            options=splits or [split], value=split, description="split", style={"button_width": "64px"}
+        )
         self.epoch_slider = widgets.IntSlider(value=0, min=0, max=0, description="epoch", continuous_update=False)
-        self.kind_dropdown = widgets.Dropdown(options=list(_KINDS), value=kind, description="kind",
-                                              layout=widgets.Layout(width="160px"))
-        super().__init__([self.layer_dropdown, self.metric_dropdown, self.statistic_dropdown, self.split_buttons,
-                          self.epoch_slider, self.kind_dropdown])
+        self.kind_dropdown = widgets.Dropdown(
+            options=list(_KINDS), value=kind, description="kind", layout=widgets.Layout(width="160px")
+        )
+        super().__init__(
+            [
+                self.layer_dropdown,
+                self.metric_dropdown,
+                self.statistic_dropdown,
+                self.split_buttons,
+                self.epoch_slider,
+                self.kind_dropdown,
+            ]
+        )
         self._sticky = sticky
         self.data: dict[str, Any] = {}
         self._sync_epochs(epoch if epoch is not None else self._default_epoch())
-        self._watch(self.layer_dropdown, self.metric_dropdown, self.statistic_dropdown, self.split_buttons,
-                    self.epoch_slider, self.kind_dropdown)
+        self._watch(
+            self.layer_dropdown,
+            self.metric_dropdown,
+            self.statistic_dropdown,
+            self.split_buttons,
+            self.epoch_slider,
+            self.kind_dropdown,
+        )
         self.refresh()
 
     def _epochs(self) -> list[int]:
@@ -144,8 +163,10 @@ class RunComparison(FigureWidget):
             self._sync_epochs()
 
     def _describe(self) -> str:
-        return (f"RunComparison(runs={list(self.runs)}, layer={self.layer_dropdown.value!r}, "
-                f"epoch={self.epoch_slider.value}, split={self.split_buttons.value!r})")
+        return (
+            f"RunComparison(runs={list(self.runs)}, layer={self.layer_dropdown.value!r}, "
+            f"epoch={self.epoch_slider.value}, split={self.split_buttons.value!r})"
+        )
 
     def _draw(self, notes: list[str]) -> Figure:
         self.data = {}
@@ -177,9 +198,15 @@ class RunComparison(FigureWidget):
             frame = loss_frame(h, metric)
             self.data["losses"][name] = frame
             for s in frame.columns:
-                ax_loss.plot(frame.index.to_numpy(), frame[s].to_numpy(), color=colors[name],
-                             linestyle="-" if s == "test" else "--", linewidth=1.6,
-                             marker="." if frame.shape[0] <= 30 else None, gid=f"{metric}:{name}:{s}")
+                ax_loss.plot(
+                    frame.index.to_numpy(),
+                    frame[s].to_numpy(),
+                    color=colors[name],
+                    linestyle="-" if s == "test" else "--",
+                    linewidth=1.6,
+                    marker="." if frame.shape[0] <= 30 else None,
+                    gid=f"{metric}:{name}:{s}",
+                )
             if "test" not in frame.columns and not frame.empty:
                 notes.append(f"run {name!r} has no test {metric}.")
         ax_loss.set_title(f"{metric} (test solid, train dashed)", fontsize=10)
@@ -197,8 +224,16 @@ class RunComparison(FigureWidget):
                 continue
             ser = ser[~ser.index.duplicated(keep="first")].sort_index()
             self.data["series"][name] = ser
-            ax_layer.plot(ser.index.to_numpy(), ser.to_numpy(), color=colors[name], linewidth=2.0,
-                          marker="o" if len(ser) <= 30 else None, markersize=3, label=name, gid=f"layer:{name}")
+            ax_layer.plot(
+                ser.index.to_numpy(),
+                ser.to_numpy(),
+                color=colors[name],
+                linewidth=2.0,
+                marker="o" if len(ser) <= 30 else None,
+                markersize=3,
+                label=name,
+                gid=f"layer:{name}",
+            )
         if no_split:
             notes.append(f"run(s) {no_split} have no {split!r} data for layer {layer!r}.")
         ax_layer.axvline(epoch, color="#888888", linestyle=":", linewidth=1.2)
@@ -241,19 +276,29 @@ class RunComparison(FigureWidget):
             means = means[np.isfinite(means)]
             if means.size:
                 jitter = np.random.default_rng(i).uniform(-0.05, 0.05, means.size)
-                ax_dist.scatter(i + 0.47 + jitter, means, s=9, color="#222222", alpha=0.7, zorder=5,
-                                gid=f"channel_means:{name}")
+                ax_dist.scatter(
+                    i + 0.47 + jitter, means, s=9, color="#222222", alpha=0.7, zorder=5, gid=f"channel_means:{name}"
+                )
         ax_dist.set_xticks(range(len(names)), names, rotation=20 if len(names) > 3 else 0, fontsize=9)
         ax_dist.set_xlim(-0.6, max(len(names), 1) - 0.4 + 0.2)
         if edges is not None:
             ax_dist.set_ylim(edges[0] - 0.02, edges[-1] + 0.02)
-        ax_dist.set_title(f"{layer or 'no layer'} · epoch {epoch} ({split}): all channels' maps\n"
-                          "(dots: per-channel means)", fontsize=10)
+        ax_dist.set_title(
+            f"{layer or 'no layer'} · epoch {epoch} ({split}): all channels' maps\n(dots: per-channel means)",
+            fontsize=10,
+        )
         ax_dist.set_ylabel(statistic_label("spatial_mean"))
         ax_dist.grid(axis="y", alpha=0.3)
         if not names and layer is not None:
-            ax_dist.text(0.5, 0.5, f"no histogram at epoch {epoch}", ha="center", va="center",
-                         transform=ax_dist.transAxes, color="#777777")
+            ax_dist.text(
+                0.5,
+                0.5,
+                f"no histogram at epoch {epoch}",
+                ha="center",
+                va="center",
+                transform=ax_dist.transAxes,
+                color="#777777",
+            )
         handles = [R.Patch(facecolor=colors[n], label=n) for n in self.runs]
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
         return fig

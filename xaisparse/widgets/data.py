@@ -29,33 +29,33 @@ from .._errors import UnknownLayerError, closest
 from ..history import History
 
 __all__ = [
+    "DEAD_THRESHOLD",
+    "ORDERINGS",
     "STATISTIC_LABELS",
     "TIMELINE_STATISTICS",
-    "ORDERINGS",
-    "DEAD_THRESHOLD",
-    "statistic_label",
+    "alarm_epoch",
+    "as_runs",
+    "bin_centers",
+    "channel_order",
+    "channel_values",
     "check_history",
     "check_layer",
-    "bin_centers",
-    "histogram_quantile",
-    "histogram_mean",
-    "histogram_box_stats",
-    "histogram_violin",
-    "histogram_epochs",
-    "layer_histogram",
-    "pooled_histogram",
-    "channel_values",
+    "common_layers",
     "dead_channels",
-    "channel_order",
-    "timeline_frame",
+    "heatmap_frame",
+    "histogram_box_stats",
+    "histogram_epochs",
+    "histogram_mean",
+    "histogram_quantile",
+    "histogram_violin",
+    "layer_histogram",
     "loss_frame",
     "loss_minimum",
-    "alarm_epoch",
-    "heatmap_frame",
     "nonfinite_epochs",
-    "as_runs",
-    "common_layers",
+    "pooled_histogram",
     "runs_missing_layer",
+    "statistic_label",
+    "timeline_frame",
 ]
 
 #: Axis labels (with the scale's meaning) of the layer and channel statistics.
@@ -65,12 +65,12 @@ STATISTIC_LABELS: dict[str, str] = {
     "dead_fraction": "dead-map fraction (0 none – 1 all)",
     "channel_mean": "population sparsity (0 dense – 1 one channel)",
     "channel_std": "std of population sparsity",
-    "lifetime_mean": "lifetime sparsity (0 dense – 1 one sample)",
-    "lifetime_sparsity": "lifetime sparsity (0 dense – 1 one sample)",
+    "sample_mean": "lifetime sparsity (0 dense – 1 one sample)",
+    "sample_sparsity": "lifetime sparsity (0 dense – 1 one sample)",
     "nonfinite": "non-finite maps (count)",
 }
 #: Layer statistics offered by the timeline, heatmap and comparison widgets.
-TIMELINE_STATISTICS: tuple[str, ...] = ("spatial_mean", "dead_fraction", "channel_mean", "lifetime_mean")
+TIMELINE_STATISTICS: tuple[str, ...] = ("spatial_mean", "dead_fraction", "channel_mean", "sample_mean")
 #: Channel orderings of :func:`channel_order` (canonical names).
 ORDERINGS: tuple[str, ...] = ("mean sparsity", "dead fraction", "index")
 #: A channel whose ``dead_fraction`` is at least this is marked as dead.

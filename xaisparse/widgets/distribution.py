@@ -7,27 +7,33 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from . import _render as R
 from ._base import FigureWidget, NoData, set_slider
 from .data import (
     DEAD_THRESHOLD,
     ORDERINGS,
+    channel_order,
     check_history,
     check_layer,
-    channel_order,
     dead_channels,
     histogram_epochs,
     layer_histogram,
     statistic_label,
 )
 
-__all__ = ["PerplexityDistribution", "KINDS"]
+__all__ = ["KINDS", "PerplexityDistribution"]
 
 #: Plot kinds of :class:`PerplexityDistribution`.
 KINDS: tuple[str, ...] = ("violin", "box", "ridge", "heatmap")
-_ORDER_ALIASES = {"mean": "mean sparsity", "dead": "dead fraction", "spatial_mean": "mean sparsity",
-                  "dead_fraction": "dead fraction", "channel": "index"}
+_ORDER_ALIASES = {
+    "mean": "mean sparsity",
+    "dead": "dead fraction",
+    "spatial_mean": "mean sparsity",
+    "dead_fraction": "dead fraction",
+    "channel": "index",
+}
 _ORDER_TEXT = {
     "mean sparsity": "by mean sparsity, sparsest first",
     "dead fraction": "by dead fraction, most dead first",
@@ -106,10 +112,12 @@ class PerplexityDistribution(FigureWidget):
             options=split_options, value=split, description="split", style={"button_width": "64px"}
         )
         self.epoch_slider = widgets.IntSlider(value=0, min=0, max=0, description="epoch", continuous_update=False)
-        self.kind_dropdown = widgets.Dropdown(options=list(KINDS), value=kind, description="kind",
-                                              layout=widgets.Layout(width="180px"))
-        self.order_dropdown = widgets.Dropdown(options=list(ORDERINGS), value=order, description="order",
-                                               layout=widgets.Layout(width="230px"))
+        self.kind_dropdown = widgets.Dropdown(
+            options=list(KINDS), value=kind, description="kind", layout=widgets.Layout(width="180px")
+        )
+        self.order_dropdown = widgets.Dropdown(
+            options=list(ORDERINGS), value=order, description="order", layout=widgets.Layout(width="230px")
+        )
         super().__init__(
             [self.layer_dropdown, self.epoch_slider, self.split_buttons, self.kind_dropdown, self.order_dropdown]
         )
@@ -193,8 +201,10 @@ class PerplexityDistribution(FigureWidget):
         n_ch = max(c.shape[0] for c in counts.values())
         if any(c.sum() <= 0 for c in counts.values()):
             empty = [s for s, c in counts.items() if c.sum() <= 0]
-            msg = (f"No finite sparsity values for {layer!r} at epoch {epoch} ({', '.join(empty)}): the maps were "
-                   "all NaN/Inf or no samples were measured.")
+            msg = (
+                f"No finite sparsity values for {layer!r} at epoch {epoch} ({', '.join(empty)}): the maps were "
+                "all NaN/Inf or no samples were measured."
+            )
             counts = {s: c for s, c in counts.items() if c.sum() > 0}
             if not counts:
                 raise NoData(msg)
@@ -210,8 +220,17 @@ class PerplexityDistribution(FigureWidget):
                 notes.append(f"{s}: channels {no_samples.tolist()[:12]} have no finite samples at epoch {epoch}.")
         ordered = {s: c[order] for s, c in counts.items()}
         n_dead = int(dead.sum())
-        self.data = {"layer": layer, "epoch": epoch, "splits": splits, "order": order, "dead": dead,
-                     "counts": ordered, "edges": edges, "kind": self.kind_dropdown.value, "stats": {}}
+        self.data = {
+            "layer": layer,
+            "epoch": epoch,
+            "splits": splits,
+            "order": order,
+            "dead": dead,
+            "counts": ordered,
+            "edges": edges,
+            "kind": self.kind_dropdown.value,
+            "stats": {},
+        }
 
         kind = self.kind_dropdown.value
         split_text = " vs ".join(splits)
@@ -244,8 +263,9 @@ class PerplexityDistribution(FigureWidget):
                     stats = R.draw_violins(ax, ordered[s], edges, pos, colors, side=side, gid=f"violin:{s}")
                 else:
                     shift = 0.0 if len(splits) == 1 else (-0.2 if i == 0 else 0.2)
-                    stats = R.draw_boxes(ax, ordered[s], edges, pos + shift, colors,
-                                         width=0.6 if len(splits) == 1 else 0.36)
+                    stats = R.draw_boxes(
+                        ax, ordered[s], edges, pos + shift, colors, width=0.6 if len(splits) == 1 else 0.36
+                    )
                 self.data["stats"][s] = stats
                 handles.append(R.Patch(facecolor=base, alpha=0.75, label=s))
             ax.set_xlim(-0.7, n_ch - 0.3)
@@ -270,8 +290,15 @@ class PerplexityDistribution(FigureWidget):
         R.dead_legend(ax, handles, n_dead, self.dead_threshold)
         return fig
 
-    def _heatmap(self, ordered: dict[str, np.ndarray], edges: np.ndarray, order: np.ndarray, dead: np.ndarray,
-                 title: str, n_dead: int) -> Figure:
+    def _heatmap(
+        self,
+        ordered: dict[str, np.ndarray],
+        edges: np.ndarray,
+        order: np.ndarray,
+        dead: np.ndarray,
+        title: str,
+        n_dead: int,
+    ) -> Figure:
         n_ch = len(order)
         splits = list(ordered)
         fig = R.new_figure(5.2 * len(splits) + 1.6, float(np.clip(0.28 * n_ch + 1.8, 3.2, 12.0)))
@@ -284,14 +311,30 @@ class PerplexityDistribution(FigureWidget):
             with np.errstate(invalid="ignore", divide="ignore"):
                 share = np.where(totals > 0, c / np.maximum(totals, 1), np.nan)
             shares[s] = share
-            mesh = ax.pcolormesh(edges, np.arange(n_ch + 1) - 0.5, share, cmap="viridis", vmin=0.0,
-                                 vmax=float(np.nanmax(share)) if np.isfinite(share).any() else 1.0, shading="flat")
+            mesh = ax.pcolormesh(
+                edges,
+                np.arange(n_ch + 1) - 0.5,
+                share,
+                cmap="viridis",
+                vmin=0.0,
+                vmax=float(np.nanmax(share)) if np.isfinite(share).any() else 1.0,
+                shading="flat",
+            )
             ax.set_ylim(n_ch - 0.5, -0.5)
             ax.set_xlabel(statistic_label("spatial_mean"))
             ax.set_title(s, fontsize=10)
             for k in np.flatnonzero(dead[order]):
-                ax.add_patch(R.Rectangle((edges[0], k - 0.5), edges[-1] - edges[0], 1.0, fill=False,
-                                         edgecolor=R.DEAD_COLOR, linewidth=1.8, zorder=3))
+                ax.add_patch(
+                    Rectangle(
+                        (edges[0], k - 0.5),
+                        edges[-1] - edges[0],
+                        1.0,
+                        fill=False,
+                        edgecolor=R.DEAD_COLOR,
+                        linewidth=1.8,
+                        zorder=3,
+                    )
+                )
         R.channel_ticks(axes[0], np.arange(n_ch), order, dead, "y")
         axes[0].set_ylabel(f"channel ({_ORDER_TEXT[self.order_dropdown.value]})")
         if mesh is not None:

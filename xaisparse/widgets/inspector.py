@@ -20,7 +20,7 @@ from . import _render as R
 from ._base import FigureWidget, NoData, set_slider
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
+    pass
 
 __all__ = ["ChannelInspector", "load_model_checkpoint"]
 
@@ -158,8 +158,10 @@ class ChannelInspector(FigureWidget):
         self.data: dict[str, Any] = {}
         self._sync_channels(int(channel))
         if int(channel) != self.channel_slider.value:
-            self._sticky.append(f"channel {channel} is out of range for {self.layer_dropdown.value!r}; showing channel "
-                                f"{self.channel_slider.value}.")
+            self._sticky.append(
+                f"channel {channel} is out of range for {self.layer_dropdown.value!r}; showing channel "
+                f"{self.channel_slider.value}."
+            )
         self._watch(self.layer_dropdown, self.channel_slider, self.images_select)
         self.refresh()
 
@@ -211,8 +213,10 @@ class ChannelInspector(FigureWidget):
             self._sync_channels()
 
     def _describe(self) -> str:
-        return (f"ChannelInspector(layer={self.layer_dropdown.value!r}, channel={self.channel_slider.value}, "
-                f"images={list(self.images_select.value)})")
+        return (
+            f"ChannelInspector(layer={self.layer_dropdown.value!r}, channel={self.channel_slider.value}, "
+            f"images={list(self.images_select.value)})"
+        )
 
     # ------------------------------------------------------------------ drawing
     def _draw(self, notes: list[str]) -> Figure:
@@ -242,15 +246,19 @@ class ChannelInspector(FigureWidget):
             values.append(s)
             ax_map.imshow(fmap, cmap="magma", interpolation="nearest", vmin=0.0 if dead else None)
             label = "nan" if not np.isfinite(s) else f"{s:.3f}"
-            ax_map.set_title(f"s = {label}" + (" (dead)" if dead else ""), fontsize=9,
-                             color=R.DEAD_COLOR if dead else "black")
+            ax_map.set_title(
+                f"s = {label}" + (" (dead)" if dead else ""), fontsize=9, color=R.DEAD_COLOR if dead else "black"
+            )
             for ax in (ax_in, ax_map):
                 ax.set_xticks([])
                 ax.set_yticks([])
         axes[0, 0].set_ylabel("input", fontsize=9)
         axes[1, 0].set_ylabel(f"channel {channel}", fontsize=9)
-        fig.suptitle(f"layer {layer} · channel {channel}: feature maps (colour scale per map)\n"
-                     "s = spatial sparsity (0 dense – 1 one unit)", fontsize=10)
+        fig.suptitle(
+            f"layer {layer} · channel {channel}: feature maps (colour scale per map)\n"
+            "s = spatial sparsity (0 dense – 1 one unit)",
+            fontsize=10,
+        )
         self.data = {"layer": layer, "channel": channel, "images": chosen, "sparsity": np.array(values)}
         return fig
 

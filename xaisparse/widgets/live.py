@@ -66,7 +66,9 @@ class LiveDashboard(FigureWidget):
         self.status_html = widgets.HTML(value="")
         self.status_html.add_class("xaisparse-status")
         self.stop_button = widgets.Button(
-            description="Stop", icon="stop", button_style="danger",
+            description="Stop",
+            icon="stop",
+            button_style="danger",
             tooltip="ends training cleanly after the current epoch",
         )
         super().__init__([self.stop_button, self.status_html])
@@ -136,8 +138,11 @@ class LiveDashboard(FigureWidget):
                 if not ser.empty:
                     parts.append(f"{s} loss {_fmt(float(ser.sort_index().iloc[-1]))}")
             alarm = alarm_epoch(h)
-            parts.append(f"<span style='color:{R.ALARM_COLOR}'>alarm at epoch {alarm}</span>" if alarm is not None
-                         else "no alarm")
+            parts.append(
+                f"<span style='color:{R.ALARM_COLOR}'>alarm at epoch {alarm}</span>"
+                if alarm is not None
+                else "no alarm"
+            )
         if extra:
             parts.append(html.escape(extra))
         if self.stop_requested:
@@ -172,8 +177,10 @@ class LiveDashboard(FigureWidget):
         fig = R.new_figure(10.0, 4.0 + float(np.clip(0.4 * n_layers + 1.2, 2.2, 7.0)))
         ax_t, ax_h = fig.subplots(2, 1, height_ratios=[4.0, float(np.clip(0.4 * n_layers + 1.2, 2.2, 7.0))])
         draw_timeline(ax_t, h, split, h.layer_names, self.statistic, notes, legend="figure")
-        ax_t.set_title(f"epoch {h.epochs[-1]}: {statistic_label(self.statistic).split(' (')[0]} per layer ({split}) "
-                       "and loss", fontsize=11)
+        ax_t.set_title(
+            f"epoch {h.epochs[-1]}: {statistic_label(self.statistic).split(' (')[0]} per layer ({split}) and loss",
+            fontsize=11,
+        )
         ax_h.set_title(" ", pad=6)  # room for the marker labels
         draw_heatmap(ax_h, h, split, self.statistic, notes, fig)
         return fig

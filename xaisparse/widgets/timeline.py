@@ -26,7 +26,7 @@ from .data import (
     timeline_frame,
 )
 
-__all__ = ["SparsityTimeline", "LayerEpochHeatmap", "draw_timeline", "draw_heatmap"]
+__all__ = ["LayerEpochHeatmap", "SparsityTimeline", "draw_heatmap", "draw_timeline"]
 
 
 def _check_str(value: object, what: str) -> str:
@@ -85,11 +85,25 @@ def _mark_epochs(ax: Axes, history: Any, with_labels: bool = True) -> dict[str, 
     best = loss_minimum(history, "test")
     marks: dict[str, Any] = {"alarm": alarm_epoch(history), "minimum": best}
     if best is not None:
-        ax.axvline(best[0], color=R.MINIMUM_COLOR, linestyle="--", linewidth=1.4, zorder=1,
-                   label=f"test-loss minimum (epoch {best[0]})" if with_labels else None, gid="minimum")
+        ax.axvline(
+            best[0],
+            color=R.MINIMUM_COLOR,
+            linestyle="--",
+            linewidth=1.4,
+            zorder=1,
+            label=f"test-loss minimum (epoch {best[0]})" if with_labels else None,
+            gid="minimum",
+        )
     if marks["alarm"] is not None:
-        ax.axvline(marks["alarm"], color=R.ALARM_COLOR, linestyle=":", linewidth=1.8, zorder=1,
-                   label=f"sparsity alarm (epoch {marks['alarm']})" if with_labels else None, gid="alarm")
+        ax.axvline(
+            marks["alarm"],
+            color=R.ALARM_COLOR,
+            linestyle=":",
+            linewidth=1.8,
+            zorder=1,
+            label=f"sparsity alarm (epoch {marks['alarm']})" if with_labels else None,
+            gid="alarm",
+        )
     return marks
 
 
@@ -106,8 +120,16 @@ def draw_timeline(
     colors = layer_colors(frame.shape[1])
     marker = "o" if frame.shape[0] <= 30 else None
     for color, name in zip(colors, frame.columns):
-        ax.plot(frame.index.to_numpy(), frame[name].to_numpy(), color=color, linewidth=2.0, marker=marker,
-                markersize=3.5, label=name, gid=f"layer:{name}")
+        ax.plot(
+            frame.index.to_numpy(),
+            frame[name].to_numpy(),
+            color=color,
+            linewidth=2.0,
+            marker=marker,
+            markersize=3.5,
+            label=name,
+            gid=f"layer:{name}",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel(statistic_label(statistic))
     ax.grid(alpha=0.3)
@@ -118,8 +140,16 @@ def draw_timeline(
         styles = {"train": ("#555555", "--"), "test": ("#111111", "-")}
         for i, s in enumerate(losses.columns):
             color, ls = styles.get(s, (R.PALETTE[(i + 3) % len(R.PALETTE)], "-."))
-            twin.plot(losses.index.to_numpy(), losses[s].to_numpy(), color=color, linestyle=ls, linewidth=1.3,
-                      marker="." if losses.shape[0] <= 30 else None, label=f"{s} loss", gid=f"loss:{s}")
+            twin.plot(
+                losses.index.to_numpy(),
+                losses[s].to_numpy(),
+                color=color,
+                linestyle=ls,
+                linewidth=1.3,
+                marker="." if losses.shape[0] <= 30 else None,
+                label=f"{s} loss",
+                gid=f"loss:{s}",
+            )
         twin.set_ylabel("loss")
     else:
         notes.append("no loss recorded in this run: only sparsity is shown.")
@@ -132,8 +162,14 @@ def draw_timeline(
         h2, l2 = twin.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     if legend == "axes":
-        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.09 if twin is not None else 1.01, 1.0),
-                  fontsize=8, frameon=False)
+        ax.legend(
+            handles,
+            labels,
+            loc="upper left",
+            bbox_to_anchor=(1.09 if twin is not None else 1.01, 1.0),
+            fontsize=8,
+            frameon=False,
+        )
     elif legend == "figure":
         ax.figure.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     return {"frame": frame, "losses": losses, "twin": twin, **marks}
@@ -156,8 +192,15 @@ def draw_heatmap(ax: Axes, history: Any, split: str, statistic: str, notes: list
     vmin, vmax = float(finite.min()), float(finite.max())
     if vmin == vmax:
         vmin, vmax = vmin - 0.05, vmax + 0.05
-    im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
-                   interpolation="nearest", extent=(-0.5, len(epochs) - 0.5, len(matrix.index) - 0.5, -0.5))
+    im = ax.imshow(
+        np.ma.masked_invalid(values),
+        aspect="auto",
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="nearest",
+        extent=(-0.5, len(epochs) - 0.5, len(matrix.index) - 0.5, -0.5),
+    )
     ax.set_yticks(np.arange(len(matrix.index)), [str(n) for n in matrix.index], fontsize=9)
     step = max(1, int(np.ceil(len(epochs) / 20)))
     ax.set_xticks(np.arange(len(epochs))[::step], [str(e) for e in epochs[::step]])
@@ -175,8 +218,17 @@ def draw_heatmap(ax: Axes, history: Any, split: str, statistic: str, notes: list
             continue
         x = position[epoch]
         ax.axvline(x, color=color, linestyle=style, linewidth=2.0, gid=gid)
-        ax.annotate(f"{text} ({epoch})", xy=(x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=8, color=color)
+        ax.annotate(
+            f"{text} ({epoch})",
+            xy=(x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color=color,
+        )
     return {"matrix": matrix, "image": im, "alarm": alarm, "minimum": best}
 
 
@@ -187,7 +239,7 @@ class SparsityTimeline(FigureWidget):
     loss on a twin axis, a dotted red line at the detector's alarm epoch
     (``history.detector["alarm_epoch"]``, when there is one) and a dashed green line at the
     test-loss minimum. Controls: ``layers_select`` (``SelectMultiple``), ``split_buttons``,
-    ``statistic_dropdown`` (spatial_mean, dead_fraction, channel_mean, lifetime_mean).
+    ``statistic_dropdown`` (spatial_mean, dead_fraction, channel_mean, sample_mean).
     """
 
     _title = "sparsity over epochs"
@@ -211,11 +263,14 @@ class SparsityTimeline(FigureWidget):
         splits = _split_options(h)
         split = _resolve_split(split, splits, sticky)
         self.layers_select = widgets.SelectMultiple(
-            options=names, value=tuple(layers) if layers is not None else tuple(names), description="layers",
+            options=names,
+            value=tuple(layers) if layers is not None else tuple(names),
+            description="layers",
             rows=min(max(len(names), 2), 6),
         )
-        self.split_buttons = widgets.ToggleButtons(options=splits or [split], value=split, description="split",
-                                                   style={"button_width": "64px"})
+        self.split_buttons = widgets.ToggleButtons(
+            options=splits or [split], value=split, description="split", style={"button_width": "64px"}
+        )
         self.statistic_dropdown = widgets.Dropdown(options=stats, value=statistic, description="statistic")
         super().__init__([self.layers_select, widgets.VBox([self.split_buttons, self.statistic_dropdown])])
         self._sticky = sticky
@@ -224,8 +279,10 @@ class SparsityTimeline(FigureWidget):
         self.refresh()
 
     def _describe(self) -> str:
-        return (f"SparsityTimeline(layers={list(self.layers_select.value)}, split={self.split_buttons.value!r}, "
-                f"statistic={self.statistic_dropdown.value!r})")
+        return (
+            f"SparsityTimeline(layers={list(self.layers_select.value)}, split={self.split_buttons.value!r}, "
+            f"statistic={self.statistic_dropdown.value!r})"
+        )
 
     def _draw(self, notes: list[str]) -> Figure:
         h = _layer_history(self)
@@ -259,8 +316,9 @@ class LayerEpochHeatmap(FigureWidget):
         sticky: list[str] = []
         splits = _split_options(h)
         split = _resolve_split(split, splits, sticky)
-        self.split_buttons = widgets.ToggleButtons(options=splits or [split], value=split, description="split",
-                                                   style={"button_width": "64px"})
+        self.split_buttons = widgets.ToggleButtons(
+            options=splits or [split], value=split, description="split", style={"button_width": "64px"}
+        )
         self.statistic_dropdown = widgets.Dropdown(options=stats, value=statistic, description="statistic")
         super().__init__([self.split_buttons, self.statistic_dropdown])
         self._sticky = sticky
