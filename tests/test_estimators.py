@@ -34,6 +34,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import oracle
 from xaisparse.estimators import LayerSparsity
 from xaisparse.estimators.layer import _hist_index
 
@@ -57,22 +58,6 @@ HSET = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 # --------------------------------------------------------------------------------------------
 # Independent one-shot reference (NumPy / SciPy, written from DESIGN §1)
 # --------------------------------------------------------------------------------------------
-
-
-def _entropy(v: np.ndarray) -> float:
-    import scipy.stats  # here, not at the top: the spawned DDP workers import this module
-
-    return float(scipy.stats.entropy(v))  # scipy normalises by the sum; 0 ln 0 = 0
-
-
-def ref_sparsity(v: np.ndarray) -> float:
-    """Sparsity of one finite non-negative vector of length >= 2 (dead -> 1)."""
-    n = v.size
-    assert n >= 2 and np.all(np.isfinite(v))
-    if v.sum() == 0:
-        return 1.0
-    pp = math.exp(_entropy(v))
-    return float(np.clip(1.0 - (pp - 1.0) / (n - 1.0), 0.0, 1.0))  # s is in [0, 1] by definition
 
 
 def _stats(vals: list[float], bins: int) -> dict[str, object]:
@@ -103,7 +88,7 @@ def reference(x: np.ndarray, bins: int) -> dict[str, np.ndarray]:
     sp_mean, sp_std, sp_hist, sp_count, sp_dead, sp_nonfinite, sp_values = [], [], [], [], [], [], []
     for ch in range(c):
         if length > 1:
-            vals = [ref_sparsity(a[i, ch]) for i in range(n) if finite[i, ch]]
+            vals = [oracle.sparsity_rows(a[i, ch], clip=True) for i in range(n) if finite[i, ch]]
             dead = sum(1 for i in range(n) if finite[i, ch] and not a[i, ch].any())
             bad = int((~finite[:, ch]).sum())
         else:  # no spatial sparsity for maps of size 1: nothing counted at all
@@ -128,7 +113,7 @@ def reference(x: np.ndarray, bins: int) -> dict[str, np.ndarray]:
 
     # channel (population): each sample's vector of per-channel means
     rows_ok = finite.all(1)
-    vals = [ref_sparsity(means[i]) for i in range(n) if rows_ok[i]] if c > 1 else []
+    vals = [oracle.sparsity_rows(means[i], clip=True) for i in range(n) if rows_ok[i]] if c > 1 else []
     dead = sum(1 for i in range(n) if rows_ok[i] and not a[i].any()) if c > 1 else 0
     st_ = _stats(vals, bins)
     out.update(
@@ -148,7 +133,7 @@ def reference(x: np.ndarray, bins: int) -> dict[str, np.ndarray]:
         cnt[ch] = m.size
         if m.size == 0:
             continue
-        pp[ch] = 1.0 if m.sum() == 0 else math.exp(_entropy(m))
+        pp[ch] = 1.0 if m.sum() == 0 else float(oracle.perplexity_rows(m))
         if m.size > 1:
             sp[ch] = np.clip(1.0 - (pp[ch] - 1.0) / (m.size - 1.0), 0.0, 1.0)
     out.update(sample_perplexity=pp, sample_sparsity=sp, sample_count=cnt, sample_nonfinite=n - cnt)
@@ -323,7 +308,7 @@ def test_per_channel_exclusion_on_the_lifetime_axis():
     assert out["spatial_nonfinite"].tolist() == [1, 0, 1]
     # channel 1's lifetime sparsity uses all four samples' means
     means1 = x[:, 1].abs().flatten(1).mean(1).numpy()
-    pp1 = math.exp(_entropy(means1))
+    pp1 = float(oracle.perplexity_rows(means1))
     assert out["sample_perplexity"][1].item() == pytest.approx(pp1, rel=1e-12)
     assert out["sample_sparsity"][1].item() == pytest.approx(1 - (pp1 - 1) / 3, abs=1e-12)
     assert_matches_reference(out, ref_of(x, 5), 5, torch.float64)

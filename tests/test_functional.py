@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tests import oracle
 from xaisparse.functional import (
     AXES,
     dead_mask,
@@ -42,21 +43,6 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-
 # --------------------------------------------------------------------------------------------
 # Independent references (NumPy / SciPy, literal loops over DESIGN §1)
 # --------------------------------------------------------------------------------------------
-
-
-def ref_sparsity_of_vector(v: np.ndarray) -> float:
-    """DESIGN §1 literally, for one vector, via scipy.stats.entropy."""
-    a = np.abs(np.asarray(v, dtype=np.float64))
-    if not np.all(np.isfinite(a)):
-        return math.nan  # NaN/Inf: excluded
-    n = a.size
-    if n == 1:
-        return math.nan  # no sparsity for N = 1
-    s = a.sum()
-    if s == 0:
-        return 1.0  # dead map
-    pp = math.exp(scipy.stats.entropy(a))  # scipy normalises a / S itself; 0 ln 0 = 0
-    return 1.0 - (pp - 1.0) / (n - 1.0)
 
 
 def ref_vectors(x: np.ndarray, axis: str) -> dict[tuple, np.ndarray]:
@@ -267,7 +253,7 @@ def _check_against_loop(x: np.ndarray, axis: str, dtype) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # N = 1 shapes warn; checked elsewhere
         got = perplexity_sparsity(xt, axis)
-    expected = ref_apply(xt.double().numpy(), axis, ref_sparsity_of_vector)
+    expected = ref_apply(xt.double().numpy(), axis, oracle.sparsity_of_vector)
     assert got.shape == expected.shape
     assert got.dtype == dtype
     assert_close(got, expected, dtype)
@@ -402,18 +388,18 @@ def test_nonfinite_affects_only_its_vector(bad):
     expected_nf[1, 2] = True
     np.testing.assert_array_equal(nf.numpy(), expected_nf)
     assert torch.isnan(s[1, 2])
-    ref = ref_apply(clean, "spatial", ref_sparsity_of_vector)
+    ref = ref_apply(clean, "spatial", oracle.sparsity_of_vector)
     np.testing.assert_allclose(s.numpy()[~expected_nf], ref[~expected_nf], rtol=1e-10)
     assert not dead_mask(xt, "spatial")[1, 2]
     # channel: only sample 1; sample: only channel 2
     sc = perplexity_sparsity(xt, "channel")
     assert torch.equal(nonfinite_mask(xt, "channel"), torch.tensor([False, True, False]))
     assert torch.isnan(sc[1]) and not torch.isnan(sc[[0, 2]]).any()
-    np.testing.assert_allclose(sc.numpy()[[0, 2]], ref_apply(clean, "channel", ref_sparsity_of_vector)[[0, 2]])
+    np.testing.assert_allclose(sc.numpy()[[0, 2]], ref_apply(clean, "channel", oracle.sparsity_of_vector)[[0, 2]])
     ss = perplexity_sparsity(xt, "sample")
     assert torch.equal(nonfinite_mask(xt, "sample"), torch.tensor([False, False, True, False]))
     assert torch.isnan(ss[2]) and not torch.isnan(ss[[0, 1, 3]]).any()
-    np.testing.assert_allclose(ss.numpy()[[0, 1, 3]], ref_apply(clean, "sample", ref_sparsity_of_vector)[[0, 1, 3]])
+    np.testing.assert_allclose(ss.numpy()[[0, 1, 3]], ref_apply(clean, "sample", oracle.sparsity_of_vector)[[0, 1, 3]])
 
 
 def test_spatial_on_2d_raises_with_shape():

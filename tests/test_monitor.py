@@ -12,12 +12,12 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.stats
 import torch
 from captum.attr import LayerActivation
 from torch import nn
 from torchvision.models import resnet18
 
+from tests import oracle
 from xaisparse.monitor import CHANNEL_STATISTICS, LAYER_STATISTICS, SparsityMonitor, SparsityReport
 from xaisparse.testing import count_hooks
 
@@ -26,21 +26,6 @@ ATOL = 2e-5  # float32 activations and float32 maths inside the estimator vs flo
 
 
 # -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------
-def ref_sparsity(v: np.ndarray, n: np.ndarray | int | None = None) -> np.ndarray:
-    """Perplexity sparsity of each vector along the last axis of a non-negative float64 array.
-
-    ``n`` is the vector length (default: the last axis); zero padding does not change the
-    entropy, so vectors of different lengths can share one zero-padded array.
-    """
-    v = np.asarray(v, dtype=np.float64)
-    n = v.shape[-1] if n is None else n
-    total = v.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        h = scipy.stats.entropy(v, axis=-1)  # normalises v itself; NaN for an all-zero vector
-    pp = np.where(total > 0, np.exp(h), 1.0)  # dead vector: PP = 1, sparsity 1
-    return 1.0 - (pp - 1.0) / (n - 1)
-
-
 def reference(acts: torch.Tensor) -> dict[str, np.ndarray | float]:
     """DESIGN §1 statistics of one layer's activations ``(N, C, H, W)``, all data at once."""
     a = np.abs(acts.detach().double().cpu().numpy())
@@ -51,7 +36,7 @@ def reference(acts: torch.Tensor) -> dict[str, np.ndarray | float]:
     means = clean.mean(-1)  # (N, C) spatial means of |a|
     out: dict[str, np.ndarray | float] = {"finite": finite, "nonfinite": (~finite).sum(0).astype(float)}
     if flat.shape[-1] > 1:
-        s = np.where(finite, ref_sparsity(clean), np.nan)  # (N, C) per-map sparsity
+        s = np.where(finite, oracle.sparsity_rows(clean), np.nan)  # (N, C) per-map sparsity
         dead = finite & (clean.sum(-1) == 0)
         count = finite.sum(0)
         out.update(
@@ -63,10 +48,10 @@ def reference(acts: torch.Tensor) -> dict[str, np.ndarray | float]:
             layer_dead_fraction=float(dead.sum() / finite.sum()),
         )
     # lifetime: one channel's spatial means over all finite samples
-    out["sample_sparsity"] = ref_sparsity(np.where(finite, means, 0.0).T, finite.sum(0))
+    out["sample_sparsity"] = oracle.sparsity_rows(np.where(finite, means, 0.0).T, finite.sum(0))
     # population: per sample, the vector of channel means (rows with any non-finite map excluded)
     rows = finite.all(1)
-    pop = ref_sparsity(means[rows])
+    pop = oracle.sparsity_rows(means[rows])
     out["population"] = pop
     out["channel_mean"] = float(pop.mean())
     return out
@@ -176,13 +161,7 @@ def run(monitor: SparsityMonitor, xs: list[torch.Tensor], split: str = "test") -
             monitor.model(x)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared CPU cores: intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.stats
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerActivation
@@ -19,40 +18,24 @@ from torch import nn
 from torch.func import functional_call
 from torchvision.models import resnet18
 
+from tests import oracle
 from xaisparse._errors import UnknownLayerError
 from xaisparse.monitor import SparsityMonitor
 from xaisparse.penalty import SparsityPenalty
 from xaisparse.testing import count_hooks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared CPU cores: intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------
-def ref_sparsity(v: np.ndarray) -> np.ndarray:
-    """Perplexity sparsity of each vector along the last axis (dead vector: 1)."""
-    v = np.abs(np.asarray(v, dtype=np.float64))
-    n = v.shape[-1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        h = scipy.stats.entropy(v, axis=-1)
-    pp = np.where(v.sum(-1) > 0, np.exp(h), 1.0)
-    return 1.0 - (pp - 1.0) / (n - 1)
-
-
 def ref_layer_mean(acts: torch.Tensor) -> float:
     """Mean sparsity of one layer: over (sample, channel) maps, or over samples for 1x1 maps."""
     a = acts.detach().double().numpy()
     n, c = a.shape[:2]
     flat = a.reshape(n, c, -1)
     if flat.shape[-1] > 1:
-        return float(ref_sparsity(flat).mean())
-    return float(ref_sparsity(flat.mean(-1)).mean())  # channel axis: per-sample channel vector
+        return float(oracle.sparsity_rows(flat).mean())
+    return float(oracle.sparsity_rows(flat.mean(-1)).mean())  # channel axis: per-sample channel vector
 
 
 def captum(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:

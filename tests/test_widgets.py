@@ -20,6 +20,7 @@ import pytest
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
+from tests import oracle
 from xaisparse.history import History
 from xaisparse.testing import synthetic_history
 from xaisparse.widgets import (
@@ -434,16 +435,6 @@ def test_run_comparison_robustness():
 
 
 # ================================================================== ChannelInspector
-def _entropy_sparsity(fmap: np.ndarray) -> float:
-    from scipy.stats import entropy
-
-    a = np.abs(fmap.astype(np.float64)).ravel()
-    if a.sum() == 0:
-        return 1.0
-    pp = math.exp(entropy(a / a.sum()))
-    return 1.0 - (pp - 1.0) / (a.size - 1)
-
-
 @pytest.fixture(scope="module")
 def tiny_cnn():
     torch = pytest.importorskip("torch")
@@ -479,7 +470,7 @@ def test_channel_inspector_titles_equal_independent_sparsity(tiny_cnn):
         got = [
             float(re.search(r"s = ([0-9.]+)", t).group(1)) for t in (ax.get_title() for ax in fig.axes) if "s = " in t
         ]
-        want = [_entropy_sparsity(layer_out[i, channel]) for i in w.images_select.value]
+        want = [oracle.sparsity_of_vector(layer_out[i, channel]) for i in w.images_select.value]
         np.testing.assert_allclose(got, want, atol=6e-4)
         assert f"channel {channel}" in titles(fig)
 

@@ -24,13 +24,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .checkpoint import CHECKPOINT, load_checkpoint
 from .history import History
 from .monitor import SparsityMonitor
 from .penalty import SparsityPenalty
 
 __all__ = ["Callback", "TrainState", "evaluate_split", "fit", "load_checkpoint", "seed_everything"]
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def seed_everything(seed: int) -> None:
@@ -157,16 +156,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by ``fit(checkpoint_dir=...)`` (tensors and plain data only)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / CHECKPOINT
-    if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {p} (expected {CHECKPOINT} written by fit(checkpoint_dir=...))")
-    return torch.load(p, map_location="cpu", weights_only=True)
 
 
 def fit(

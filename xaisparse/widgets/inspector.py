@@ -6,10 +6,7 @@ is constructed: ``import xaisparse.widgets`` stays torch-free).
 
 from __future__ import annotations
 
-import copy
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -37,39 +34,17 @@ def _torch() -> Any:
 
 
 def load_model_checkpoint(model: Any, checkpoint: Any) -> Any:
-    """A deep copy of ``model`` with the weights of ``checkpoint`` loaded; ``model`` is untouched.
+    """Deprecated alias of :func:`xaisparse.checkpoint.load_weights`."""
+    import warnings
 
-    ``checkpoint``: a path to a ``torch.save``d ``state_dict`` or to a dict holding one under
-    ``"model"`` (as written by ``fit(checkpoint_dir=...)``; a directory means its
-    ``checkpoint.pt``), or such a dict itself.
-    """
-    torch = _torch()
-    source = "the checkpoint dict"
-    if isinstance(checkpoint, (str, os.PathLike)):
-        path = Path(checkpoint)
-        if path.is_dir():
-            path = path / "checkpoint.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint file at {path} (expected a torch.save'd state_dict)")
-        source = str(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    elif isinstance(checkpoint, Mapping):
-        state = checkpoint
-    else:
-        raise TypeError(f"checkpoint must be a path or a state_dict, got {type(checkpoint).__name__}")
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{source} holds a {type(state).__name__}, expected a state_dict (or a dict with key 'model')")
-    clone = copy.deepcopy(model)
-    try:
-        clone.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{source} does not fit this model: {exc}") from None
-    return clone
+    warnings.warn(
+        "xaisparse.widgets.load_model_checkpoint is deprecated; use xaisparse.checkpoint.load_weights",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from ..checkpoint import load_weights
+
+    return load_weights(model, checkpoint)
 
 
 def _as_images(images: Any) -> Any:
@@ -96,7 +71,7 @@ class ChannelInspector(FigureWidget):
     under ``torch.no_grad()`` with the model in eval mode (every module's training flag is
     restored afterwards); sparsity is :func:`~xaisparse.functional.perplexity_sparsity`
     along ``"spatial"``. With ``checkpoint`` the weights are loaded into a deep copy of the
-    model (see :func:`load_model_checkpoint`); the model passed in is never changed.
+    model (see :func:`~xaisparse.checkpoint.load_weights`); the model passed in is never changed.
 
     Controls: ``layer_dropdown`` (the recorder's default selection: the conv blocks'
     activations), ``channel_slider``, ``images_select`` (indices, up to 8 shown).
@@ -127,7 +102,9 @@ class ChannelInspector(FigureWidget):
         if imgs.shape[0] > MAX_POOL:
             sticky.append(f"{imgs.shape[0]} images given; the first {MAX_POOL} are offered.")
             imgs = imgs[:MAX_POOL]
-        self.model = load_model_checkpoint(model, checkpoint) if checkpoint is not None else model
+        from ..checkpoint import load_weights
+
+        self.model = load_weights(model, checkpoint) if checkpoint is not None else model
         self.images = imgs.detach().cpu()
         try:
             options = ActivationRecorder(self.model).modules
