@@ -124,9 +124,11 @@ def assert_close(actual: torch.Tensor, expected: np.ndarray, dtype=torch.float64
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings():
-    pmod._reset_warnings()
-    yield
-    pmod._reset_warnings()
+    """Each test sees one-time warnings afresh: entering ``catch_warnings`` changes the filters,
+    which makes the warnings module forget what it has shown (its registry is versioned)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        yield
 
 
 def _rand_relu(rng: np.random.Generator, shape, zero_frac: float = 0.4) -> np.ndarray:
@@ -360,7 +362,6 @@ def test_dead_maps_are_exactly_one_and_flagged():
 )
 def test_length_one_vectors_give_nan_with_warning(axis, shape):
     x = torch.rand(*shape) + 0.5
-    pmod._reset_warnings()
     with pytest.warns(RuntimeWarning, match="length 1"):
         s = perplexity_sparsity(x, axis)  # must not raise ZeroDivisionError
     assert torch.isnan(s).all()
@@ -368,10 +369,16 @@ def test_length_one_vectors_give_nan_with_warning(axis, shape):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         assert torch.isnan(perplexity_sparsity(torch.zeros(*shape), axis)).all()
-    # the warning fires again after a reset
-    pmod._reset_warnings()
-    with pytest.warns(RuntimeWarning):
-        perplexity_sparsity(x, axis)
+    # once per input shape and call site under the default filter; again after a filter reset
+    other = (*shape[:-1], shape[-1] + 1) if axis == "spatial" else (shape[0] + 1, *shape[1:])
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            for y in (x, x, torch.rand(*shape), torch.rand(*other) + 0.5, torch.rand(*other) + 0.5):
+                perplexity_sparsity(y, axis)
+        messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert sum(f"input shape {tuple(shape)}" in m for m in messages) == 1, messages
+        assert len(messages) == len(set(messages)), messages
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

@@ -1,34 +1,28 @@
-"""Streaming per-layer sparsity estimator with fixed-size, sum-mergeable state."""
+"""Streaming per-layer sparsity estimator: thin over the pure pair in :mod:`xaisparse.functional.streaming`."""
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from ..functional.perplexity import _check_float, _entropy_nonneg, _sparsity_of_length, sparsity_from_perplexity
+from ..functional.perplexity import _check_float
+from ..functional.streaming import (
+    STATE_NAMES,
+    _hist_edges,
+    _hist_index,
+    _layer_sparsity_compute,
+    _layer_sparsity_update,
+    _spatial_length,
+    _warn_no_spatial,
+    empty_state,
+)
 from .state import SumState
 
 __all__ = ["LayerSparsity"]
 
-
-def _hist_edges(bins: int, device: torch.device | str | None = None) -> Tensor:
-    """The ``bins + 1`` edges on ``[0, 1]``, bit-identical to ``np.linspace(0, 1, bins + 1)``."""
-    edges = torch.arange(bins + 1, dtype=torch.float64, device=device) * (1.0 / bins)
-    edges[-1] = 1.0
-    return edges
-
-
-def _hist_index(s: Tensor, bins: int) -> Tensor:
-    """Bin of each sparsity value in ``[0, 1]``: ``[e_i, e_{i+1})`` on :func:`_hist_edges`, 1.0 in the last.
-
-    This is ``np.histogram``'s rule on the same edges. A bare ``floor(s * bins)`` disagrees with
-    it (and with the published ``bin_edges``) for values within an ulp or two of an inner edge,
-    e.g. ``s = 0.3`` with 10 bins.
-    """
-    s = torch.nan_to_num(s, nan=0.0).to(torch.float64)
-    return (torch.bucketize(s, _hist_edges(bins, s.device), right=True) - 1).clamp_(0, bins - 1)
+_ = _hist_index  # re-exported for the tests and older imports
 
 
 class LayerSparsity(SumState):
@@ -47,7 +41,13 @@ class LayerSparsity(SumState):
 
     Dead maps count as sparsity 1 in means and histograms and are also counted as ``dead``;
     non-finite vectors are counted and excluded. Inputs are ``(N, C, H, W)`` or ``(N, C)``; for
-    ``(N, C)`` or 1×1 maps the spatial axis is skipped with one warning.
+    ``(N, C)`` or 1×1 maps the spatial axis is skipped with one warning (per estimator).
+
+    The maths is the pure pair of :mod:`xaisparse.functional.streaming`: ``update`` adds
+    ``_layer_sparsity_update(x)`` to the state, ``compute`` is ``_layer_sparsity_compute`` of the
+    state, so streaming over any chunking equals :func:`~xaisparse.functional.layer_statistics`
+    on all of it. ``compile=True`` runs the update through ``torch.compile`` (opt-in: the first
+    batch of each new shape pays the compilation; the eager path is the reference).
 
     >>> m = LayerSparsity(num_channels=2, bins=4)
     >>> x = torch.zeros(3, 2, 2, 2)
@@ -64,137 +64,48 @@ class LayerSparsity(SumState):
     tensor(True)
     """
 
-    def __init__(self, num_channels: int, bins: int = 20) -> None:
+    def __init__(self, num_channels: int, bins: int = 20, *, compile: bool = False) -> None:
         super().__init__()
         if not isinstance(num_channels, int) or num_channels < 1:
             raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
         if not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins must be a positive int, got {bins!r}")
+        if not isinstance(compile, bool):
+            raise TypeError(f"compile must be True or False, got {type(compile).__name__} {compile!r}")
         self.num_channels = num_channels
         self.bins = bins
+        self.compiled = compile
         self._warned_spatial = False
-        c, f64, i64 = num_channels, torch.float64, torch.long
-        for name, shape, dtype in [
-            ("spatial_hist", (c, bins), i64),
-            ("spatial_sum", (c,), f64),
-            ("spatial_sumsq", (c,), f64),
-            ("spatial_count", (c,), i64),
-            ("spatial_dead", (c,), i64),
-            ("spatial_nonfinite", (c,), i64),
-            ("channel_hist", (bins,), i64),
-            ("channel_sum", (), f64),
-            ("channel_sumsq", (), f64),
-            ("channel_count", (), i64),
-            ("channel_dead", (), i64),
-            ("channel_nonfinite", (), i64),
-            ("sample_S", (c,), f64),
-            ("sample_T", (c,), f64),
-            ("sample_n", (c,), i64),
-            ("sample_nonfinite", (c,), i64),
-        ]:
-            self.add_state(name, torch.zeros(shape, dtype=dtype))
+        for name, default in empty_state(num_channels, bins).items():
+            self.add_state(name, default)
+        self._update_fn: Callable[[Tensor, int], dict[str, Tensor]] = (
+            torch.compile(_layer_sparsity_update, dynamic=True) if compile else _layer_sparsity_update
+        )
 
     @property
     def bin_edges(self) -> Tensor:
         """The ``bins + 1`` fixed histogram edges on ``[0, 1]``."""
         return _hist_edges(self.bins)
 
-    def update(self, x: Tensor) -> None:  # type: ignore[override]
+    def update(self, x: Tensor) -> None:
         """Add one batch of activations ``(N, C, ...)``. No host synchronisation happens here."""
-        x = _check_float(x, "activations").detach()
+        x = _check_float(x, "activations")
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"expected activations of shape (N, {self.num_channels}, ...), got shape {tuple(x.shape)}")
-        if x.dtype in (torch.float16, torch.bfloat16):
-            # Half precision overflows (a map summing past 65504 reads as inf, i.e. sparsity 1)
-            # and keeps ~3 digits of the sparsity: measure in float32 instead.
-            x = x.float()
-        a = x.abs().flatten(2) if x.dim() > 2 else x.abs().unsqueeze(-1)  # (N, C, L), our own copy
-        # Hot path (runs in a forward hook): one cheap pass each over the big tensor. ``amax``
-        # propagates NaN and Inf, so a map is free of them iff its maximum is finite; the maps
-        # that are not are masked out of every statistic below, so ``total`` may hold NaN/Inf there.
-        if a.shape[-1]:
-            map_ok = torch.isfinite(a.amax(-1))  # (N, C)
-        else:  # zero-size maps: nothing to reduce
-            map_ok = torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
-        total = a.sum(-1)  # (N, C)
-        means = torch.where(map_ok, total, 0.0) / max(a.shape[-1], 1)  # (N, C) spatial means of |x|
-
-        if a.shape[-1] > 1:
-            self._update_spatial(a, x, total, map_ok)
-        elif not self._warned_spatial:
+        if not self._warned_spatial and _spatial_length(x) <= 1:
             self._warned_spatial = True
-            warnings.warn(
-                f"spatial maps of size 1 (activations {tuple(x.shape)}): the spatial sparsity of this "
-                "layer is undefined and skipped; channel and sample axes are still measured",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            _warn_no_spatial(tuple(x.shape), stacklevel=3)  # the caller of update (past SumState's wrapper)
+        increments = self._update_fn(x, self.bins)
+        torch._foreach_add_([getattr(self, name) for name in STATE_NAMES], [increments[n] for n in STATE_NAMES])
 
-        self._update_channel(means, map_ok)
-        self._update_sample(means, map_ok)
-
-    def _update_spatial(self, a: Tensor, x: Tensor, total: Tensor, ok: Tensor) -> None:
-        # ``a`` is update()'s private |x|: the entropy overwrites it (no second big buffer).
-        h = _entropy_nonneg(a, total, of=x)
-        s = _sparsity_of_length(torch.exp(h), a.shape[-1])  # (N, C)
-        s64 = torch.where(ok, s, 0.0).to(torch.float64)
-        self.spatial_sum += s64.sum(0)
-        self.spatial_sumsq += (s64 * s64).sum(0)
-        self.spatial_count += ok.sum(0)
-        self.spatial_dead += (ok & (total == 0)).sum(0)
-        self.spatial_nonfinite += (~ok).sum(0)
-        idx = _hist_index(s, self.bins) + torch.arange(self.num_channels, device=s.device) * self.bins
-        self.spatial_hist.view(-1).scatter_add_(0, idx.flatten(), ok.flatten().long())
-
-    def _update_channel(self, means: Tensor, ok: Tensor) -> None:
-        row_ok = ok.all(-1)  # (N,)
-        if means.shape[1] > 1:
-            s = _sparsity_of_length(torch.exp(_entropy_nonneg(means)), means.shape[1])
-        else:  # one channel: no population sparsity
-            s = torch.full(means.shape[:1], float("nan"), dtype=means.dtype, device=means.device)
-            row_ok = torch.zeros_like(row_ok)
-        s64 = torch.where(row_ok, s, 0.0).to(torch.float64)
-        self.channel_sum += s64.sum()
-        self.channel_sumsq += (s64 * s64).sum()
-        self.channel_count += row_ok.sum()
-        self.channel_dead += (row_ok & (means.sum(-1) == 0)).sum()
-        self.channel_nonfinite += (~ok.all(-1)).sum()
-        self.channel_hist.scatter_add_(0, _hist_index(s, self.bins), row_ok.long())
-
-    def _update_sample(self, means: Tensor, ok: Tensor) -> None:
-        m = torch.where(ok, means, torch.zeros_like(means)).to(torch.float64)
-        self.sample_S += m.sum(0)
-        self.sample_T += m.clamp(min=torch.finfo(m.dtype).tiny).log_().mul_(m).sum(0)  # Σ m ln m (0 ln 0 = 0)
-        self.sample_n += ok.sum(0)
-        self.sample_nonfinite += (~ok).sum(0)
-
-    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+    def compute(self) -> dict[str, Tensor]:
         """Statistics of everything seen since the last reset, as a flat dict of tensors.
 
         Keys: ``spatial_{mean,std,count,dead,nonfinite,hist}`` (per channel),
         ``channel_{mean,std,count,dead,nonfinite,hist}`` (per layer),
         ``sample_{perplexity,sparsity,count,nonfinite}`` (per channel). Means over no data are NaN.
         """
-        out: dict[str, Tensor] = {}
-        for axis in ("spatial", "channel"):
-            n = getattr(self, f"{axis}_count").to(torch.float64)
-            total, sumsq = getattr(self, f"{axis}_sum"), getattr(self, f"{axis}_sumsq")
-            nan = torch.full_like(n, float("nan"))
-            mean = torch.where(n > 0, total / n.clamp(min=1), nan)
-            var = torch.where(n > 1, (sumsq - n * mean * mean) / (n - 1).clamp(min=1), nan)
-            out[f"{axis}_mean"] = mean
-            out[f"{axis}_std"] = var.clamp(min=0).sqrt()
-            for k in ("count", "dead", "nonfinite", "hist"):
-                out[f"{axis}_{k}"] = getattr(self, f"{axis}_{k}").clone()
-        S, T, n = self.sample_S, self.sample_T, self.sample_n
-        alive = S > 0
-        h = torch.where(alive, torch.log(torch.where(alive, S, torch.ones_like(S))) - T / S.clamp(min=1e-300), 0.0)
-        pp = torch.where(n > 0, torch.exp(h), torch.full_like(S, float("nan")))
-        out["sample_perplexity"] = pp
-        out["sample_sparsity"] = sparsity_from_perplexity(pp, n.to(torch.float64))
-        out["sample_count"] = n.clone()
-        out["sample_nonfinite"] = self.sample_nonfinite.clone()
-        return out
+        return _layer_sparsity_compute(self.metric_state())
 
     def one_shot(self, x: Tensor) -> dict[str, Tensor]:
         """Statistics of ``x`` alone (a fresh estimator, one update): handy for comparisons."""

@@ -33,13 +33,13 @@ class SumState(nn.Module):
         super().__init__()
         self._defaults: dict[str, Tensor] = {}
         self._update_count = 0
+        self._in_compute: bool = False  # inside compute(): a subclass calling super().compute() syncs once
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "update" in cls.__dict__:
-            cls.update = _counted(cls.__dict__["update"])  # type: ignore[method-assign]
-        if "compute" in cls.__dict__:
-            cls.compute = _synced(cls.__dict__["compute"])  # type: ignore[method-assign]
+        for name, wrap in (("update", _counted), ("compute", _synced)):
+            if name in cls.__dict__:
+                setattr(cls, name, wrap(cls.__dict__[name]))
 
     def add_state(self, name: str, default: Tensor) -> None:
         """Register a sum-reducible tensor state with its reset value."""
@@ -96,7 +96,7 @@ class SumState(nn.Module):
         """The current states by name."""
         return {name: getattr(self, name) for name in self._defaults}
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._update_count = max(self._update_count, 1)  # loaded state counts as data seen
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -66,14 +66,64 @@ def xlogx(x: Tensor) -> Tensor:
 def entropy(a: Tensor, dim: int = -1) -> Tensor:
     """Shannon entropy (nats) of ``|a|`` normalised along ``dim``; 0 for a dead (all-zero) vector.
 
+    A vector holding NaN gives NaN.
+
     >>> round(entropy(torch.tensor([1.0, 1.0, 0.0, 0.0])).item(), 4)  # ln 2
     0.6931
     """
     a = _check_float(a, "a").abs()
-    s = a.sum(dim=dim, keepdim=True)
-    alive = s > 0
-    p = a / torch.where(alive, s, torch.ones_like(s))
-    return -xlogx(p).sum(dim=dim)
+    return _entropy_terms(a, dim)[0]
+
+
+def _entropy_terms(
+    b: Tensor, dim: int = -1, *, total: Tensor | None = None, inplace: bool = False, of: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """``(H, ln p)`` of a **non-negative** ``b`` along ``dim``: the one place entropy is computed from a vector.
+
+    ``p = b / S`` with ``S = Σ b`` (a dead vector, ``S = 0``, keeps ``p = 0`` and gets ``H = 0``);
+    ``H = -Σ p ln p`` with ``0 ln 0 = 0``. ``ln p`` is taken on ``max(p, floor)``
+    (:func:`_log_floor`): exact at ``p = 0`` (``p · ln p`` is 0 either way) and for every normal
+    ``p``, and it keeps ``log`` off its slow path at zero. Differentiable, every gradient finite.
+    ``total``: the sums ``b.sum(dim, keepdim=True)`` when the caller has them already.
+
+    Without autograd (custom forwards, estimators) the work can reuse ``b``'s memory:
+    ``inplace=True`` overwrites ``b`` with ``p ln p`` (one more buffer, for ``ln p``);
+    ``of=x`` (``b`` is ``|x|``, viewable as ``x.shape``) also overwrites ``b``, with ``ln p`` and
+    then ``|x · ln p| = -|x| ln p``, so that no second activation-sized buffer is allocated (on
+    CPU a fresh large buffer costs page faults, often more than the arithmetic); then ``ln p``
+    is not returned.
+    """
+    if total is None:
+        total = b.sum(dim, keepdim=True)
+    denom = torch.where(total > 0, total, torch.ones_like(total))
+    floor = _log_floor(b.dtype)
+    if of is not None:
+        b.div_(denom).clamp_(min=floor).log_()  # ln p, in place
+        b.view(of.shape).mul_(of).abs_()  # |x · ln p| = -|x| ln p  (ln p <= 0)
+        return b.sum(dim) / denom.squeeze(dim), None
+    if inplace:
+        p = b.div_(denom)
+        log_p = p.clamp(min=floor).log_()
+        plogp = p.mul_(log_p)
+    else:
+        p = b / denom
+        log_p = p.clamp(min=floor).log()
+        plogp = p * log_p
+    return -plogp.sum(dim), log_p
+
+
+def _entropy_from_sums(total: Tensor, t: Tensor) -> Tensor:
+    """``H = ln S - T/S`` from the mergeable sums ``S = Σ a`` and ``T = Σ a ln a`` (0 where ``S = 0``).
+
+    The one place of the identity that makes the sample axis streamable (DESIGN §1).
+
+    >>> a = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    >>> bool(torch.isclose(_entropy_from_sums(a.sum(), xlogx(a).sum()), entropy(a)))
+    True
+    """
+    alive = total > 0
+    safe = torch.where(alive, total, torch.ones_like(total))
+    return torch.where(alive, torch.log(safe) - t / safe, torch.zeros_like(safe))
 
 
 def perplexity(a: Tensor, dim: int = -1) -> Tensor:
@@ -117,21 +167,20 @@ class _Perplexity(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, a: Tensor) -> Tensor:
         b = a.abs()
         ok = torch.isfinite(b.amax(-1))  # amax propagates NaN/Inf: the vector is finite iff ok
         b.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # vectors with NaN/Inf: finite garbage, masked
-        total = b.sum(-1)
+        total = b.sum(-1, keepdim=True)
+        h, log_p = _entropy_terms(b, -1, total=total, inplace=True)
+        total = total.squeeze(-1)
         alive = ok & (total > 0)
-        p = b.div_(torch.where(alive, total, torch.ones_like(total)).unsqueeze(-1))
-        log_p = p.clamp(min=_log_floor(p.dtype)).log_()
-        h = -p.mul_(log_p).sum(-1)
         pp = torch.where(ok, torch.exp(h), float("nan"))
-        ctx.save_for_backward(a, log_p, h, pp, total, alive)
+        ctx.save_for_backward(a, cast(Tensor, log_p), h, pp, total, alive)
         return pp
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         a, log_p, h, pp, total, alive = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True (double backward): differentiate the formula
             return torch.autograd.grad(_perplexity_autograd(a, -1), a, grad, create_graph=True)[0]
@@ -170,31 +219,6 @@ def _log_floor(dtype: torch.dtype) -> float:
 def _sparsity_of_length(pp: Tensor, n: int) -> Tensor:
     """:func:`sparsity_from_perplexity` for a Python int ``n >= 2`` in 4 ops instead of ~12 (hot path)."""
     return (1.0 - (pp - 1.0) / (n - 1)).clamp_(0.0, 1.0)
-
-
-def _entropy_nonneg(a: Tensor, total: Tensor | None = None, *, of: Tensor | None = None) -> Tensor:
-    """Entropy along the last dim of a **non-negative** ``a`` whose last-dim sums are ``total``.
-
-    Internal fast path for the streaming estimators (no autograd): no ``abs``, no NaN/Inf
-    screening (a vector holding NaN/Inf gives a meaningless value the caller must mask), one
-    memory pass per step and no three-tensor ``where`` over the big tensor. Equal to
-    :func:`entropy` up to rounding (``ln p`` is taken on ``max(p, floor)``, see :func:`_log_floor`).
-
-    ``of``: the tensor whose ``abs()`` ``a`` is (``a`` viewable as ``of.shape``, and yours: it is
-    overwritten). Then the whole computation lives in ``a``'s memory: ``a`` becomes ``ln p`` in
-    place and ``H = Σ |of · ln p| / S`` (``ln p <= 0``), so no second activation-sized buffer is
-    allocated (on CPU a fresh large buffer costs page faults, often more than the arithmetic).
-    """
-    if total is None:
-        total = a.sum(-1)
-    denom = torch.where(total > 0, total, torch.ones_like(total))
-    floor = _log_floor(a.dtype)
-    if of is None:
-        p = a / denom.unsqueeze(-1)
-        return -p.clamp(min=floor).log_().mul_(p).sum(-1)
-    a.div_(denom.unsqueeze(-1)).clamp_(min=floor).log_()  # ln p, in place
-    a.view(of.shape).mul_(of).abs_()  # |of · ln p| = -|of| ln p
-    return a.sum(-1) / denom
 
 
 def as_vectors(x: Tensor, axis: Axis = "spatial") -> Tensor:
@@ -259,9 +283,6 @@ def nonfinite_mask(x: Tensor, axis: Axis = "spatial") -> Tensor:
     return ~torch.isfinite(v).all(dim=-1)
 
 
-_warned_n1: set[tuple] = set()
-
-
 def perplexity_sparsity(x: Tensor, axis: Axis = "spatial") -> Tensor:
     """Perplexity sparsity of activations ``x`` along ``axis`` (DESIGN §1).
 
@@ -280,21 +301,15 @@ def perplexity_sparsity(x: Tensor, axis: Axis = "spatial") -> Tensor:
     v = _as_vectors(x, axis, absolute=False)  # perplexity() takes |v| itself
     n = v.shape[-1]
     if n == 1:
-        key = (axis, tuple(x.shape[1:]))
-        if key not in _warned_n1:
-            _warned_n1.add(key)
-            warnings.warn(
-                f"perplexity_sparsity: axis={axis!r} vectors have length 1 for input shape {tuple(x.shape)}; "
-                "sparsity is undefined there and is returned as NaN (skipped by estimators and the penalty)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        # Once per input shape and call site: the warnings module's own registry (default filter)
+        # remembers what it has shown; there is no state of ours to reset.
+        warnings.warn(
+            f"perplexity_sparsity: axis={axis!r} vectors have length 1 for input shape {tuple(x.shape)}; "
+            "sparsity is undefined there and is returned as NaN (skipped by estimators and the penalty)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return sparsity_from_perplexity(perplexity(v, dim=-1), n)
-
-
-def _reset_warnings() -> None:
-    """Forget which one-time warnings were shown (for tests)."""
-    _warned_n1.clear()
 
 
 # Keep ``math`` referenced for the doctest of xlogx.
