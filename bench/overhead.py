@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Overhead of xaisparse's monitor and penalty, measured side by side with plain PyTorch.
+"""Overhead of xaisparse's monitor and penalty, measured side by side with plain PyTorch and peers.
 
 Prints RATIOS measured in one run (no absolute timing is asserted anywhere):
 
 (a) ``SparsityMonitor.track("train")`` on a training step (forward + backward + SGD step)
     against the same step without hooks;                           target ours/plain <= 1.10
-(b) the monitor on an evaluation pass (``no_grad`` forward);       target ours/plain <= 1.10
+(b) the monitor on an evaluation pass (``no_grad`` forward);       target ours/plain <= 1.25
+    (small CNN), <= 1.10 (ResNet-18); (b') the same with ``LayerSparsity(compile=True)``
 (c) ``loss + SparsityPenalty()`` on a training step;               target ours/plain <= 1.30
 (d) the monitor's eval pass against a typical research-code reference (forward hooks,
     ``.detach().cpu().numpy()``, ``scipy.stats.entropy`` per channel);
@@ -14,16 +15,25 @@ Prints RATIOS measured in one run (no absolute timing is asserted anywhere):
     plus a sanity line: both give the same mean sparsity on one batch;
 (e) memory after 10 and after N batches of monitored evaluation (small CNN): RSS growth
     (torch's CPU allocations are invisible to tracemalloc) and tracemalloc growth, against
-    the size of one batch's recorded activations;                  target: flat.
+    the size of one batch's recorded activations;                  target: flat;
+(f) ``LayerSparsity.update`` (every statistic of one batch) against one read pass over the
+    same tensor (``x.sum()``; ``x.amax()`` and one ``log`` pass beside it);
+                                                                    target update/read <= 3 (large tensors)
+(g) the time the monitor adds to an eval pass against a hand-written torch hook that computes
+    only the mean sparsity;                                         target hook/ours >= 1
+and a peers table: plain, ours, NumPy/SciPy hooks (per channel, vectorised), the torch hook,
+Captum ``LayerActivation`` + post-hoc computation, TorchLens, each with its agreement with ours.
 
 Method: the variants of a comparison are interleaved (their order rotated every repeat)
 after a warm-up; each sample times a block of a few steps; the table gives medians and the
 interquartile range of the per-repeat ratios, because the machine may be shared.
 
-    python bench/overhead.py                 # full run (about 5 min on 2 CPU cores)
-    python bench/overhead.py --quick         # short run (the smoke test uses it)
+    python bench/overhead.py                 # full run (about 15 min on 2 busy CPU cores)
+    python bench/overhead.py --quick         # short run (the smoke test uses it); no compile
     python bench/overhead.py --device cuda   # GPU: synchronised timings, CUDA memory stats
     python bench/overhead.py --omp-passive   # OMP_WAIT_POLICY=PASSIVE (busy shared machine)
+    python bench/overhead.py --malloc-stable # glibc keeps freed blocks (no page faults per batch)
+    python bench/overhead.py --clock cpu     # process CPU time instead of wall time (CPU only)
 """
 
 from __future__ import annotations
@@ -36,14 +46,17 @@ import sys
 if "--omp-passive" in sys.argv[1:]:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
+
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import platform
+import resource
 import statistics
 import time
 import tracemalloc
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -61,9 +74,36 @@ from torch import nn
 # install whose finder resolves ``xaisparse`` to a namespace package when run from bench/).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import xaisparse
+from xaisparse.estimators import LayerSparsity
 from xaisparse.monitor import SparsityMonitor
 from xaisparse.penalty import SparsityPenalty
 from xaisparse.recording import ActivationRecorder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # bench/peers.py, next to this script
+
+
+def _malloc_stable() -> str:
+    """Make glibc keep freed memory for reuse: a fixed 32 MiB mmap threshold, no trimming.
+
+    By default glibc serves a large allocation (an activation-sized buffer) by ``mmap`` and
+    returns it to the OS on free, or trims the top of the heap; the next batch then pays a page
+    fault per 4 KiB page of its fresh buffers, often more than the arithmetic on them. With
+    ``M_MMAP_THRESHOLD`` fixed at 32 MiB and ``M_TRIM_THRESHOLD`` at 1 GiB, freed blocks stay in
+    the heap and are reused, so per-batch timings measure compute, not the kernel's page
+    zeroing. Equivalent to ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``.
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return "malloc-stable: no C library found, left as is"
+    libc = ctypes.CDLL(name)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    return "malloc-stable: M_MMAP_THRESHOLD=32 MiB, M_TRIM_THRESHOLD=1 GiB" + ("" if ok else " (mallopt refused)")
+
+
+# Early, before the benchmark allocates anything large (mallopt applies to later allocations).
+MALLOC_MODE = _malloc_stable() if "--malloc-stable" in sys.argv[1:] else "malloc: glibc defaults"
 
 SANITY_TOL = 1e-5
 TABLE_HEADER = "| case | model | plain ms/step | ours ms/step | ratio | spread (IQR) | target | result |"
@@ -104,19 +144,32 @@ class Setup:
     warmup: int  # untimed rounds first (a round = one block of every variant)
     min_repeats: int  # timed rounds: as many as fit in budget_s, within [min_repeats, max_repeats]
     max_repeats: int
-    budget_s: float  # per comparison (train: plain/monitor/penalty; eval: plain/monitor/reference)
+    budget_s: float  # per comparison (train: plain/monitor/penalty; eval: plain/monitor/hook/reference)
+    eval_limit: float = 1.10  # target of (b): ours/plain on an eval pass
 
 
 def setups(quick: bool) -> dict[str, Setup]:
     if quick:  # a smoke run: every code path, few repeats, a smaller ResNet batch
         return {
-            "small_cnn": Setup("SmallCNN", BenchCNN, (64, 1, 16, 16), 2, 1, 3, 4, 2.0),
-            "resnet18": Setup("ResNet-18", cifar_resnet18, (4, 3, 32, 32), 1, 1, 2, 2, 2.0),
+            "small_cnn": Setup("SmallCNN", BenchCNN, (64, 1, 16, 16), 2, 1, 3, 4, 2.0, 1.25),
+            "resnet18": Setup("ResNet-18", cifar_resnet18, (4, 3, 32, 32), 1, 1, 2, 2, 2.0, 1.10),
         }
     return {
-        "small_cnn": Setup("SmallCNN", BenchCNN, (64, 1, 16, 16), 4, 2, 8, 60, 35.0),
-        "resnet18": Setup("ResNet-18", cifar_resnet18, (32, 3, 32, 32), 1, 2, 5, 15, 50.0),
+        "small_cnn": Setup("SmallCNN", BenchCNN, (64, 1, 16, 16), 4, 2, 8, 60, 35.0, 1.25),
+        "resnet18": Setup("ResNet-18", cifar_resnet18, (32, 3, 32, 32), 1, 2, 5, 15, 50.0, 1.10),
     }
+
+
+def peer_setup(setup: Setup, quick: bool) -> Setup:
+    """The peers table: one step per block (TorchLens and SciPy per channel take seconds a step)."""
+    return Setup(
+        setup.name, setup.build, setup.input_shape, 1, 1, 2 if quick else 3, 3 if quick else 10, 2.0 if quick else 60.0
+    )
+
+
+#: The timer: wall time (default), or the process' CPU time (``--clock cpu``: robust to other
+#: processes on a shared machine, but blind to time spent waiting, e.g. for a GPU).
+CLOCK: Callable[[], float] = time.perf_counter
 
 
 # -- timing ------------------------------------------------------------------------------------
@@ -137,7 +190,7 @@ def interleaved(
     names, inner = list(variants), setup.inner
     round_s = 0.0
     for _ in range(max(setup.warmup, 1)):
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # the budget is wall time whatever the clock
         for name in names:
             variants[name](inner)
         _sync(device)
@@ -151,10 +204,10 @@ def interleaved(
             order = order[::-1]
         for name in order:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             variants[name](inner)
             _sync(device)
-            times[name].append((time.perf_counter() - t0) / inner)
+            times[name].append((CLOCK() - t0) / inner)
     return times
 
 
@@ -179,63 +232,6 @@ def ratio_row(case: str, model: str, base: list[float], ours: list[float], *, sp
     ok = ratio >= limit if speedup else ratio <= limit
     target = f">= {limit:g}x" if speedup else f"<= {limit:.2f}x"
     return Row(case, model, f"{mb * 1e3:.2f}", f"{mo * 1e3:.2f}", f"{ratio:.2f}x", f"[{lo:.2f}, {hi:.2f}]", target, ok)
-
-
-# -- the research-code reference (case d) ------------------------------------------------------
-class ReferenceSparsity:
-    """What research code typically does: numpy copies in forward hooks, scipy per channel.
-
-    For every selected module and every channel, the batch's flattened maps go through one
-    ``scipy.stats.entropy`` call (vectorised over the samples); perplexity sparsity
-    ``1 - (exp(H) - 1)/(N - 1)``, a dead (all-zero) map counting as sparsity 1 as in the
-    project's definition; running sums per module.
-    """
-
-    def __init__(self, model: nn.Module, layer_names: list[str]) -> None:
-        self.model, self.layer_names = model, layer_names
-        self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
-        self.handles: list = []
-
-    def __enter__(self) -> ReferenceSparsity:
-        for name in self.layer_names:
-            module = self.model.get_submodule(name)
-            self.handles.append(module.register_forward_hook(partial(self._hook, name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-    def _hook(self, name: str, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-        acts = output.detach().cpu().numpy()
-        n, c = acts.shape[:2]
-        acts = np.abs(acts.reshape(n, c, -1))
-        length = acts.shape[-1]
-        for ch in range(c):
-            maps = acts[:, ch, :]  # (n, H*W): every sample's map of this channel
-            with np.errstate(invalid="ignore", divide="ignore"):
-                h = scipy.stats.entropy(maps, axis=1)  # NaN for a dead map
-            s = 1.0 - (np.exp(h) - 1.0) / (length - 1)
-            s[maps.sum(axis=1) == 0] = 1.0
-            self.sums[name] += float(s.sum())
-            self.counts[name] += n
-
-    def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums}
-
-
-def ours_pooled_means(monitor: SparsityMonitor, split: str) -> dict[str, float]:
-    """The monitor's mean map sparsity per module (the call sites of one module pooled)."""
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, float] = defaultdict(float)
-    for site in monitor.layer_names:
-        out = monitor.estimator(split, site).compute()
-        base = site.split("#", 1)[0]
-        sums[base] += float((out["spatial_mean"].nan_to_num() * out["spatial_count"]).sum())
-        counts[base] += float(out["spatial_count"].sum())
-    return {k: sums[k] / counts[k] for k in sums}
 
 
 # -- memory (case e) ---------------------------------------------------------------------------
@@ -348,8 +344,27 @@ def memory_case(device: torch.device, quick: bool) -> tuple[list[Row], list[str]
     return [row], lines
 
 
-# -- cases (a)-(d) -----------------------------------------------------------------------------
-def run_model(setup: Setup, device: torch.device) -> tuple[list[Row], list[str]]:
+# -- cases (a)-(d), (g) and the peers table ----------------------------------------------------
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _agreement(peer: object, model: nn.Module, x: torch.Tensor, ours: SparsityMonitor) -> tuple[float, int]:
+    """Max |mean sparsity peer - ours| over the modules, on one batch, fresh accumulators."""
+    peers.peer_runner(peer)(1, x)
+    got = peer.means()  # type: ignore[attr-defined]
+    sites = ours.layer_names
+    if getattr(peer, "calls", "all") == "last":  # one output per module: its last call
+        sites = list({peers.base_name(site): site for site in sites}.values())
+    mine = peers.pooled_means((site, ours.estimator("test", site).compute()) for site in sites)
+    if set(got) != set(mine):
+        raise RuntimeError(f"layers differ: ours {sorted(mine)}, {type(peer).__name__} {sorted(got)}")
+    return max(abs(got[k] - mine[k]) for k in mine), len(mine)
+
+
+def run_model(
+    setup: Setup, device: torch.device, *, quick: bool, use_compile: bool, peers_table: bool = True
+) -> tuple[list[Row], list[str], list[str]]:
     torch.manual_seed(0)
     model = setup.build().to(device)
     x = torch.randn(*setup.input_shape, device=device)
@@ -358,7 +373,9 @@ def run_model(setup: Setup, device: torch.device) -> tuple[list[Row], list[str]]
     monitor = SparsityMonitor(model)
     penalty = SparsityPenalty(model, weight=1e-2)
     layers = monitor.recorder.modules
-    reference = ReferenceSparsity(model, layers)
+    reference = peers.ScipyPerChannel(model, layers)
+    hook = peers.TorchMeanHook(model, layers)
+    compiled = peers.CompiledMonitor(model, layers) if use_compile else None
 
     def train_step(extra: Callable[[], torch.Tensor] | None = None) -> None:
         opt.zero_grad(set_to_none=True)
@@ -392,60 +409,243 @@ def run_model(setup: Setup, device: torch.device) -> tuple[list[Row], list[str]]
             for _ in range(k):
                 model(x)
 
-    def reference_eval(k: int) -> None:
-        with reference, torch.no_grad():
-            for _ in range(k):
-                model(x)
-
-    # Sanity first, on fresh accumulators: both measure the same thing on the same batch.
+    # Sanity first, on fresh accumulators: the monitor and each peer measure the same thing.
     model.eval()
     check = SparsityMonitor(model)
     with check.track("test"), torch.no_grad():
         model(x)
-    with ReferenceSparsity(model, layers) as ref_check, torch.no_grad():
-        model(x)
-    ours_m, ref_m = ours_pooled_means(check, "test"), ref_check.means()
-    if set(ours_m) != set(ref_m):
-        raise RuntimeError(f"layers differ: ours {sorted(ours_m)}, reference {sorted(ref_m)}")
-    diff = max(abs(ours_m[k] - ref_m[k]) for k in ours_m)
+    diff, n_layers = _agreement(peers.ScipyPerChannel(model, layers), model, x, check)
     notes = [
-        f"sanity: max |mean sparsity ours - reference| = {diff:.2e} over {len(ours_m)} layers of "
+        f"sanity: max |mean sparsity ours - reference| = {diff:.2e} over {n_layers} layers of "
         f"{setup.name} (tolerance {SANITY_TOL:g}): {'OK' if diff <= SANITY_TOL else 'MISMATCH'}"
     ]
+    if compiled is not None:  # compile before timing (the first batch of a new shape compiles)
+        t0 = time.perf_counter()
+        peers.peer_runner(compiled)(1, x)
+        notes.append(f"{setup.name}: LayerSparsity(compile=True) compiled in {time.perf_counter() - t0:.0f} s")
 
     model.train()
     t = interleaved({"plain": plain_train, "monitor": monitor_train, "penalty": penalty_train}, setup, device)
     model.eval()
-    e = interleaved({"plain": plain_eval, "monitor": monitor_eval, "reference": reference_eval}, setup, device)
+    variants: dict[str, Callable[[int], None]] = {
+        "plain": plain_eval,
+        "monitor": monitor_eval,
+        "hook": partial(peers.peer_runner(hook), x=x),
+        "reference": partial(peers.peer_runner(reference), x=x),
+    }
+    if compiled is not None:
+        variants["compiled"] = partial(peers.peer_runner(compiled), x=x)
+    e = interleaved(variants, setup, device)
 
     name = setup.name
+    med = {k: statistics.median(v) for k, v in e.items()}
+    added = {k: v - med["plain"] for k, v in med.items()}
     rows = [
         ratio_row("(a) monitor, train step", name, t["plain"], t["monitor"], speedup=False, limit=1.10),
-        ratio_row("(b) monitor, eval pass", name, e["plain"], e["monitor"], speedup=False, limit=1.10),
+        ratio_row("(b) monitor, eval pass", name, e["plain"], e["monitor"], speedup=False, limit=setup.eval_limit),
         ratio_row("(c) penalty, train step", name, t["plain"], t["penalty"], speedup=False, limit=1.30),
         ratio_row("(d) vs scipy reference, eval pass", name, e["reference"], e["monitor"], speedup=True, limit=10.0),
+        _added_row("(d') vs scipy reference, time above plain eval", name, added["reference"], added["monitor"], None),
+        _added_row("(g) vs torch mean-only hook, time above plain eval", name, added["hook"], added["monitor"], 1.0),
     ]
-    plain_med = statistics.median(e["plain"])
-    ref_add = statistics.median(e["reference"]) - plain_med
-    ours_add = statistics.median(e["monitor"]) - plain_med
-    rows.append(
-        Row(
-            "(d') vs scipy reference, time above plain eval",
-            name,
-            f"{ref_add * 1e3:.2f}",
-            f"{ours_add * 1e3:.2f}",
-            f"{ref_add / ours_add:.1f}x" if ours_add > 0 else "n/a",
-            "",
-            "info",
-            None,
+    if compiled is not None:
+        rows.insert(
+            2,
+            ratio_row(
+                "(b') monitor compiled, eval pass",
+                name,
+                e["plain"],
+                e["compiled"],
+                speedup=False,
+                limit=setup.eval_limit,
+            ),
         )
-    )
+        rows.append(
+            _added_row(
+                "(g') compiled vs torch mean-only hook, above plain", name, added["hook"], added["compiled"], 1.0
+            )
+        )
+    if device.type == "cpu":
+        faults = {}
+        for label, run in (("plain", plain_eval), ("monitor", monitor_eval)):
+            f0 = _minor_faults()
+            run(3)
+            faults[label] = (_minor_faults() - f0) / 3
+        notes.append(
+            f"{name}: minor page faults per eval step: plain {faults['plain']:.0f}, monitor {faults['monitor']:.0f} "
+            f"({MALLOC_MODE})"
+        )
     notes.append(
         f"{name}: input {tuple(setup.input_shape)}, {len(layers)} hooked modules ({len(monitor.layer_names)} call "
         f"sites); {max(setup.warmup, 1)} warm-up + {len(t['plain'])} (train) / {len(e['plain'])} (eval) timed "
         f"rounds of {setup.inner} step(s) per variant"
     )
-    return rows, notes
+    return rows, notes, (peer_table(setup, model, x, compiled, device, quick) if peers_table else [])
+
+
+def _added_row(case: str, model: str, theirs: float, ours: float, limit: float | None) -> Row:
+    """Time each adds above the plain eval pass; ratio theirs/ours (a speed-up when > 1)."""
+    ratio = theirs / ours if ours > 0 else float("inf")
+    return Row(
+        case,
+        model,
+        f"{theirs * 1e3:.2f}",
+        f"{ours * 1e3:.2f}",
+        f"{ratio:.2f}x" if ours > 0 else "n/a",
+        "",
+        "info" if limit is None else f">= {limit:g}x",
+        None if limit is None else ratio >= limit,
+    )
+
+
+PEER_HEADER = (
+    "| variant | model | ms/step | x plain | added ms/step | added / ours' added | agreement with ours "
+    "(max abs diff, mean sparsity per module) |"
+)
+
+
+def peer_table(
+    setup: Setup,
+    model: nn.Module,
+    x: torch.Tensor,
+    compiled: peers.CompiledMonitor | None,
+    device: torch.device,
+    quick: bool,
+) -> list[str]:
+    """Rows of the peers table for one model: every peer interleaved with plain and ours."""
+    model.eval()
+    check = SparsityMonitor(model)  # one batch, the model's current weights: the agreement reference
+    _monitor_eval(check, model, x, 1)
+    layers = check.recorder.modules
+    monitor = SparsityMonitor(model)
+    variants: dict[str, Callable[[int], None]] = {
+        "plain": lambda k: peers.peer_runner(_Plain(model))(k, x),
+        "ours (SparsityMonitor, every statistic)": lambda k: _monitor_eval(monitor, model, x, k),
+    }
+    agreement: dict[str, str] = {"plain": "", "ours (SparsityMonitor, every statistic)": "(reference)"}
+    if compiled is not None:
+        label = "ours, LayerSparsity(compile=True)"
+        variants[label] = partial(peers.peer_runner(compiled), x=x)
+        fresh = peers.CompiledMonitor(model, layers)
+        peers.peer_runner(fresh)(1, x)
+        mine = peers.pooled_means((s, check.estimator("test", s).compute()) for s in check.layer_names)
+        agreement[label] = f"{max(abs(fresh.means()[k] - mine[k]) for k in mine):.1e}"
+    for label, (cls, _) in peers.PEERS.items():
+        try:
+            diff, n = _agreement(cls(model, layers), model, x, check)
+        except ImportError as err:  # an optional peer that is not installed
+            agreement[label] = f"not run: {err}"
+            continue
+        variants[label] = partial(peers.peer_runner(cls(model, layers)), x=x)
+        agreement[label] = f"{diff:.1e} ({n} modules)" + (
+            f"; {_captum_note(check)}" if getattr(cls, "calls", "all") == "last" else ""
+        )
+    times = interleaved(variants, peer_setup(setup, quick), device)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ours_key = "ours (SparsityMonitor, every statistic)"
+    ours_added = med[ours_key] - med["plain"]
+    lines = []
+    for label, note in agreement.items():
+        if label not in med:
+            lines.append(f"| {label} | {setup.name} | | | | | {note} |")
+            continue
+        add = med[label] - med["plain"]
+        rel = "" if label == "plain" else (f"{add / ours_added:.2f}" if ours_added > 0 else "n/a")
+        lines.append(
+            f"| {label} | {setup.name} | {med[label] * 1e3:.2f} | {med[label] / med['plain']:.2f}x | "
+            f"{add * 1e3:.2f} | {rel} | {note} |"
+        )
+    return lines
+
+
+def _captum_note(check: SparsityMonitor) -> str:
+    sites, modules = len(check.layer_names), len({peers.base_name(s) for s in check.layer_names})
+    if sites == modules:
+        return "every module called once"
+    return f"compared on the last call of each module only: Captum keeps one output per module ({sites - modules} of {sites} call sites unseen)"
+
+
+class _Plain:
+    """The model alone, as a peer."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> None:
+        self.model(x)
+
+
+def _monitor_eval(monitor: SparsityMonitor, model: nn.Module, x: torch.Tensor, k: int) -> None:
+    with monitor.track("test"), torch.no_grad():
+        for _ in range(k):
+            model(x)
+
+
+# -- case (f): one update against one read pass -------------------------------------------------
+def _log_pass(x: torch.Tensor, tiny: float) -> torch.Tensor:
+    return x.clamp_min(tiny).log_()
+
+
+def _repeat(fn: Callable[[], object]) -> Callable[[int], None]:
+    def run(k: int) -> None:
+        for _ in range(k):
+            fn()
+
+    return run
+
+
+def update_case(device: torch.device, quick: bool, use_compile: bool) -> tuple[list[Row], list[str]]:
+    """``LayerSparsity.update`` against ``x.sum()`` over the same ReLU activations, interleaved."""
+    shapes = [(64, 32, 16, 16), (32, 64, 32, 32)] + ([] if quick else [(128, 64, 32, 32)])
+    setup = Setup(
+        "update",
+        lambda: nn.Identity(),
+        (0,),
+        3 if quick else 10,
+        1,
+        3 if quick else 8,
+        4 if quick else 30,
+        1.0 if quick else 20.0,
+    )
+    tiny = torch.finfo(torch.float32).tiny
+    rows, lines = [], []
+    for shape in shapes:
+        torch.manual_seed(2)
+        x = torch.relu(torch.randn(*shape, device=device))
+        eager = LayerSparsity(shape[1]).to(device)
+        variants = {
+            "sum": _repeat(x.sum),
+            "amax": _repeat(x.amax),
+            "log": _repeat(partial(_log_pass, x, tiny)),
+            "update": _repeat(partial(eager.update, x)),
+        }
+        if use_compile:
+            comp = LayerSparsity(shape[1], compile=True).to(device)
+            comp.update(x)  # compile (or fetch from the cache) before timing
+            variants["compiled"] = _repeat(partial(comp.update, x))
+        times = interleaved(variants, setup, device)
+        label = f"{tuple(shape)} {x.numel() * 4 / 2**20:.0f} MiB"
+        rows.append(
+            ratio_row("(f) update vs one read pass", label, times["sum"], times["update"], speedup=False, limit=3.0)
+        )
+        if use_compile:
+            rows.append(
+                ratio_row(
+                    "(f') compiled update vs one read pass",
+                    label,
+                    times["sum"],
+                    times["compiled"],
+                    speedup=False,
+                    limit=3.0,
+                )
+            )
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        lines.append(
+            f"(f) {label}: ms per call "
+            + ", ".join(f"{k} {v:.3f}" for k, v in med.items())
+            + f"; update = {med['update'] / med['amax']:.1f}x amax, {med['update'] / med['log']:.2f}x one log pass"
+        )
+    return rows, lines
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -492,14 +692,26 @@ def table(rows: list[Row]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CLOCK
     parser = argparse.ArgumentParser(description="Overhead of xaisparse's monitor and penalty (ratios).")
-    parser.add_argument("--quick", action="store_true", help="few repeats and batches (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="few repeats and batches (smoke test); no compile")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--models", default="small_cnn,resnet18", help="comma-separated: small_cnn, resnet18")
     parser.add_argument("--skip-memory", action="store_true", help="skip case (e)")
+    parser.add_argument("--skip-peers", action="store_true", help="skip the peers table (and its imports)")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="rows with LayerSparsity(compile=True): auto = on except with --quick (compiling takes minutes)",
+    )
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or process CPU time")
     parser.add_argument(
         "--omp-passive", action="store_true", help="set OMP_WAIT_POLICY=PASSIVE (read before torch loads)"
+    )
+    parser.add_argument(
+        "--malloc-stable", action="store_true", help="glibc keeps freed blocks (set before torch allocates)"
     )
     args = parser.parse_args(argv)
 
@@ -508,6 +720,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda was given but torch.cuda.is_available() is False")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.clock == "cpu" and device.type == "cuda":
+        parser.error("--clock cpu cannot time GPU work; use the default wall clock with --device cuda")
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    use_compile = args.compile == "on" or (args.compile == "auto" and not args.quick)
     torch.set_num_threads(args.threads)
     all_setups = setups(args.quick)
     chosen = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -523,34 +739,53 @@ def main(argv: list[str] | None = None) -> int:
     print("# xaisparse overhead benchmark" + (" (--quick)" if args.quick else ""))
     for line in environment(device):
         print(line)
+    print(f"clock {args.clock} | {MALLOC_MODE} | compile rows {'on' if use_compile else 'off'}")
     print("at start: " + load_line(cores), flush=True)
 
     rows: list[Row] = []
     notes: list[str] = []
+    peer_lines: list[str] = []
     if not args.skip_memory:  # first, while VmHWM (a process-lifetime peak) is still low
         r, lines = memory_case(device, args.quick)
         rows += r
         notes += lines
         print(f"... memory case done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+    t0 = time.perf_counter()
+    r, lines = update_case(device, args.quick, use_compile)
+    rows += r
+    notes += lines
+    print(f"... update case done ({time.perf_counter() - t0:.0f} s)", flush=True)
     for key in chosen:
         t0 = time.perf_counter()
-        r, n = run_model(all_setups[key], device)
+        r, n, p = run_model(
+            all_setups[key], device, quick=args.quick, use_compile=use_compile, peers_table=not args.skip_peers
+        )
         rows += r
         notes += n
+        peer_lines += p
         print(f"... {all_setups[key].name} done ({time.perf_counter() - t0:.0f} s)", flush=True)
-    order = ["(a)", "(b)", "(c)", "(d)", "(d')", "(e)"]
+    order = ["(a)", "(b)", "(b')", "(c)", "(d)", "(d')", "(g)", "(g')", "(e)", "(f)", "(f')"]
     models = [all_setups[k].name for k in chosen] + ["SmallCNN"]
-    rows.sort(key=lambda r: (order.index(r.case.split()[0]), models.index(r.model)))
+    rows.sort(key=lambda r: (order.index(r.case.split()[0]), models.index(r.model) if r.model in models else 99))
 
     print()
     for line in table(rows):
         print(line)
     print()
-    print("ratio: ours/plain for (a)-(c), lower is better; reference/ours for (d) and (d'), a speed-up. (d')")
-    print("compares only the time each adds above the plain eval forward. spread: interquartile range of the")
-    print("per-repeat ratios (variants interleaved, order rotated). (e): plain and ours columns: VmRSS growth")
-    print("from batch 10 (measured without tracemalloc); ratio: the larger of the VmRSS and VmHWM (peak) growth,")
-    print("in units of one batch's recorded activations; spread column: tracemalloc growth (separate pass).")
+    print("ratio: ours/plain for (a)-(c), lower is better; reference/ours for (d) and (d'), a speed-up. (d'), (g)")
+    print("compare only the time each adds above the plain eval forward ((g): the hand-written torch hook computes")
+    print("the mean only, ours every statistic). spread: interquartile range of the per-repeat ratios (variants")
+    print("interleaved, order rotated). (e): plain and ours columns: VmRSS growth from batch 10 (measured without")
+    print("tracemalloc); ratio: the larger of the VmRSS and VmHWM (peak) growth, in units of one batch's recorded")
+    print("activations; spread column: tracemalloc growth (separate pass). (f): one LayerSparsity.update (all 16")
+    print("state sums of one batch) against one x.sum() over the same tensor; plain column: x.sum() ms.")
+    if peer_lines:
+        print()
+        print("peers: mean map sparsity per module on an eval pass (one step per timed block)")
+        print(PEER_HEADER)
+        print("|---|---|---|---|---|---|---|")
+        for line in peer_lines:
+            print(line)
     print()
     for line in notes:
         print(line)

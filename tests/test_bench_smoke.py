@@ -1,8 +1,9 @@
 """Smoke test of the overhead benchmark: ``bench/overhead.py --quick`` runs and reports.
 
 No timing is asserted (the ratios depend on the machine and its load); only that the script
-exits 0, prints the results table, and that the monitor and the research-code reference agree
-on the mean sparsity of one batch (the sanity line), for both models.
+exits 0, prints the results table with every case, and that the monitor agrees with the
+research-code reference (the sanity line) and with every peer of the peers table (NumPy/SciPy,
+the torch hook, Captum, TorchLens) on the mean sparsity of one batch, for both models.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def test_overhead_benchmark_quick_runs_and_agrees_with_reference() -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -43,8 +44,27 @@ def test_overhead_benchmark_quick_runs_and_agrees_with_reference() -> None:
         "(c) penalty, train step",
         "(d) vs scipy reference",
         "(e) memory growth",
+        "(f) update vs one read pass",
+        "(g) vs torch mean-only hook",
     ):
         assert case in proc.stdout, case
+    assert "| variant | model | ms/step | x plain | added ms/step | added / ours' added |" in proc.stdout
+    peers = re.findall(
+        r"^\| ([^|]+) \| (SmallCNN|ResNet-18) \| [\d.]+ \| [\d.]+x \| [-\d.]+ \| [^|]* \| ([^|]*) \|$",
+        proc.stdout,
+        flags=re.MULTILINE,
+    )
+    rows = {(name.strip(), model): agreement.strip() for name, model, agreement in peers}
+    for model in ("SmallCNN", "ResNet-18"):
+        for name in (
+            "NumPy/SciPy hooks, per channel",
+            "NumPy/SciPy hooks, vectorised",
+            "torch hook, mean only",
+            "Captum LayerActivation + post hoc",
+            "TorchLens trace + post hoc",
+        ):
+            agreement = rows[(name, model)]  # a row that ran, with its max |difference| to ours
+            assert float(agreement.split()[0]) <= 1e-5, (name, model, agreement)
     sanity = re.findall(
         r"^sanity: max \|mean sparsity ours - reference\| = (\S+) over (\d+) layers of (\S+) "
         r"\(tolerance (\S+)\): (\w+)$",

@@ -37,6 +37,9 @@ from hypothesis import strategies as st
 from tests import oracle
 from xaisparse.estimators import LayerSparsity
 from xaisparse.estimators.layer import _hist_index
+from xaisparse.functional import STATE_NAMES as FUNCTIONAL_STATE_NAMES
+from xaisparse.functional import empty_state, layer_statistics
+from xaisparse.functional.streaming import _layer_sparsity_compute, _layer_sparsity_update
 
 STATE_NAMES = {
     f"{axis}_{k}" for axis in ("spatial", "channel") for k in ("hist", "sum", "sumsq", "count", "dead", "nonfinite")
@@ -274,6 +277,249 @@ def test_streaming_over_random_chunkings_equals_one_shot_reference(case):
     m = LayerSparsity(x.shape[1], bins=bins)
     feed(m, x, sizes)
     assert_matches_reference(m.compute(), ref_of(x, bins), bins, x.dtype)
+
+
+@HSET
+@given(cases())
+def test_streaming_equals_summed_pure_updates_equals_one_shot_function_equals_oracle(case):
+    """The torchmetrics contract: LayerSparsity is the running sum of the pure update, its compute
+    the pure compute; the one-shot ``layer_statistics`` on all the data matches the NumPy oracle and
+    the streamed result (counts and histograms exactly, sums to rounding)."""
+    x, bins, sizes = case
+    m = LayerSparsity(x.shape[1], bins=bins)
+    feed(m, x, sizes)
+    summed = empty_state(x.shape[1], bins)
+    start = 0
+    for size in sizes:
+        for k, v in _layer_sparsity_update(x[start : start + size], bins).items():
+            summed[k] += v
+        start += size
+    assert set(summed) == set(FUNCTIONAL_STATE_NAMES) == STATE_NAMES
+    for k, v in m.metric_state().items():  # the estimator adds exactly the pure increments
+        assert v.dtype == summed[k].dtype and torch.equal(v, summed[k]), k
+    assert outputs_equal(m.compute(), _layer_sparsity_compute(summed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # spatial skip for (N, C) / 1×1 inputs
+        one = layer_statistics(x, bins)
+    ref = ref_of(x, bins)
+    assert_matches_reference(one, ref, bins, x.dtype)
+    assert_matches_reference(m.compute(), ref, bins, x.dtype)
+    streamed = m.compute()
+    for k in one:
+        if one[k].dtype == torch.long:
+            assert torch.equal(one[k], streamed[k]), k
+        else:
+            torch.testing.assert_close(one[k], streamed[k], rtol=1e-9, atol=1e-6, equal_nan=True, msg=k)
+
+
+def test_pure_update_leaves_its_input_untouched_and_is_a_fixed_size_state():
+    rng = np.random.default_rng(11)
+    for shape in [(5, 3, 4, 4), (5, 3), (5, 3, 1, 1), (4, 2, 3)]:
+        for dtype in (torch.float64, torch.float32, torch.float16):
+            x = torch.tensor(make_activations(rng, shape)).to(dtype)
+            before = x.clone()
+            inc = _layer_sparsity_update(x, 6)
+            assert torch.equal(x.nan_to_num(-9.0), before.nan_to_num(-9.0)), (shape, dtype)
+            zero = empty_state(shape[1], 6)
+            assert {k: (v.shape, v.dtype) for k, v in inc.items()} == {k: (v.shape, v.dtype) for k, v in zero.items()}
+    cl = torch.tensor(make_activations(rng, (4, 3, 5, 6)), dtype=torch.float32)
+    channels_last = cl.to(memory_format=torch.channels_last)
+    a, b = _layer_sparsity_update(cl, 5), _layer_sparsity_update(channels_last, 5)
+    assert all(torch.equal(a[k].nan_to_num(-1.0), b[k].nan_to_num(-1.0)) for k in a)  # layout does not matter
+
+
+def test_layer_statistics_warns_once_per_shape_and_call_site():
+    x = torch.rand(4, 3, 1, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for y in (x, x, torch.rand(4, 3, 1, 1), torch.rand(6, 3)):
+            layer_statistics(y, bins=5)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 2 and "(4, 3, 1, 1)" in messages[0] and "(6, 3)" in messages[1], messages
+    with pytest.raises(ValueError, match="bins"):
+        layer_statistics(torch.rand(2, 3, 4, 4), bins=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The fused update against the per-batch formulas it replaced (LayerSparsity.update of 6c4f11a)
+# --------------------------------------------------------------------------------------------
+
+
+def legacy_update(x: torch.Tensor, bins: int) -> dict[str, torch.Tensor]:
+    """The old per-batch formulas, op for op: amax screening, p-space entropy per axis in the
+    working dtype, ``bucketize`` binning. Also returns ``_channel_values`` (for edge freedom)."""
+    x = x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x.detach()
+    a = x.abs().flatten(2) if x.dim() > 2 else x.abs().unsqueeze(-1)
+    n, c, length = a.shape
+    ok = torch.isfinite(a.amax(-1)) if length else torch.ones(n, c, dtype=torch.bool)
+    total = a.sum(-1)
+    means = torch.where(ok, total, 0.0) / max(length, 1)
+    floor = 2.0**-24 if a.dtype == torch.float16 else torch.finfo(a.dtype).tiny
+    edges = torch.tensor(np.linspace(0.0, 1.0, bins + 1))
+
+    def entropy(v: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+        p = v / torch.where(sums > 0, sums, 1.0).unsqueeze(-1)
+        return -(p * p.clamp(min=floor).log()).sum(-1)
+
+    def index(s: torch.Tensor) -> torch.Tensor:
+        s = torch.nan_to_num(s, nan=0.0).double()
+        return (torch.bucketize(s, edges, right=True) - 1).clamp(0, bins - 1)
+
+    out = empty_state(c, bins)
+    if length > 1:
+        s = (1.0 - (torch.exp(entropy(a, total)) - 1.0) / (length - 1)).clamp(0.0, 1.0)
+        s64 = torch.where(ok, s, 0.0).double()
+        out.update(spatial_sum=s64.sum(0), spatial_sumsq=(s64 * s64).sum(0), spatial_count=ok.sum(0))
+        out.update(spatial_dead=(ok & (total == 0)).sum(0), spatial_nonfinite=(~ok).sum(0))
+        idx = index(s) + torch.arange(c) * bins
+        out["spatial_hist"].view(-1).scatter_add_(0, idx.flatten(), ok.flatten().long())
+    row_ok = ok.all(-1) & (c > 1)
+    s = (1.0 - (torch.exp(entropy(means, means.sum(-1))) - 1.0) / max(c - 1, 1)).clamp(0.0, 1.0)
+    s64 = torch.where(row_ok, s, 0.0).double()
+    out.update(channel_sum=s64.sum(), channel_sumsq=(s64 * s64).sum(), channel_count=row_ok.sum())
+    out.update(channel_dead=(row_ok & (means.sum(-1) == 0)).sum(), channel_nonfinite=(~ok.all(-1)).sum())
+    out["channel_hist"].scatter_add_(0, index(s), row_ok.long())
+    m = torch.where(ok, means, 0.0).double()
+    out.update(sample_S=m.sum(0), sample_T=m.clamp(min=torch.finfo(m.dtype).tiny).log().mul(m).sum(0))
+    out.update(sample_n=ok.sum(0), sample_nonfinite=(~ok).sum(0))
+    out["_channel_values"] = s64[row_ok]
+    return out
+
+
+def _edge_cases() -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(21)
+    dead = torch.zeros(4, 3, 3, 3)
+    some_dead = torch.tensor(make_activations(rng, (6, 4, 3, 3)))
+    some_dead[:, 1] = 0.0
+    some_dead[2] = 0.0
+    bad = torch.rand(5, 3, 4, 4, dtype=torch.float64)
+    bad[0, 0, 1, 1], bad[1, 2, 0, 0], bad[3, 1, 2, 3] = float("nan"), float("inf"), -float("inf")
+    bad[4] = float("nan")
+    k_equal = torch.zeros(6, 2, 4, 4)
+    for i in range(6):  # k = 1..6 equal units: sparsity on rational values, several on bin edges
+        k_equal[i].view(2, -1)[:, : i + 1] = 3.0
+    return {
+        "all dead": dead,
+        "dead maps and samples": some_dead,
+        "NaN/Inf maps": bad,
+        "1x1 maps": torch.tensor(make_activations(rng, (7, 5, 1, 1))),
+        "(N, C) features": torch.tensor(make_activations(rng, (7, 5))),
+        "one channel": torch.tensor(make_activations(rng, (5, 1, 3, 2))),
+        "one sample": torch.tensor(make_activations(rng, (1, 4, 3, 3))),
+        "k equal units": k_equal,
+        "float32": torch.tensor(make_activations(rng, (6, 3, 5, 5)), dtype=torch.float32),
+        "float16": torch.tensor(make_activations(rng, (6, 3, 4, 4))).clamp(-6e4, 6e4).half(),
+        "bfloat16": torch.tensor(make_activations(rng, (6, 3, 4, 4))).bfloat16(),
+        "empty batch": torch.zeros(0, 3, 2, 2),
+    }
+
+
+@pytest.mark.parametrize("name", list(_edge_cases()))
+def test_fused_update_equals_the_old_formulas_on_edge_cases(name):
+    x = _edge_cases()[name]
+    bins = 10
+    new, old = _layer_sparsity_update(x, bins), legacy_update(x, bins)
+    channel_values = old.pop("_channel_values").numpy()
+    double = x.dtype == torch.float64
+    for k in STATE_NAMES:
+        assert new[k].dtype == old[k].dtype and new[k].shape == old[k].shape, k
+        if k == "channel_hist":  # old: float32 p-space; new: float64 sums; values on an edge may move
+            assert_hist_matches(new[k].numpy(), channel_values, bins, 1e-12 if double else 1e-6)
+        elif new[k].dtype == torch.long:
+            assert torch.equal(new[k], old[k]), (k, new[k], old[k])
+        else:
+            torch.testing.assert_close(
+                new[k], old[k], rtol=1e-12 if double else 2e-6, atol=1e-12 if double else 2e-6, msg=k
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if x.shape[0]:  # and both agree with the NumPy oracle
+            assert_matches_reference(
+                layer_statistics(x, bins), ref_of(x, bins), bins, torch.float64 if double else torch.float32
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile of the pure update (opt-in): equal to the eager path within tolerance
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compile_works() -> None:
+    try:
+        torch.compile(lambda t: t * 2.0 + 1.0)(torch.ones(3))
+    except Exception as err:  # no C++ compiler, unsupported platform, ...
+        pytest.skip(f"torch.compile cannot run here ({type(err).__name__}: {str(err)[:200]})")
+
+
+@pytest.mark.slow
+def test_compiled_update_equals_eager_within_tolerance(compile_works):
+    """Same maths, traced: the reductions may sum in another order, so sums agree to 1e-6
+    (float32 inputs) / 1e-12 (float64); counts exactly; histograms up to values within 1e-6
+    of an edge (checked against the oracle with that freedom)."""
+    cases_ = _edge_cases()
+    rng = np.random.default_rng(5)
+    chosen = [
+        cases_["dead maps and samples"],
+        cases_["NaN/Inf maps"],
+        cases_["float32"],
+        cases_["float16"],
+        torch.tensor(make_activations(rng, (9, 4, 6, 6)), dtype=torch.float32),
+        cases_["(N, C) features"],
+    ]
+    for x in chosen:
+        eager, comp = LayerSparsity(x.shape[1], bins=7), LayerSparsity(x.shape[1], bins=7, compile=True)
+        assert comp.compiled and not eager.compiled
+        feed(eager, x, [x.shape[0] // 2, x.shape[0] - x.shape[0] // 2])
+        feed(comp, x, [x.shape[0] // 2, x.shape[0] - x.shape[0] // 2])
+        a, b = eager.compute(), comp.compute()
+        double = x.dtype == torch.float64
+        for k in a:
+            if k.endswith("hist"):
+                continue
+            if a[k].dtype == torch.long:
+                assert torch.equal(a[k], b[k]), k
+            else:
+                tol = 1e-12 if double else 1e-6
+                torch.testing.assert_close(b[k], a[k], rtol=tol, atol=tol, equal_nan=True, msg=k)
+        assert_matches_reference(b, ref_of(x, 7), 7, torch.float64 if double else torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# No host synchronisation in the per-batch path (CUDA only)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the sync debug mode needs one")
+def test_per_batch_path_makes_no_host_sync_on_cuda():
+    from xaisparse.monitor import SparsityMonitor
+
+    x = torch.tensor(make_activations(np.random.default_rng(8), (6, 3, 5, 5)), dtype=torch.float32).cuda()
+    est = LayerSparsity(3, bins=10).cuda()
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU())
+    model = model.cuda().eval()
+    monitor = SparsityMonitor(model)
+    batch = torch.randn(8, 1, 12, 12, device="cuda")
+    with monitor.track("test"), torch.no_grad():
+        model(batch)  # the first batch creates the estimators (and copies their zero state)
+    est.update(x)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            est.update(x)
+            est.update(x[:, :, :1, :1])  # 1x1 maps: the spatial skip
+        with monitor.track("test"), torch.no_grad():
+            for _ in range(3):
+                model(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_matches_reference(
+        {k: v.cpu() for k, v in monitor.estimator("test", monitor.layer_names[0]).compute().items()},
+        ref_of(torch.relu(model[0](batch.repeat(4, 1, 1, 1))).cpu().double(), 20),
+        20,
+        torch.float32,
+    )
 
 
 @pytest.mark.parametrize("sizes", [[7], [1] * 7, [3, 0, 4], [0, 0, 7, 0], [2, 5]])

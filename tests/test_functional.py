@@ -227,6 +227,34 @@ def test_entropy_and_xlogx_basics():
     assert_close(xlogx(x), expected)
 
 
+@HSET
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 5), st.integers(1, 12)),
+        elements=st.one_of(st.just(0.0), st.floats(-1e3, 1e3, allow_subnormal=False)),
+    )
+)
+def test_one_entropy_in_every_mode_equals_scipy(a):
+    """Entropy from a vector exists once (``_entropy_terms``); its out-of-place, in-place and
+    ``of=`` (one-buffer) modes, and the identity from sums, all equal scipy's entropy."""
+    x = torch.tensor(a)
+    b = x.abs()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.where(np.abs(a).sum(-1) > 0, scipy.stats.entropy(np.abs(a), axis=-1), 0.0)
+    h, log_p = pmod._entropy_terms(b.clone())
+    assert_close(h, expected)
+    assert log_p is not None and torch.all(log_p <= 0)
+    assert_close(pmod._entropy_terms(b.clone(), inplace=True)[0], expected)
+    mine = b.clone()
+    h_of, none = pmod._entropy_terms(mine, of=x)
+    assert none is None
+    assert_close(h_of, expected)
+    assert torch.equal(x, torch.tensor(a))  # of= reads x, never writes it
+    assert_close(pmod._entropy_from_sums(b.sum(-1), xlogx(b).sum(-1)), expected)
+    assert_close(entropy(x), expected)
+
+
 # --------------------------------------------------------------------------------------------
 # perplexity_sparsity() vs the literal DESIGN §1 loop
 # --------------------------------------------------------------------------------------------

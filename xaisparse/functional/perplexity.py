@@ -216,9 +216,13 @@ def _log_floor(dtype: torch.dtype) -> float:
     return 2.0**-24 if dtype == torch.float16 else torch.finfo(dtype).tiny
 
 
-def _sparsity_of_length(pp: Tensor, n: int) -> Tensor:
-    """:func:`sparsity_from_perplexity` for a Python int ``n >= 2`` in 4 ops instead of ~12 (hot path)."""
-    return (1.0 - (pp - 1.0) / (n - 1)).clamp_(0.0, 1.0)
+def _sparsity_of_length(pp: Tensor, n: int | Tensor, *, inplace: bool = False) -> Tensor:
+    """:func:`sparsity_from_perplexity` for lengths ``n >= 2`` (an int, or one per trailing column) in a
+    few ops instead of ~12 (hot path); ``inplace=True`` overwrites ``pp``. Bit-identical to
+    ``(1 - (pp - 1) / (n - 1)).clamp(0, 1)``.
+    """
+    q = pp.sub_(1.0) if inplace else pp - 1.0
+    return q.div_(n - 1).neg_().add_(1.0).clamp_(0.0, 1.0)
 
 
 def as_vectors(x: Tensor, axis: Axis = "spatial") -> Tensor:

@@ -30,7 +30,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .perplexity import _check_float, _entropy_from_sums, _entropy_terms, sparsity_from_perplexity
+from .perplexity import (
+    _check_float,
+    _entropy_from_sums,
+    _entropy_terms,
+    _sparsity_of_length,
+    sparsity_from_perplexity,
+)
 
 __all__ = ["STATE_NAMES", "empty_state", "layer_statistics"]
 
@@ -158,14 +164,13 @@ def _layer_sparsity_update(x: Tensor, bins: int) -> dict[str, Tensor]:
         hh = torch.cat([h, h_row], 1)
         okk = torch.cat([ok, row_ok], 1)
         zero = torch.cat([sums, row_sums], 1) == 0
-        scale = torch.full((c + 1,), 1.0 / (length - 1), dtype=work, device=x.device)
-        scale[c] = 1.0 / max(c - 1, 1)
+        lengths = torch.full((c + 1,), float(length), dtype=work, device=x.device)  # vector length per column
+        lengths[c] = float(max(c, 2))
     else:
         hh, okk, zero = h_row, row_ok, row_sums == 0
-        scale = torch.full((1,), 1.0 / max(c - 1, 1), dtype=work, device=x.device)
-    # s = 1 - (PP - 1) / (len - 1), clamped into [0, 1] (rounding), 0 where not measured
-    s = torch.where(okk, torch.addcmul(scale + 1.0, hh.exp_(), scale, value=-1.0).clamp_(0.0, 1.0), 0.0)
-    s = s.to(f64)
+        lengths = torch.full((1,), float(max(c, 2)), dtype=work, device=x.device)
+    s = _sparsity_of_length(hh.exp_(), lengths, inplace=True)
+    s = torch.where(okk, s, 0.0).to(f64)  # 0 where not measured
     dead = okk & zero
     moments = torch.stack([s, s * s, okk.to(f64), dead.to(f64)]).sum(1)  # (4, C + 1)
     counts = moments[2:].long()  # exact: integers far below 2**53
