@@ -95,7 +95,7 @@ def _entropy_terms(
     """
     if total is None:
         total = b.sum(dim, keepdim=True)
-    denom = torch.where(total > 0, total, torch.ones_like(total))
+    denom = torch.where(total > 0, total, 1.0)
     floor = _log_floor(b.dtype)
     if of is not None:
         b.div_(denom).clamp_(min=floor).log_()  # ln p, in place
@@ -122,8 +122,8 @@ def _entropy_from_sums(total: Tensor, t: Tensor) -> Tensor:
     True
     """
     alive = total > 0
-    safe = torch.where(alive, total, torch.ones_like(total))
-    return torch.where(alive, torch.log(safe) - t / safe, torch.zeros_like(safe))
+    safe = torch.where(alive, total, 1.0)
+    return torch.where(alive, torch.log(safe) - t / safe, 0.0)
 
 
 def perplexity(a: Tensor, dim: int = -1) -> Tensor:

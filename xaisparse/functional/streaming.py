@@ -179,12 +179,15 @@ def _layer_sparsity_update(x: Tensor, bins: int) -> dict[str, Tensor]:
 
     count = ok.sum(0)  # finite maps per channel
     nonfinite = n - count
+    hist_spatial, hist_channel = hist.split([s.shape[1] - 1, 1])
+    moments_spatial, moments_channel = moments.split([s.shape[1] - 1, 1], 1)
+    counts_spatial, counts_channel = counts.split([s.shape[1] - 1, 1], 1)
     out = {
-        "channel_hist": hist[-1],
-        "channel_sum": moments[0, -1],
-        "channel_sumsq": moments[1, -1],
-        "channel_count": counts[0, -1],
-        "channel_dead": counts[1, -1],
+        "channel_hist": hist_channel.view(bins),
+        "channel_sum": moments_channel[0, 0],
+        "channel_sumsq": moments_channel[1, 0],
+        "channel_count": counts_channel[0, 0],
+        "channel_dead": counts_channel[1, 0],
         "channel_nonfinite": n - row_finite.sum(),
         "sample_S": m.sum(0),
         "sample_T": mlogm.sum(0),
@@ -192,12 +195,14 @@ def _layer_sparsity_update(x: Tensor, bins: int) -> dict[str, Tensor]:
         "sample_nonfinite": nonfinite,
     }
     if spatial:
+        spatial_sum, spatial_sumsq, _, _ = moments_spatial.unbind()
+        spatial_count, spatial_dead = counts_spatial.unbind()
         out.update(
-            spatial_hist=hist[:c],
-            spatial_sum=moments[0, :c],
-            spatial_sumsq=moments[1, :c],
-            spatial_count=counts[0, :c],
-            spatial_dead=counts[1, :c],
+            spatial_hist=hist_spatial,
+            spatial_sum=spatial_sum,
+            spatial_sumsq=spatial_sumsq,
+            spatial_count=spatial_count,
+            spatial_dead=spatial_dead,
             spatial_nonfinite=nonfinite,
         )
     else:
