@@ -19,10 +19,12 @@ Semantics pinned here (read from DESIGN §1 and ``layer.py``):
 
 from __future__ import annotations
 
+import copy
 import datetime
 import io
 import math
 import os
+import pickle
 import re
 import socket
 import time
@@ -712,6 +714,17 @@ def test_state_dict_round_trip():
     assert_matches_reference(n.compute(), ref_of(x, 5), 5, torch.float64)
     with pytest.raises(RuntimeError):  # wrong shapes are refused by load_state_dict
         LayerSparsity(4, bins=5).load_state_dict(loaded)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_pickle_and_deepcopy_keep_state_and_the_compile_flag(compiled):
+    x = torch.tensor(make_activations(np.random.default_rng(7), (5, 3, 3, 3)))
+    m = LayerSparsity(3, bins=5, compile=compiled)
+    m.merge_state(_layer_sparsity_update(x, 5))  # the state of x, without compiling anything
+    for other in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        assert other.compiled is compiled and other.update_count == m.update_count == 1
+        assert outputs_equal(other.compute(), m.compute())
+        assert_matches_reference(other.compute(), ref_of(x, 5), 5, torch.float64)
 
 
 def test_to_float64_and_cpu_keep_working():

@@ -78,9 +78,21 @@ class LayerSparsity(SumState):
         self._warned_spatial = False
         for name, default in empty_state(num_channels, bins).items():
             self.add_state(name, default)
-        self._update_fn: Callable[[Tensor, int], dict[str, Tensor]] = (
-            torch.compile(_layer_sparsity_update, dynamic=True) if compile else _layer_sparsity_update
-        )
+        self._update_fn = self._make_update_fn()
+
+    def _make_update_fn(self) -> Callable[[Tensor, int], dict[str, Tensor]]:
+        if not self.compiled:
+            return _layer_sparsity_update
+        return torch.compile(_layer_sparsity_update, dynamic=True)  # compiled on the first batch of a shape
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state.pop("_update_fn", None)  # a compiled function does not pickle: rebuilt on load
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        super().__setstate__(state)
+        self._update_fn = self._make_update_fn()
 
     @property
     def bin_edges(self) -> Tensor:
