@@ -530,12 +530,12 @@ def peer_table(
         peers.peer_runner(fresh)(1, x)
         mine = peers.pooled_means((s, check.estimator("test", s).compute()) for s in check.layer_names)
         agreement[label] = f"{max(abs(fresh.means()[k] - mine[k]) for k in mine):.1e}"
+    isolated = []
     for label, (cls, _) in peers.PEERS.items():
-        try:
-            diff, n = _agreement(cls(model, layers), model, x, check)
-        except ImportError as err:  # an optional peer that is not installed
-            agreement[label] = f"not run: {err}"
+        if getattr(cls, "isolated", False):
+            isolated.append((label, cls))
             continue
+        diff, n = _agreement(cls(model, layers), model, x, check)
         variants[label] = partial(peers.peer_runner(cls(model, layers)), x=x)
         agreement[label] = f"{diff:.1e} ({n} modules)" + (
             f"; {_captum_note(check)}" if getattr(cls, "calls", "all") == "last" else ""
@@ -543,16 +543,32 @@ def peer_table(
     times = interleaved(variants, peer_setup(setup, quick), device)
     med = {k: statistics.median(v) for k, v in times.items()}
     ours_key = "ours (SparsityMonitor, every statistic)"
-    ours_added = med[ours_key] - med["plain"]
+    base = {k: (med["plain"], med[ours_key]) for k in med}  # (plain, ours) of the interleave each ran in
+    for label, cls in isolated:  # e.g. TorchLens: after the others, with plain and ours again
+        peer = cls(model, layers)
+        try:
+            diff, n = _agreement(peer, model, x, check)
+            alone = interleaved(
+                {
+                    "plain": variants["plain"],
+                    ours_key: variants[ours_key],
+                    label: partial(peers.peer_runner(peer), x=x),
+                },
+                peer_setup(setup, quick),
+                device,
+            )
+        finally:
+            peer.restore()
+        med[label] = statistics.median(alone[label])
+        base[label] = (statistics.median(alone["plain"]), statistics.median(alone[ours_key]))
+        agreement[label] = f"{diff:.1e} ({n} modules); timed in its own interleave with plain and ours (it wraps torch)"
     lines = []
     for label, note in agreement.items():
-        if label not in med:
-            lines.append(f"| {label} | {setup.name} | | | | | {note} |")
-            continue
-        add = med[label] - med["plain"]
+        plain, ours = base[label]
+        add, ours_added = med[label] - plain, ours - plain
         rel = "" if label == "plain" else (f"{add / ours_added:.2f}" if ours_added > 0 else "n/a")
         lines.append(
-            f"| {label} | {setup.name} | {med[label] * 1e3:.2f} | {med[label] / med['plain']:.2f}x | "
+            f"| {label} | {setup.name} | {med[label] * 1e3:.2f} | {med[label] / plain:.2f}x | "
             f"{add * 1e3:.2f} | {rel} | {note} |"
         )
     return lines

@@ -79,6 +79,8 @@ class _HookPeer:
 
     #: which calls of a module the peer sees: "all", or "last" (Captum keeps one output per module)
     calls = "all"
+    #: timed after the others, in an interleave of its own (it changes torch for later calls)
+    isolated = False
 
     def __init__(self, model: nn.Module, layer_names: list[str]) -> None:
         self.model, self.layer_names = model, layer_names
@@ -163,7 +165,15 @@ class CaptumPostHoc(_HookPeer):
 
 
 class TorchLensPostHoc(_HookPeer):
-    """``torchlens.trace`` with only the selected modules' outputs saved, then the torch mean."""
+    """``torchlens.trace`` with only the selected modules' outputs saved, then the torch mean.
+
+    TorchLens wraps every torch function on its first trace and leaves them wrapped (its
+    default, the cheap mode for repeated traces), which slows every later torch call and stops
+    ``torch.compile``'s caches from matching. So it is timed last, in an interleave of its own
+    with plain and ours, and :meth:`restore` unwraps torch afterwards.
+    """
+
+    isolated = True
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         import torchlens as tl
@@ -177,7 +187,16 @@ class TorchLensPostHoc(_HookPeer):
     def __exit__(self, *exc: object) -> None:
         pass
 
+    def restore(self) -> None:
+        """Unwrap the torch functions again (one more trace, with ``unwrap_when_done``)."""
+        import torchlens as tl
+        from torchlens.options import CaptureOptions
+
+        with torch.no_grad():
+            tl.trace(self.model, self._last_x[:1], capture=CaptureOptions(unwrap_when_done=True))
+
     def forward(self, x: torch.Tensor) -> None:
+        self._last_x = x
         trace = self.trace(self.model, x)
         wanted = set(self.layer_names)
         for layer in trace.saved_layers:  # also the model's buffers: TorchLens saves those too

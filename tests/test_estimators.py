@@ -314,6 +314,54 @@ def test_streaming_equals_summed_pure_updates_equals_one_shot_function_equals_or
             torch.testing.assert_close(one[k], streamed[k], rtol=1e-9, atol=1e-6, equal_nan=True, msg=k)
 
 
+def test_deferred_small_tensor_work_is_invisible_and_bit_identical_to_per_batch_updates():
+    """Eager updates fold their (N, C)-sized work in every few batches; every way of reading the
+    state folds it in first, and the result is bit for bit the sum of one pure update per batch
+    (float sums added in batch order)."""
+    from xaisparse.estimators import layer as layer_module
+
+    rng = np.random.default_rng(17)
+    batches = [torch.tensor(make_activations(rng, (3, 4, 3, 3))) for _ in range(layer_module.DEFER_BATCHES + 5)]
+    expected = empty_state(4, 6)
+    reads = {
+        "attribute": lambda m: m.spatial_sum,
+        "metric_state": lambda m: m.metric_state(),
+        "state_dict": lambda m: m.state_dict(),
+        "buffers": lambda m: list(m.buffers()),
+        "to": lambda m: m.to("cpu"),
+        "pickle": lambda m: pickle.loads(pickle.dumps(m)).metric_state(),
+        "compute": lambda m: m.compute(),
+    }
+    for read_name, read in reads.items():
+        m = LayerSparsity(4, bins=6)
+        expected = empty_state(4, 6)
+        for i, x in enumerate(batches):
+            m.update(x)
+            for k, v in _layer_sparsity_update(x, 6).items():
+                expected[k] += v
+            if i in (2, 9, len(batches) - 1):  # mid-way through a deferred group, and at the end
+                snapshot = read(m)
+                assert snapshot is not None
+                got = m.metric_state()
+                for k in STATE_NAMES:
+                    assert torch.equal(got[k], expected[k]), (read_name, i, k)
+    # merging folds both sides in; reset and load_state_dict drop what was deferred
+    a, b = LayerSparsity(4, bins=6), LayerSparsity(4, bins=6)
+    for x in batches[:5]:
+        a.update(x)
+    for x in batches[5:8]:
+        b.update(x)
+    a.merge_state(b)
+    assert int(a.spatial_count.sum() + a.spatial_nonfinite.sum()) == 8 * 3 * 4
+    a.update(batches[0])
+    a.reset()
+    assert not any(v.any() for v in a.metric_state().values())
+    loaded = LayerSparsity(4, bins=6)
+    loaded.update(batches[1])
+    loaded.load_state_dict(b.state_dict())
+    assert outputs_equal(loaded.compute(), b.compute())
+
+
 def test_pure_update_leaves_its_input_untouched_and_is_a_fixed_size_state():
     rng = np.random.default_rng(11)
     for shape in [(5, 3, 4, 4), (5, 3), (5, 3, 1, 1), (4, 2, 3)]:

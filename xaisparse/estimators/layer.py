@@ -9,12 +9,15 @@ from torch import Tensor
 
 from ..functional.perplexity import _check_float
 from ..functional.streaming import (
+    FLOAT_STATES,
     STATE_NAMES,
     _hist_edges,
     _hist_index,
     _layer_sparsity_compute,
     _layer_sparsity_update,
+    _map_summaries,
     _spatial_length,
+    _summaries_update,
     _warn_no_spatial,
     empty_state,
 )
@@ -23,6 +26,11 @@ from .state import SumState
 __all__ = ["LayerSparsity"]
 
 _ = _hist_index  # re-exported for the tests and older imports
+
+#: Eager updates fold their (N, C)-sized work in once per this many batches ...
+DEFER_BATCHES = 16
+#: ... or once this many per-map summaries (N * C, summed over the batches) are pending (~0.5 MiB).
+DEFER_ENTRIES = 1 << 16
 
 
 class LayerSparsity(SumState):
@@ -79,6 +87,10 @@ class LayerSparsity(SumState):
         for name, default in empty_state(num_channels, bins).items():
             self.add_state(name, default)
         self._update_fn = self._make_update_fn()
+        # eager mode: per-map summaries of up to DEFER_BATCHES batches, folded in at once (_flush)
+        self._pending: list[tuple[Tensor, Tensor | None]] = []
+        self._pending_key: tuple[int, int, torch.device, torch.dtype] | None = None  # N, L, device, dtype
+        self._pending_entries = 0  # N * C summed over the pending batches
 
     def _make_update_fn(self) -> Callable[[Tensor, int], dict[str, Tensor]]:
         if not self.compiled:
@@ -86,7 +98,7 @@ class LayerSparsity(SumState):
         return torch.compile(_layer_sparsity_update, dynamic=True)  # compiled on the first batch of a shape
 
     def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()  # flushes deferred updates first
         state.pop("_update_fn", None)  # a compiled function does not pickle: rebuilt on load
         return state
 
@@ -107,8 +119,44 @@ class LayerSparsity(SumState):
         if not self._warned_spatial and _spatial_length(x) <= 1:
             self._warned_spatial = True
             _warn_no_spatial(tuple(x.shape), stacklevel=3)  # the caller of update (past SumState's wrapper)
-        increments = self._update_fn(x, self.bins)
-        torch._foreach_add_([getattr(self, name) for name in STATE_NAMES], [increments[n] for n in STATE_NAMES])
+        if self.compiled:  # one traced graph per batch
+            self._add(self._update_fn(x, self.bins))
+            return
+        # Eager: read the activations now (the per-map sums and entropies, a few big passes) and
+        # fold the (N, C)-sized rest of several batches in at once: that rest is ~80 small ops
+        # whose cost is per op, not per element. Any read of the state flushes first (SumState).
+        key = (x.shape[0], _spatial_length(x), x.device, x.dtype)
+        if self._pending and key != self._pending_key:
+            self._flush()
+        self._pending.append(_map_summaries(x))
+        self._pending_key = key
+        self._pending_entries += x.shape[0] * x.shape[1]
+        self._deferred = True
+        if len(self._pending) >= DEFER_BATCHES or self._pending_entries >= DEFER_ENTRIES:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending = self.__dict__.get("_pending") or []
+        self._pending, self._pending_entries, self._deferred = [], 0, False
+        if not pending or self._pending_key is None:
+            return
+        sums = torch.cat([p[0] for p in pending]) if len(pending) > 1 else pending[0][0]
+        hs = [p[1] for p in pending if p[1] is not None]
+        h = (torch.cat(hs) if len(hs) > 1 else hs[0]) if hs else None
+        self._add(_summaries_update(sums, h, self._pending_key[1], self.bins, len(pending)), len(pending))
+
+    def _drop_deferred(self) -> None:
+        self._pending, self._pending_entries, self._deferred = [], 0, False
+
+    def _add(self, increments: dict[str, Tensor], batches: int = 1) -> None:
+        """Add increments; with ``batches > 1`` the float sums come per batch and are added in
+        order (a running sum: ``cumsum``), bit for bit what one update per batch would give."""
+        names = STATE_NAMES if batches == 1 else [n for n in STATE_NAMES if n not in FLOAT_STATES]
+        torch._foreach_add_([getattr(self, n) for n in names], [increments[n] for n in names])
+        if batches > 1:
+            for name in FLOAT_STATES:
+                state = getattr(self, name)
+                state.copy_(torch.cat([state.unsqueeze(0), increments[name]]).cumsum(0)[-1])
 
     def compute(self) -> dict[str, Tensor]:
         """Statistics of everything seen since the last reset, as a flat dict of tensors.

@@ -27,6 +27,12 @@ class SumState(nn.Module):
     ``compute`` warns when called before any ``update`` and, inside an initialised
     ``torch.distributed`` process group, first sums the states over all ranks (the local
     states are restored afterwards, so updates can go on).
+
+    A subclass may defer part of its updates (to do the per-batch small-tensor work of several
+    batches at once): it sets ``self._deferred = True`` and implements :meth:`_flush` (fold the
+    deferred work into the states) and :meth:`_drop_deferred`. Every read of a state -- the
+    attribute, ``metric_state``, ``state_dict``, ``buffers()``, ``sync``, ``merge_state``, device
+    moves, pickling -- flushes first, so nothing outside can see a state without its updates.
     """
 
     def __init__(self) -> None:
@@ -34,6 +40,7 @@ class SumState(nn.Module):
         self._defaults: dict[str, Tensor] = {}
         self._update_count = 0
         self._in_compute: bool = False  # inside compute(): a subclass calling super().compute() syncs once
+        self._deferred: bool = False  # a subclass has updates not yet folded into the states
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -50,11 +57,43 @@ class SumState(nn.Module):
     def update_count(self) -> int:
         return self._update_count
 
+    # deferred updates: flushed before any read of the states
+    def _flush(self) -> None:
+        """Fold deferred updates into the states (subclasses that defer override this)."""
+        self._deferred = False
+
+    def _drop_deferred(self) -> None:
+        """Forget deferred updates (the states are being replaced)."""
+        self._deferred = False
+
+    def __getattr__(self, name: str) -> Tensor | nn.Module:
+        d = self.__dict__
+        if d.get("_deferred") and name in d.get("_defaults", ()):
+            self._flush()
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self._flush()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _apply(self, fn, recurse=True):
+        self._flush()
+        return super()._apply(fn, recurse)
+
+    def named_buffers(self, *args: Any, **kwargs: Any) -> Any:
+        self._flush()
+        return super().named_buffers(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._flush()
+        return self.__dict__.copy()
+
     def sync(self) -> dict[str, Tensor] | None:
         """Sum every state over the ranks of the default process group (no-op outside DDP).
 
         Returns the local states it replaced (``compute`` restores them), or None.
         """
+        self._flush()
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return None
@@ -67,15 +106,18 @@ class SumState(nn.Module):
 
     def reset(self) -> None:
         """Back to the empty state."""
+        self._drop_deferred()
         for name, default in self._defaults.items():
             setattr(self, name, default.to(getattr(self, name).device).clone())
         self._update_count = 0
 
     def merge_state(self, other: SumState | dict[str, Tensor]) -> None:
         """Add another estimator's state (same class and shapes) or a state dict to this one."""
+        self._flush()
         if isinstance(other, SumState):
             if type(other) is not type(self):
                 raise TypeError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
+            other._flush()
             states, count = {name: getattr(other, name) for name in other._defaults}, other._update_count
         elif isinstance(other, dict):
             states, count = other, 1
@@ -97,6 +139,7 @@ class SumState(nn.Module):
         return {name: getattr(self, name) for name in self._defaults}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._drop_deferred()  # the loaded state replaces everything seen so far
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._update_count = max(self._update_count, 1)  # loaded state counts as data seen
 

@@ -120,35 +120,68 @@ def _abs_copy(x: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.abs(x, out=out).view(shape)
 
 
-def _layer_sparsity_update(x: Tensor, bins: int) -> dict[str, Tensor]:
-    """The state increments (see :data:`STATE_NAMES`) of one batch of activations ``(N, C, ...)``.
+def _map_summaries(x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The part of the update that reads the activations: per-map sums of ``|x|`` and entropies.
 
-    Pure: ``x`` is read, never written, and nothing else is touched. ``|x|`` is measured, in
-    float32 for half-precision inputs (half overflows on map sums and keeps ~3 digits of the
-    sparsity), else in ``x``'s dtype (the working dtype of the per-map values too); the state
-    is float64 sums and int64 counts. A map is finite iff its sum of ``|x|`` is (NaN and Inf
-    propagate into the sum); maps that are not are excluded from every statistic and counted. ``(N, C)`` inputs and 1×1 maps (``L <= 1``) have no
-    spatial sparsity: its increments are zero. No host synchronisation.
-
-    The spatial axis (one vector per map) and the channel axis (one per sample) are measured
-    side by side in one ``(N, C + 1)`` table (column ``C``: the channel axis), so that their
-    masks, moments and histograms take one op each instead of two.
+    Returns ``(sums, h)``, both ``(N, C)`` in the working dtype (float32 for half-precision
+    inputs: half overflows on map sums and keeps ~3 digits of the sparsity; else ``x``'s dtype);
+    ``h`` is None for ``(N, C)`` inputs and 1×1 maps (no spatial axis) and garbage where a map
+    is not finite. A few fused passes: ``|x|`` into a private buffer, its map sums, then the
+    entropy in place in that buffer (``x`` is read, never written).
     """
     x = _check_float(x, "activations").detach()
     if x.dim() < 2:
         raise ValueError(f"expected activations of shape (N, C, ...) with at least 2 dims, got shape {tuple(x.shape)}")
     n, c, length = x.shape[0], x.shape[1], _spatial_length(x)
-    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    f64 = torch.float64
+    work = _work_dtype(x.dtype)
     compiled = torch.compiler.is_compiling()  # traced by torch.compile: out-of-place ops fuse better
     b = _abs_copy(x, work) if not compiled else x.abs().to(work).reshape(n, c, length)
     total = b.sum(-1, keepdim=True)
-    sums = total.view(n, c)  # (N, C) sums of |x| per map
+    if length <= 1:
+        return total.view(n, c), None
+    own = None if compiled or x.dtype != work else x
+    return total.view(n, c), _entropy_terms(b, -1, total=total, inplace=not compiled, of=own)[0]
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _layer_sparsity_update(x: Tensor, bins: int) -> dict[str, Tensor]:
+    """The state increments (see :data:`STATE_NAMES`) of one batch of activations ``(N, C, ...)``.
+
+    Pure: ``x`` is read, never written, and nothing else is touched. ``|x|`` is measured in the
+    working dtype of :func:`_map_summaries`; the state is float64 sums and int64 counts. A map
+    is finite iff its sum of ``|x|`` is (NaN and Inf propagate into the sum); maps that are not
+    are excluded from every statistic and counted. ``(N, C)`` inputs and 1×1 maps (``L <= 1``)
+    have no spatial sparsity: its increments are zero. No host synchronisation.
+    ``_summaries_update(*_map_summaries(x), L, bins)``.
+    """
+    sums, h = _map_summaries(x)
+    return _summaries_update(sums, h, _spatial_length(x), bins)
+
+
+#: The float64 (summed, not counted) entries of the state.
+FLOAT_STATES: tuple[str, ...] = tuple(name for name, *_, dtype in _STATE if dtype == torch.float64)
+
+
+def _summaries_update(sums: Tensor, h: Tensor | None, length: int, bins: int, batches: int = 1) -> dict[str, Tensor]:
+    """The state increments from the per-map summaries of :func:`_map_summaries`.
+
+    ``batches > 1``: the summaries of that many equal-sized batches (same ``N`` and map size),
+    concatenated along ``N`` (rows are independent). Counts and histograms are then summed over
+    all of them; the float sums (:data:`FLOAT_STATES`) come per batch, with a leading
+    ``batches`` dim, so that a caller can add them in order and get, bit for bit, what one
+    update per batch gives.
+
+    The spatial axis (one vector per map) and the channel axis (one per sample) are measured
+    side by side in one ``(N, C + 1)`` table (column ``C``: the channel axis), so that their
+    masks, moments and histograms take one op each instead of two.
+    """
+    n, c = sums.shape
+    work, f64 = sums.dtype, torch.float64
     ok = torch.isfinite(sums)
-    spatial = length > 1
-    if spatial:  # per-map entropy, in b's memory in eager mode (b is ours); garbage where not ok
-        own = None if compiled or x.dtype != work else x
-        h = _entropy_terms(b, -1, total=total, inplace=not compiled, of=own)[0]
+    spatial = h is not None
 
     # per-sample spatial means of each channel: the vectors of the channel and sample axes
     # (float64: the identity H = ln S - T/S cancels digits, and these are the lifetime sums)
@@ -160,37 +193,41 @@ def _layer_sparsity_update(x: Tensor, bins: int) -> dict[str, Tensor]:
     row_ok = row_finite if c > 1 else torch.zeros_like(row_finite)  # one channel: no population sparsity
 
     # the (N, C + 1) table: spatial columns (if any), then the channel-axis column
-    if spatial:
+    if h is not None:
         hh = torch.cat([h, h_row], 1)
         okk = torch.cat([ok, row_ok], 1)
         zero = torch.cat([sums, row_sums], 1) == 0
-        lengths = torch.full((c + 1,), float(length), dtype=work, device=x.device)  # vector length per column
-        lengths[c] = float(max(c, 2))
+        lengths = torch.full((c + 1,), length, dtype=work, device=sums.device)  # vector length per column
+        lengths[c] = max(c, 2)
     else:
         hh, okk, zero = h_row, row_ok, row_sums == 0
-        lengths = torch.full((1,), float(max(c, 2)), dtype=work, device=x.device)
+        lengths = torch.full((1,), max(c, 2), dtype=work, device=sums.device)
     s = _sparsity_of_length(hh.exp_(), lengths, inplace=True)
     s = torch.where(okk, s, 0.0).to(f64)  # 0 where not measured
     dead = okk & zero
-    moments = torch.stack([s, s * s, okk.to(f64), dead.to(f64)]).sum(1)  # (4, C + 1)
-    counts = moments[2:].long()  # exact: integers far below 2**53
-    hist = torch.zeros(s.shape[1], bins, dtype=torch.long, device=x.device)
+    per = (batches, n // batches)
+    moments = torch.stack([s, s * s, okk.to(f64), dead.to(f64)]).view(4, *per, s.shape[1]).sum(2)  # (4, batches, C + 1)
+    counts = moments[2:].sum(1).long()  # exact: integers far below 2**53
+    hist = torch.zeros(s.shape[1], bins, dtype=torch.long, device=sums.device)
     hist.scatter_add_(1, _hist_index(s, bins).T, okk.T.long())
 
     count = ok.sum(0)  # finite maps per channel
     nonfinite = n - count
+    if batches == 1:
+        moments = moments[:, 0]  # (4, C + 1)
     hist_spatial, hist_channel = hist.split([s.shape[1] - 1, 1])
-    moments_spatial, moments_channel = moments.split([s.shape[1] - 1, 1], 1)
+    moments_spatial, moments_channel = moments.split([s.shape[1] - 1, 1], -1)
     counts_spatial, counts_channel = counts.split([s.shape[1] - 1, 1], 1)
+    sample_s, sample_t = torch.stack([m, mlogm]).view(2, *per, c).sum(2).unbind()  # (batches, C) each
     out = {
         "channel_hist": hist_channel.view(bins),
-        "channel_sum": moments_channel[0, 0],
-        "channel_sumsq": moments_channel[1, 0],
+        "channel_sum": moments_channel[0, ..., 0],
+        "channel_sumsq": moments_channel[1, ..., 0],
         "channel_count": counts_channel[0, 0],
         "channel_dead": counts_channel[1, 0],
         "channel_nonfinite": n - row_finite.sum(),
-        "sample_S": m.sum(0),
-        "sample_T": mlogm.sum(0),
+        "sample_S": sample_s[0] if batches == 1 else sample_s,
+        "sample_T": sample_t[0] if batches == 1 else sample_t,
         "sample_n": count,
         "sample_nonfinite": nonfinite,
     }
@@ -206,11 +243,12 @@ def _layer_sparsity_update(x: Tensor, bins: int) -> dict[str, Tensor]:
             spatial_nonfinite=nonfinite,
         )
     else:
-        zeros = torch.zeros(2, c, dtype=torch.long, device=x.device)
+        zeros = torch.zeros(2, c, dtype=torch.long, device=sums.device)
+        zero_sums = torch.zeros(2, *per[:1] * (batches > 1), c, dtype=f64, device=sums.device)
         out.update(
-            spatial_hist=torch.zeros(c, bins, dtype=torch.long, device=x.device),
-            spatial_sum=zeros[0].to(f64),
-            spatial_sumsq=zeros[1].to(f64),
+            spatial_hist=torch.zeros(c, bins, dtype=torch.long, device=sums.device),
+            spatial_sum=zero_sums[0],
+            spatial_sumsq=zero_sums[1],
             spatial_count=zeros[0],
             spatial_dead=zeros[0],
             spatial_nonfinite=zeros[1],
