@@ -34,6 +34,7 @@ lock: | $(UV)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 ## The whole test suite (unit, doctests, notebooks, browser when Chromium is present).
 test: $(STAMP)

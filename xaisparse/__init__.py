@@ -2,7 +2,8 @@
 
 Measure it per layer and channel, watch it rise before the test loss does, penalise it.
 The public names below are imported lazily, so ``import xaisparse`` stays light (it never
-imports ipywidgets or matplotlib; :mod:`xaisparse.widgets` does).
+imports ipywidgets or matplotlib). Figures: :mod:`xaisparse.plots` (matplotlib); Jupyter
+widgets: :mod:`xaisparse.widgets` (the only module that imports ipywidgets).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ _EXPORTS: dict[str, str] = {
     "SmallCNN": "xaisparse.models",
     "fit": "xaisparse.train",
     "OverfitDetector": "xaisparse.detect",
+    "DetectorConfig": "xaisparse.detect",
+    "RunOutcome": "xaisparse.history",
+    "load_weights": "xaisparse.checkpoint",
     "DetectionResult": "xaisparse.detect",
     "evaluate": "xaisparse.detect",
     # errors
