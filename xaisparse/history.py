@@ -31,6 +31,7 @@ import pandas as pd
 
 from ._errors import HistoryFormatError, UnknownLayerError, closest
 from ._io import jsonable, replace_dir, sha256
+from ._validation import check_split
 from .histogram_stats import histogram_mean
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,6 +173,8 @@ class History:
         epoch = int(epoch)
         if epoch in set(self.epochs):
             raise ValueError(f"epoch {epoch} is already recorded (recorded: {self.epochs[-5:]}…)")
+        for split in (metrics or {}):
+            check_split(split, "metrics split")
         rows = [
             {"epoch": epoch, "split": split, "metric": name, "value": float(value)}
             for split, values in (metrics or {}).items()
