@@ -305,6 +305,25 @@ def test_only_the_channel_that_reaches_the_output_is_important(k):
     assert count_hooks(model) == 0
 
 
+def test_inplace_relus_give_the_same_table_as_plain_ones():
+    def make(inplace: bool) -> nn.Module:
+        torch.manual_seed(3)
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(inplace=inplace),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.ReLU(inplace=inplace),
+            nn.Flatten(),
+            nn.Linear(4 * 64, 3),
+        ).eval()
+
+    data = [(images(6, seed=8), torch.tensor([0, 1, 2, 0, 1, 2]))]
+    for layer in ("1", "2", "3"):
+        inplace = channel_table(make(True), data, layer, n_steps=4, progress=False).channels
+        plain = channel_table(make(False), data, layer, n_steps=4, progress=False).channels
+        assert inplace.equals(plain), layer
+
+
 def test_channel_attributions_are_captums_per_channel_outputs():
     model, x, target = small_net(), images(), torch.tensor([1, 0, 2, 1])
     got = channel_attributions(model, x, "2", target, n_steps=6, internal_batch_size=8)
