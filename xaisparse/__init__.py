@@ -41,6 +41,11 @@ _EXPORTS: dict[str, str] = {
     "load_weights": "xaisparse.checkpoint",
     "DetectionResult": "xaisparse.detect",
     "evaluate": "xaisparse.detect",
+    # Captum attributions beside activation sparsity
+    "attribute": "xaisparse.attribution",
+    "attribution_sparsity": "xaisparse.attribution",
+    "channel_table": "xaisparse.attribution",
+    "compare_models": "xaisparse.attribution",
     # errors
     "XaisparseError": "xaisparse._errors",
     "UnknownLayerError": "xaisparse._errors",
