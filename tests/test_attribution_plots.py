@@ -169,7 +169,7 @@ def test_distributions_draw_the_per_image_values_and_scipys_paired_test(comparis
     assert len(artist_by_gid(ax_dist, "violin:0")) == 1
     np.testing.assert_allclose(artist_by_gid(ax_pair, "paired")[0].get_offsets(), np.column_stack([va, vb]))
     p = scipy.stats.wilcoxon(vb, va).pvalue
-    assert f"Wilcoxon p = {p:.2g}" in ax_pair.get_title()
+    assert f"Wilcoxon signed-rank p = {p:.2g}" in ax_pair.get_title()
     assert f"median b − a = {np.median(vb - va):+.3f}" in ax_pair.get_title()
     assert f"{int((vb > va).sum())} above the diagonal" in ax_pair.get_title()
     rho = comparison.similarity.map_spearman.to_numpy()
@@ -284,4 +284,4 @@ def test_no_pyplot_state_and_titles_are_plain_numbers(comparison):
     before = plt.get_fignums()
     fig = plots.attribution_distributions(comparison)
     assert isinstance(fig, Figure) and plt.get_fignums() == before == []
-    assert re.search(r"medians: a [0-9.]+, b [0-9.]+", fig.axes[0].get_title())
+    assert re.search(r"medians\na: [0-9.]+\nb: [0-9.]+", fig.axes[0].get_title())

@@ -369,8 +369,8 @@ def attribution_distributions(
     ax_dist.set_xticks([0, 1], [a_name, b_name], fontsize=9)
     ax_dist.set_xlim(-0.6, 1.9)
     ax_dist.set_ylabel(label)
-    medians = ", ".join(f"{name} {np.median(v):.3f}" for name, v in finite.items() if v.size)
-    ax_dist.set_title(f"{statistic} per image (medians: {medians})", fontsize=10)
+    medians = "\n".join(f"{name}: {np.median(v):.3f}" for name, v in finite.items() if v.size)
+    ax_dist.set_title(f"{statistic} per image, medians\n{medians}", fontsize=9)
     ax_dist.grid(axis="y", alpha=0.3)
 
     va, vb = values[a_name], values[b_name]
@@ -387,8 +387,9 @@ def attribution_distributions(
     p_text = "n/a" if not np.isfinite(p) else f"{p:.2g}"
     ax_pair.set_title(
         f"paired, one dot per image (n = {int(summary.get('n', ok.sum()))}; {above} above the diagonal)\n"
-        f"median {b_name} − {a_name} = {summary.get('median_difference', float('nan')):+.3f}, Wilcoxon p = {p_text}",
-        fontsize=10,
+        f"median {b_name} − {a_name} = {summary.get('median_difference', float('nan')):+.3f}\n"
+        f"Wilcoxon signed-rank p = {p_text}",
+        fontsize=9,
     )
     ax_pair.set_xlabel(f"{a_name}: {statistic}")
     ax_pair.set_ylabel(f"{b_name}: {statistic}")
@@ -399,8 +400,8 @@ def attribution_distributions(
         ax_rho.hist(r_ok, bins=np.linspace(-1.0, 1.0, 41), color=PALETTE[2], alpha=0.8, edgecolor="white")
         ax_rho.axvline(float(np.median(r_ok)), color="#222222", linestyle="--", linewidth=1.2)
         ax_rho.set_title(
-            f"Spearman ρ of the two maps per image (median {np.median(r_ok):.2f})\n1 = same pixel ranking",
-            fontsize=10,
+            f"Spearman ρ of the two maps per image\nmedian {np.median(r_ok):.2f} (1 = same pixel ranking)",
+            fontsize=9,
         )
     else:
         ax_rho.text(0.5, 0.5, "no finite rank correlations", ha="center", va="center", transform=ax_rho.transAxes)
