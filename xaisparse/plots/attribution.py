@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .._validation import check_choice, check_int, check_number
 from ._style import CHANNEL_COLOR, DEAD_COLOR, PALETTE, NoData, new_figure, statistic_label
@@ -539,9 +539,8 @@ def channel_importance(
             tick.set_fontweight("bold")
     ax_imp.set_ylim(k - 0.5, -0.5)
     ax_imp.set_ylabel(f"channel, sorted by {_sort_text(sort)}")
-    ax_imp.xaxis.set_major_locator(MaxNLocator(nbins=4))
-    ax_imp.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
-    ax_sc.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax_imp.xaxis.set_major_locator(MaxNLocator(nbins=4))  # a few short ticks: no overlap, no offset text
+    ax_imp.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
     ax_imp.set_xlabel(f"{_IMPORTANCE_TEXT[importance]} (signed; + supports the target)")
     ax_imp.grid(axis="x", alpha=0.3)
 

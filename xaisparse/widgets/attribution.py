@@ -272,7 +272,7 @@ class AttributionComparison(FigureWidget):
             options=[(_SIGN_LABELS[s], s) for s in plots.SIGNS],
             value=sign,
             description="show",
-            layout=widgets.Layout(width="190px"),
+            layout=widgets.Layout(width="220px"),
         )
         self.models_select = widgets.SelectMultiple(
             options=names,
