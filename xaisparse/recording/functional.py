@@ -101,7 +101,7 @@ def find_functional_activations(model: nn.Module) -> list[FunctionalActivation]:
     >>> [(a.site, a.module, a.where) for a in find_functional_activations(Net())]
     [('relu', 'bn', 'output')]
     """
-    return trace_activations(model).functional
+    return trace_activations(model, stacklevel=3).functional
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,11 @@ class TracedActivations:
     input_independent: frozenset[str]
 
 
-def trace_activations(model: nn.Module) -> TracedActivations:
-    """:func:`find_functional_activations`, plus the modules whose calls never depend on the input."""
+def trace_activations(model: nn.Module, *, stacklevel: int = 2) -> TracedActivations:
+    """:func:`find_functional_activations`, plus the modules whose calls never depend on the input.
+
+    ``stacklevel`` places the warning about unrecordable calls, as in ``warnings.warn``.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     graphs = [_trace(model)]
@@ -153,7 +156,7 @@ def trace_activations(model: nn.Module) -> TracedActivations:
             f"output nor feed a module, so they cannot be recorded on the model itself: {names[:8]}"
             f"{' ...' if len(names) > 8 else ''}; record them on expose_functional_activations(model) instead",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return TracedActivations(list(found.values()), frozenset(called - dependent_modules))
 

@@ -67,7 +67,7 @@ class ActivationRecorder:
     so every sink sees channels on axis 1; ``(N, F)`` outputs are passed as they are.
 
     Wrappers: an ``nn.DataParallel`` or ``DistributedDataParallel`` model is recorded through its
-    ``.module`` (same names as the bare model). ``DataParallel`` over several GPUs runs replicas
+    ``.module``, a ``torch.compile``d one through the original module (same names as the bare model). ``DataParallel`` over several GPUs runs replicas
     of the model in threads, which cannot be recorded: their forward raises a ``RuntimeError``
     saying so. Under ``torch.compile`` the hooks run eagerly (a graph break at each hooked call),
     so sinks get the real tensors.
@@ -291,10 +291,16 @@ _on_input_eager = torch.compiler.disable(ActivationRecorder._on_input)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` (the same module names)."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
+    """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` (same names)."""
+    while True:
+        inner = None
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        elif type(model).__name__ == "OptimizedModule":  # torch.compile's (by name: torch._dynamo is slow to import)
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def _resolve(
@@ -313,7 +319,7 @@ def _resolve(
     positional = [n for n in kinds if n in linear_like]
     failure: TypeError | None = None
     try:
-        traced = trace_activations(model)
+        traced = trace_activations(model, stacklevel=4)  # the warning names the caller's line
         functional = traced.functional
         positional = [n for n in positional if n not in traced.input_independent]
     except TypeError as err:
