@@ -327,6 +327,30 @@ def test_model_unchanged_apart_from_training() -> None:
     assert not model.training
 
 
+def test_functional_sites_take_layer_weights_and_match_numpy() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 3, 3), nn.Conv2d(3, 3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.conv2(F.relu(self.conv1(x)))).mean((2, 3))
+
+    torch.manual_seed(16)
+    model = Functional()
+    with pytest.raises(UnknownLayerError, match="relu"):
+        SparsityPenalty(model, layer_weights={"relu#3": 1.0, "rleu": 2.0})
+    penalty = SparsityPenalty(model, weight=0.5, layer_weights={"relu#2": 3.0})
+    x = torch.randn(5, 1, 9, 9, generator=torch.Generator().manual_seed(17))
+    with penalty:
+        model(x)
+        value = penalty().item()
+    with torch.no_grad():
+        a1 = F.relu(model.conv1(x))
+        a2 = F.relu(model.conv2(a1))
+    np.testing.assert_allclose(value, 0.5 * (ref_layer_mean(a1) + 3.0 * ref_layer_mean(a2)), rtol=1e-5)
+
+
 # -- in-place writes after a recorded activation ----------------------------------------------------
 class ResidualBlock(nn.Module):
     """EfficientNetV2's FusedMBConv shape: conv, BN, SiLU, then the residual added into the SiLU output.

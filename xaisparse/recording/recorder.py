@@ -57,9 +57,10 @@ class ActivationRecorder:
     (:func:`~xaisparse.recording.default_activation_layers`). A model that has none gets, instead,
     its position-wise activation modules after an ``nn.Linear`` (ConvNeXt, Swin, ViT MLPs;
     :func:`~xaisparse.recording.positionwise_activation_layers`), kept only where the output has a
-    grid of 3 or more dims and (by the fx trace) depends on the model's input, and its functional activation calls found with ``torch.fx``
-    (:func:`~xaisparse.recording.find_functional_activations`; GoogLeNet, Inception v3, models
-    written with ``F.relu``), recorded on the model itself; see :attr:`functional_sites`.
+    grid of 3 or more dims and (by the fx trace) depends on the model's input, and its functional
+    activation calls found with ``torch.fx`` (:func:`~xaisparse.recording.find_functional_activations`;
+    GoogLeNet, Inception v3, models written with ``F.relu``), recorded on the model itself; see
+    :attr:`functional_sites`.
 
     Channels-last: the output of an ``nn.Linear``, or of an activation that follows one, has its
     channels (the Linear's output features) on the last axis. When it has 3 or more dims, e.g.
@@ -67,10 +68,10 @@ class ActivationRecorder:
     so every sink sees channels on axis 1; ``(N, F)`` outputs are passed as they are.
 
     Wrappers: an ``nn.DataParallel`` or ``DistributedDataParallel`` model is recorded through its
-    ``.module``, a ``torch.compile``d one through the original module (same names as the bare model). ``DataParallel`` over several GPUs runs replicas
-    of the model in threads, which cannot be recorded: their forward raises a ``RuntimeError``
-    saying so. Under ``torch.compile`` the hooks run eagerly (a graph break at each hooked call),
-    so sinks get the real tensors.
+    ``.module``, a ``torch.compile``d one through the original module (same names as the bare
+    model). ``DataParallel`` over several GPUs runs replicas of the model in threads, which cannot
+    be recorded: their forward raises a ``RuntimeError`` saying so. Under ``torch.compile`` the
+    hooks run eagerly (a graph break at each hooked call), so sinks get the real tensors.
 
     >>> import torch
     >>> from torch import nn
