@@ -173,7 +173,7 @@ class History:
         epoch = int(epoch)
         if epoch in set(self.epochs):
             raise ValueError(f"epoch {epoch} is already recorded (recorded: {self.epochs[-5:]}…)")
-        for split in (metrics or {}):
+        for split in metrics or {}:
             check_split(split, "metrics split")
         rows = [
             {"epoch": epoch, "split": split, "metric": name, "value": float(value)}

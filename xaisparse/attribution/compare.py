@@ -65,22 +65,28 @@ class ModelComparison:
         return self.per_image[["model", "sample", statistic]]
 
 
-def resolve_models(models: Any, architecture: nn.Module | None = None) -> dict[str, nn.Module]:
+def resolve_models(
+    models: Any, architecture: nn.Module | None = None, *, count: int | None = 2
+) -> dict[str, nn.Module]:
     """``{name: model}`` from ``{name: model or checkpoint}``; checkpoints are loaded into ``architecture``.
 
     A checkpoint is a path (a ``fit(checkpoint_dir=...)`` run directory or ``.pt`` file) or a
     ``state_dict``, loaded by :func:`xaisparse.checkpoint.load_weights` into a copy of
     ``architecture``; one that does not fit raises ``ValueError`` naming the mismatch.
+    ``count``: how many entries are required (``None``: one or more).
     """
     from ..checkpoint import load_weights
 
+    entries = "two entries" if count == 2 else ("one or more entries" if count is None else f"{count} entries")
     if not isinstance(models, Mapping):
         raise TypeError(
-            "models must be a dict {name: model or checkpoint} of two entries, e.g. "
+            f"models must be a dict {{name: model or checkpoint}} of {entries}, e.g. "
             f"{{'baseline': m0, 'penalty': m1}}; got {type(models).__name__}"
         )
-    if len(models) != 2:
-        raise ValueError(f"models must hold exactly two entries to compare, got {len(models)}: {list(models)}")
+    if count is not None and len(models) != count:
+        raise ValueError(f"models must hold exactly {entries} to compare, got {len(models)}: {list(models)}")
+    if not models:
+        raise ValueError("models must hold at least one entry, got an empty dict")
     if architecture is not None:
         check_model(architecture, "architecture")
     out: dict[str, nn.Module] = {}

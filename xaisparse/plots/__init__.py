@@ -23,19 +23,35 @@ from ._style import (
     message_figure,
     statistic_label,
 )
+from .attribution import (
+    ATTRIBUTION_KINDS,
+    MAP_SCALES,
+    SIGNS,
+    attribution_distributions,
+    attribution_maps,
+    channel_importance,
+    display_maps,
+)
 from .channels import DISTRIBUTION_KINDS, channel_maps, distribution
 from .comparison import COMPARISON_KINDS, comparison
 from .runs import dashboard, heatmap, timeline
 
 __all__ = [
+    "ATTRIBUTION_KINDS",
     "COMPARISON_KINDS",
     "DISTRIBUTION_KINDS",
+    "MAP_SCALES",
+    "SIGNS",
     "STATISTIC_LABELS",
     "TIMELINE_STATISTICS",
     "NoData",
+    "attribution_distributions",
+    "attribution_maps",
+    "channel_importance",
     "channel_maps",
     "comparison",
     "dashboard",
+    "display_maps",
     "distribution",
     "figure_png",
     "heatmap",

@@ -83,9 +83,20 @@ def split_color(split: str, i: int = 0) -> str:
     return SPLIT_COLORS.get(split, PALETTE[(i + 2) % len(PALETTE)])
 
 
-def new_figure(width: float = 9.0, height: float = 4.2) -> Figure:
-    """A pyplot-free figure with constrained layout."""
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+class PlotFigure(Figure):
+    """A pyplot-free :class:`~matplotlib.figure.Figure` that Jupyter displays as a PNG on its own.
+
+    Figures made without pyplot have no inline-backend display hook; ``_repr_png_`` gives
+    notebooks (and exported HTML) the same picture that :func:`figure_png` writes.
+    """
+
+    def _repr_png_(self) -> bytes:
+        return figure_png(self)
+
+
+def new_figure(width: float = 9.0, height: float = 4.2) -> PlotFigure:
+    """A pyplot-free figure with constrained layout (displayed as a PNG in notebooks)."""
+    return PlotFigure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:

@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     ) from exc
 
 from ._base import FigureWidget, NoData
+from .attribution import AttributionComparison
 from .comparison import RunComparison
 from .distribution import KINDS, PerplexityDistribution
 from .inspector import ChannelInspector, load_model_checkpoint
@@ -31,6 +32,7 @@ from .timeline import LayerEpochHeatmap, SparsityTimeline
 
 __all__ = [
     "KINDS",
+    "AttributionComparison",
     "ChannelInspector",
     "FigureWidget",
     "LayerEpochHeatmap",
