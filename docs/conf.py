@@ -88,7 +88,7 @@ napoleon_use_ivar = True  # "Attributes:" as fields: the dataclass fields are do
 nitpicky = True
 nitpick_ignore_regex = [
     # third-party libraries in signatures and docstrings
-    (r"py:.*", r"(torch|numpy|pandas|matplotlib|ipywidgets|scipy|sklearn|torchvision)\..*"),
+    (r"py:.*", r"(torch|numpy|np|pandas|pd|matplotlib|ipywidgets|scipy|sklearn|torchvision|captum|lightning)\..*"),
     # the standard library in signatures (no Python inventory offline either)
     (r"py:.*", r"(pathlib|os|collections\.abc|typing|argparse)\..*"),
 ]

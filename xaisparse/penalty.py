@@ -75,7 +75,7 @@ class SparsityPenalty(nn.Module):
     The layers are those of :class:`~xaisparse.recording.ActivationRecorder` (default: the
     conv-block activations, or position-wise and functional ones for models without such
     modules). Activations later modified in place by the model (a residual ``+=``) never break
-    ``backward()``: see :class:`_InplaceGuard` (one copy per layer in the first step; every step
+    ``backward()``: see ``_InplaceGuard`` (one copy per layer in the first step; every step
     only for the layers that are written to). Half-precision activations (``torch.autocast``)
     are measured in float32, like the monitor does.
 

@@ -125,10 +125,15 @@ def _documented(env: Any) -> dict[int, str]:
             if getattr(entry, "aliased", False):
                 continue
             obj = _import(name)
-            if obj is not None and (inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj)):
+            if obj is not None and (inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj) or _is_constant(obj)):
                 cache.setdefault(id(obj), name)
         env._xaisparse_documented = cache
     return cache
+
+
+def _is_constant(obj: Any) -> bool:
+    """A documented module-level table (a dict or tuple of names): one object, re-exported by identity."""
+    return isinstance(obj, (dict, tuple)) and len(obj) > 1
 
 
 def _candidates(node: Any) -> list[str]:

@@ -163,7 +163,7 @@ def compare_models(
             ``"predicted"`` each model explains its own prediction; ``"label"`` (default) or an
             int asks both the same question.
         architecture: the model to load checkpoints into (unused for ``nn.Module`` values).
-        algorithm, noise_tunnel, eval_mode, **kwargs: as in :func:`~xaisparse.attribution.attribute`
+        algorithm, noise_tunnel, eval_mode, ``**kwargs``: as in :func:`~xaisparse.attribution.attribute`
             (one Captum algorithm for both models; a Captum object is not accepted here, as it
             is bound to one model).
         threshold: the zero-fraction threshold.

@@ -40,7 +40,7 @@ _TENSOR_KWARGS = ("baselines", "layer_baselines")
 def explainer(model: nn.Module, algorithm: Any = "integrated_gradients", *, noise_tunnel: bool = False) -> Any:
     """The Captum attribution object for ``algorithm`` on ``model`` (wrapped in NoiseTunnel if asked).
 
-    ``algorithm``: a name of :data:`ALGORITHMS`, or a Captum attribution object you built yourself
+    ``algorithm``: a name of :data:`~xaisparse.attribution.ALGORITHMS`, or a Captum attribution object you built yourself
     (e.g. ``IntegratedGradients(model, multiply_by_inputs=False)``, ``LayerGradCam(model, layer)``).
 
     >>> from torch import nn
@@ -162,7 +162,7 @@ def attribute(
             index, a tensor/list of ``N`` class indices (a tuple of indices for outputs with
             more dims). Checked against the model's output shape first.
         algorithm: ``"integrated_gradients"`` (default), ``"saliency"``, ``"input_x_gradient"``,
-            ``"gradient_shap"``, ``"occlusion"`` (see :data:`ALGORITHMS`), or a Captum
+            ``"gradient_shap"``, ``"occlusion"`` (see :data:`~xaisparse.attribution.ALGORITHMS`), or a Captum
             attribution object built on ``model``.
         noise_tunnel: wrap the algorithm in Captum's ``NoiseTunnel`` (SmoothGrad and friends);
             its arguments ``nt_type``, ``nt_samples``, ``nt_samples_batch_size``, ``stdevs``

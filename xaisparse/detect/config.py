@@ -13,7 +13,7 @@ __all__ = ["DetectorConfig"]
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Parameters of the rise rule (see :mod:`xaisparse.detect.rule` and :class:`OverfitDetector`).
+    """Parameters of the rise rule (see :mod:`xaisparse.detect.rule` and :class:`~xaisparse.detect.online.OverfitDetector`).
 
     Validated on construction: a bad value raises ``TypeError``/``ValueError`` naming it.
 

@@ -16,7 +16,7 @@ __all__ = ["DetectionResult", "DetectorState", "evidence_frame"]
 
 @dataclass(frozen=True)
 class DetectorState:
-    """Where the detector stands after one epoch (what :meth:`OverfitDetector.step` returns)."""
+    """Where the detector stands after one epoch (what :meth:`~xaisparse.detect.online.OverfitDetector.step` returns)."""
 
     epoch: int
     alarmed: bool
@@ -138,7 +138,7 @@ class DetectionResult:
     def verdict(self, test_loss_minimum: tuple[int, float] | None = None) -> str:
         """The alarm beside the test-loss minimum, in one line (what the CLI, reports and notebooks print).
 
-        ``test_loss_minimum`` is ``(epoch, loss)`` as :meth:`History.test_loss_minimum` gives it;
+        ``test_loss_minimum`` is ``(epoch, loss)`` as :meth:`~xaisparse.history.History.test_loss_minimum` gives it;
         the minimum uses held-out labels, so it is the yardstick, never the detector's input.
 
         >>> r = DetectionResult(9, ["conv"], {"conv": 6}, pd.DataFrame(), {"split": "test"})

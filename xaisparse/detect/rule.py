@@ -72,7 +72,7 @@ class LayerTrack:
 
 
 def noise_limit(track: LayerTrack, config: DetectorConfig) -> float:
-    """``max(base, noise * sigma)`` for the track so far (``inf`` before :data:`MIN_DIFFS` differences).
+    """``max(base, noise * sigma)`` for the track so far (``inf`` before ``MIN_DIFFS`` differences).
 
     ``sigma = sd(x(e) - x(e-1)) / sqrt(2) / sqrt(smooth)``: the differences of white noise
     have sd ``sqrt(2) sd(x)`` and a mean of ``smooth`` values has ``sd(x) / sqrt(smooth)``;

@@ -150,7 +150,7 @@ def attribution_maps(
         images: the inputs ``(N, C, H, W)`` (or ``(N, H, W)``), drawn in grey (RGB when ``C == 3``).
         attributions: ``{row label: Captum's output for those N images}``, e.g.
             ``{"baseline": a0, "penalised": a1}`` or ``{"saliency": s, "occlusion": o}``.
-        sign: what each map shows (see :func:`display_maps` and :data:`SIGNS`); magnitudes use
+        sign: what each map shows (see :func:`display_maps` and :data:`~xaisparse.plots.SIGNS`); magnitudes use
             viridis, signed maps ColorBrewer's diverging RdBu (both colour-blind safe).
         sparsity: ``{row label: (N,) values}`` written under each map (``s = …``), e.g. the
             ``sparsity`` column of :func:`~xaisparse.attribution.attribution_sparsity`.
@@ -462,7 +462,7 @@ def channel_importance(
     Left: one dot per channel, ``|importance|`` against the ``activation`` column
     (``"sparsity"`` or ``"dead_fraction"``), titled with their Spearman correlation from
     ``table.correlations``. Right, the table view: the channels sorted by ``sort`` (an
-    importance magnitude or an activation column, descending, as :meth:`ChannelTable.sorted`;
+    importance magnitude or an activation column, descending, as :meth:`~xaisparse.attribution.ChannelTable.sorted`;
     default: ``importance``), the first ``top`` of them (``None``: all), as bars of the signed
     importance and of the activation sparsity (dead fraction as diamonds). Dead-but-important
     channels are red, alive-but-irrelevant ones grey, other dead channels (``dead_fraction`` at

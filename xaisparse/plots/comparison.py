@@ -15,7 +15,7 @@ from ._style import PALETTE, NoData, check_statistic, new_figure, statistic_labe
 
 __all__ = ["COMPARISON_KINDS", "comparison", "comparison_default_epoch", "comparison_epochs"]
 
-#: Distribution kinds of :func:`comparison`.
+#: Distribution kinds of :func:`~xaisparse.plots.comparison`.
 COMPARISON_KINDS: tuple[str, ...] = ("violin", "box")
 
 

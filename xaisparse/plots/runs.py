@@ -241,7 +241,7 @@ def heatmap(
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> Figure:
-    """Layers × epochs heatmap of one layer statistic (:meth:`History.layer_matrix`), with a colorbar.
+    """Layers × epochs heatmap of one layer statistic (:meth:`~xaisparse.history.History.layer_matrix`), with a colorbar.
 
     NaN cells are grey; the test-loss minimum (green dashed) and the alarm epoch (blue dotted)
     are marked.

@@ -58,7 +58,7 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _pool(images: Any, labels: Any) -> tuple[Any, Any, list[str]]:
-    """``(images, labels or None, notes)``: at most :data:`MAX_POOL` images ``(N, C, H, W)`` on the CPU."""
+    """``(images, labels or None, notes)``: at most ``MAX_POOL`` images ``(N, C, H, W)`` on the CPU."""
     import torch
     from torch.utils.data import Dataset
 
@@ -104,7 +104,7 @@ class AttributionComparison(FigureWidget):
         models: one ``nn.Module``, or ``{name: model or checkpoint}`` (checkpoints are loaded into
             copies of ``architecture``, see :func:`~xaisparse.attribution.resolve_models`).
         images: a batch ``(N, C, H, W)`` / ``(N, H, W)`` (tensor or array), or a Dataset of
-            ``(image, label)`` pairs; the first :data:`MAX_POOL` are kept.
+            ``(image, label)`` pairs; the first ``MAX_POOL`` are kept.
         labels: the class of each image (not with a Dataset, which brings its own).
         target: what each map explains: ``"label"`` (default when there are labels) or
             ``"predicted"`` (each model's own arg-max class).
