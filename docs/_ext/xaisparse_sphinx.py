@@ -125,7 +125,9 @@ def _documented(env: Any) -> dict[int, str]:
             if getattr(entry, "aliased", False):
                 continue
             obj = _import(name)
-            if obj is not None and (inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj) or _is_constant(obj)):
+            if obj is not None and (
+                inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj) or _is_constant(obj)
+            ):
                 cache.setdefault(id(obj), name)
         env._xaisparse_documented = cache
     return cache
