@@ -10,7 +10,7 @@ UV := $(TOOLS)/bin/uv
 STAMP := $(VENV)/.xaisparse-installed
 JOBS ?= 2
 
-.PHONY: venv lint test demo lock bench study lab clean
+.PHONY: venv lint test docs demo lock bench study lab clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -34,10 +34,19 @@ lock: | $(UV)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
-## The whole test suite (unit, doctests, notebooks, browser when Chromium is present).
+## The whole test suite (unit, doctests, browser when Chromium is present). The notebooks are
+## executed once, by the documentation build in tests/test_docs.py (a failing cell fails it).
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup --nbmake --nbmake-timeout=900
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup
+
+## The documentation site in $(DOCS_OUT): executes every notebook, warnings are errors.
+## DOCS_EXECUTE=cache reuses the outputs of unchanged notebooks (jupyter-cache) while writing.
+DOCS_OUT ?= build/docs/html
+DOCS_EXECUTE ?= force
+docs: $(STAMP)
+	$(PY) docs/build.py --out $(DOCS_OUT) --execute $(DOCS_EXECUTE)
 
 ## The main job: train a CNN on the embedded digits data until it overfits.
 demo: $(STAMP)

@@ -50,6 +50,7 @@ def train_one(job: dict) -> str:
     from xaisparse.data import load_digits_dataset
     from xaisparse.detect import OverfitDetector
     from xaisparse.models import build_model
+    from xaisparse.penalty import SparsityPenalty
     from xaisparse.train import fit
 
     torch.set_num_threads(1)
@@ -69,7 +70,7 @@ def train_one(job: dict) -> str:
         epochs=job["epochs"],
         lr=job["lr"],
         batch_size=32,
-        penalty=job["penalty"] or None,
+        penalty=SparsityPenalty(model, weight=job["penalty"]) if job["penalty"] else None,
         seed=job["seed"],
         progress=False,
         detector=OverfitDetector(),

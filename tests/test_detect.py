@@ -390,11 +390,13 @@ def test_callback_stops_training_at_the_alarm(synth_runs, tmp_path):
             stopped_at = e
             break
     assert stopped_at == alarm
-    assert live.detector["alarm_epoch"] == alarm and live.detector["layers"] == cb.result().layers
-    json.dumps(live.detector, allow_nan=False)
-    # the dict survives a save/load round trip of the History
+    live.detection = cb.result()  # what fit does after each epoch: the History holds the typed result
+    assert live.detection.alarm_epoch == alarm and live.detection.layers == cb.result().layers
+    json.dumps(live.detection.to_dict(include_evidence=True), allow_nan=False)
+    # the result survives a save/load round trip of the History, evidence table included
     loaded = History.load(live.save(tmp_path / "run"))
-    assert loaded.detector["alarm_epoch"] == alarm
+    assert loaded.detection.alarm_epoch == alarm and loaded.alarm_epoch == alarm
+    pd.testing.assert_frame_equal(loaded.detection.evidence, live.detection.evidence)
 
     observer = OverfitDetector()  # stop_on_alarm=False: observe only
     observer.on_epoch_end(full)

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from xaisparse import HistoryFormatError
-from xaisparse.history import History, load_runs
+from xaisparse.detect import OverfitDetector
+from xaisparse.history import History, RunOutcome, load_runs
 from xaisparse.testing import synthetic_history
 
 
@@ -32,11 +33,24 @@ def _same(h1: History, h2: History) -> None:
 
 
 def test_round_trip(tmp_path, hist):
-    hist.detector = {"alarm_epoch": 3, "layers": ["a"], "score": float("nan")}
+    result = OverfitDetector(smooth=1, threshold=0.0, noise=0.0, patience=1, warmup=0).detect(hist)
+    result.params["score"] = float("nan")
+    hist.detection = result
+    hist.outcome = RunOutcome(train_seconds=1.5, stopped_early_at=3, stop_reason="test")
     path = hist.save(tmp_path / "run")
     loaded = History.load(path)
     _same(hist, loaded)
-    assert loaded.detector == {"alarm_epoch": 3, "layers": ["a"], "score": None}  # NaN -> null in JSON
+    got = loaded.detection
+    assert (got.alarm_epoch, got.layers, got.onsets, got.minima) == (
+        result.alarm_epoch,
+        result.layers,
+        result.onsets,
+        result.minima,
+    )
+    assert got.monitored == result.monitored and got.epochs == result.epochs == [0, 1, 2, 3, 4]
+    assert got.params["score"] is None  # NaN -> null in JSON
+    pd.testing.assert_frame_equal(got.evidence, result.evidence)
+    assert loaded.outcome == hist.outcome
     # a run directory holding the history in history/ loads too
     hist.save(tmp_path / "outer" / "history")
     _same(hist, History.load(tmp_path / "outer"))
@@ -125,3 +139,47 @@ def test_load_runs_names_and_missing(tmp_path):
         History.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="at least one"):
         load_runs([])
+
+
+def test_schema_1_runs_load_with_the_new_names(tmp_path, hist):
+    """A run directory written by xaisparse 0.1 (schema 1): lifetime_* statistics, results in config."""
+    path = hist.save(tmp_path / "old")
+    manifest = json.loads((path / "history.json").read_text())
+    for kind in ("layers", "channels"):
+        t = pd.read_parquet(path / f"{kind}.parquet")
+        t["statistic"] = t["statistic"].replace(
+            {"sample_mean": "lifetime_mean", "sample_sparsity": "lifetime_sparsity"}
+        )
+        t.to_parquet(path / f"{kind}.parquet", index=False)
+    import hashlib
+
+    manifest["files"] = {n: hashlib.sha256((path / n).read_bytes()).hexdigest() for n in manifest["files"]}
+    manifest["schema_version"] = 1
+    manifest["config"].update(train_seconds=12.5, stopped_early_at=4)
+    manifest["detector"] = {"alarm_epoch": 2, "layers": ["a"], "onsets": {"a": 1}, "params": {"split": "test"}}
+    for key in ("detection", "outcome"):
+        manifest.pop(key)
+    (path / "history.json").write_text(json.dumps(manifest))
+    old = History.load(path)
+    assert set(old.statistics()) == set(hist.statistics())
+    assert "lifetime_mean" not in set(old.layers.statistic)
+    assert old.outcome == RunOutcome(train_seconds=12.5, stopped_early_at=4)
+    assert "train_seconds" not in old.config and old.alarm_epoch == 2 and old.detection.onsets == {"a": 1}
+
+
+def test_queries_the_widgets_and_reports_use(hist):
+    nan_h = synthetic_history(epochs=5, layers=("a", "b"), channels=3, seed=1, nan_epoch=3)
+    m = nan_h.layer_matrix("test")
+    assert list(m.columns) == [0, 1, 2, 3, 4] and m[3].isna().all()  # an all-NaN epoch keeps its column
+    loss = hist.metric("test", "loss")
+    assert hist.test_loss_minimum() == (int(loss.idxmin()), pytest.approx(loss.min()))
+    frame = hist.metric_frame("loss")
+    assert list(frame.columns) == ["train", "test"]
+    np.testing.assert_array_equal(frame["test"].to_numpy(), loss.to_numpy())
+    counts = hist.histogram("test", "a", 2)
+    np.testing.assert_array_equal(hist.pooled_histogram("test", "a", 2), counts.sum(0))
+    assert hist.histogram_epochs("test", "a") == [0, 1, 2, 3, 4] and hist.histogram_epochs("val", "a") == []
+    with pytest.raises(KeyError, match="splits with histograms"):
+        hist.histogram("val", "a", 2)
+    with pytest.raises(ValueError, match="closest"):
+        hist.check_layer("c")

@@ -10,6 +10,8 @@ from torch.utils.data import TensorDataset
 
 from xaisparse.detect import OverfitDetector
 from xaisparse.history import History
+from xaisparse.monitor import SparsityMonitor
+from xaisparse.penalty import SparsityPenalty
 from xaisparse.train import Callback, fit
 
 
@@ -46,9 +48,9 @@ def test_callbacks_and_stop_after_current_epoch():
         def on_batch_end(self, state):
             seen_batches.append((state.epoch, state.batch))
 
-        def on_epoch_end(self, history):
-            seen_epochs.append(history.epochs[-1])
-            self.stop_requested = history.epochs[-1] == 2
+        def on_epoch_end(self, state):
+            seen_epochs.append(state.history.epochs[-1])
+            self.stop_requested = state.history.epochs[-1] == 2
 
     h = fit(
         _net(),
@@ -57,10 +59,13 @@ def test_callbacks_and_stop_after_current_epoch():
         epochs=10,
         progress=False,
         batch_size=32,
-        callbacks=[Stopper(), seen_epochs.append],
+        callbacks=[Stopper(), lambda state: seen_epochs.append(("state", state.epoch))],
     )
-    assert h.epochs == [0, 1, 2] and h.config["stopped_early_at"] == 2
+    assert h.epochs == [0, 1, 2] and h.outcome.stopped_early_at == 2
+    assert "Stopper" in h.outcome.stop_reason and "stopped_early_at" not in h.config
     assert [e for e in seen_epochs if isinstance(e, int)] == [0, 1, 2]
+    # a plain function gets the same TrainState at every epoch end
+    assert [e for tag, e in (s for s in seen_epochs if not isinstance(s, int))] == [0, 1, 2]
     assert seen_batches == [(e, b) for e in (1, 2) for b in range(3)]
 
 
@@ -88,7 +93,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_detector_result_is_saved_and_bad_args_are_clear():
     h = fit(_net(), _data(), _data(seed=1), epochs=3, progress=False, detector=OverfitDetector())
-    assert "alarm_epoch" in h.detector
+    assert h.detection is not None and h.detection.epochs == [0, 1, 2, 3]
+    assert h.detection.alarm_epoch == OverfitDetector().detect(h).alarm_epoch
     with pytest.raises(TypeError, match="torch.nn.Module"):
         fit("not a model", _data())
     with pytest.raises(ValueError, match="epochs"):
@@ -97,6 +103,26 @@ def test_detector_result_is_saved_and_bad_args_are_clear():
         fit(_net(), _data(), epochs=1, optimizer="lbfgs", progress=False)
     with pytest.raises(TypeError, match="penalty"):
         fit(_net(), _data(), epochs=1, penalty="yes", progress=False)
+
+
+def test_fit_takes_objects_and_the_old_keywords_still_work_with_a_warning():
+    net = _net()
+    pen = SparsityPenalty(net, weight=0.2, layer_weights={"3": 0.0})
+    mon = SparsityMonitor(net, layers=["1"], bins=10)
+    h = fit(net, _data(), _data(seed=1), epochs=1, progress=False, monitor=mon, penalty=pen)
+    assert h.layer_names == ["1"] and h.spatial_hist[("test", "1")].shape[-1] == 10
+    assert h.config["penalty"]["weight"] == 0.2 and h.config["penalty"]["layer_weights"] == {"3": 0.0}
+    net2 = _net()
+    with pytest.warns(DeprecationWarning, match="penalty"):
+        old = fit(net2, _data(), _data(seed=1), epochs=1, progress=False, penalty=0.2, layer_weights={"3": 0.0})
+    with pytest.warns(DeprecationWarning, match="monitor_layers"):
+        fit(_net(), _data(), epochs=0, progress=False, monitor_layers=["1"], bins=10)
+    # the same training either way: the deprecated path builds the same objects
+    assert old.metric("test", "loss").tolist() == pytest.approx(h.metric("test", "loss").tolist(), rel=1e-6)
+    with pytest.raises(ValueError, match="another model"):
+        fit(_net(), _data(), epochs=0, progress=False, penalty=SparsityPenalty(_net(), weight=0.1))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        fit(_net(), _data(), epochs=0, progress=False, penalty_weight=0.1)
 
 
 def _cli(*args, cwd=None):
@@ -130,3 +156,27 @@ def test_cli_run_report_compare(tmp_path):
     assert bad.returncode == 2 and "no run directory" in bad.stderr
     missing = _cli("run", "--out", str(tmp_path / "c"), "--dataset", "cifar10", "--data-root", str(tmp_path), *common)
     assert missing.returncode == 2 and "cifar-10-batches-py" in missing.stderr
+
+
+def test_cli_works_without_ipywidgets_and_widgets_name_the_extra(tmp_path):
+    """The core CLI needs matplotlib only: run, report and compare with ipywidgets unimportable."""
+    blocked = "import sys; sys.modules['ipywidgets'] = None\n"  # any `import ipywidgets` now raises ImportError
+    common = ["--epochs", "1", "--train-subset", "40", "--probe-size", "32", "--width", "4", "--no-progress"]
+    for run in ("a", "b"):
+        code = (
+            blocked
+            + f"from xaisparse.cli import main; sys.exit(main({['run', '--out', str(tmp_path / run), *common]!r}))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        assert "sparsity detector" in out.stdout
+        for name in ("index.html", "timeline.png", "heatmap.png", "distribution.png"):
+            assert (tmp_path / run / "report" / name).stat().st_size > 1000, name
+    args = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]
+    code = blocked + f"from xaisparse.cli import main; sys.exit(main({args!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
+    code = blocked + "import xaisparse.widgets"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "ImportError" in out.stderr and "xaisparse[widgets]" in out.stderr

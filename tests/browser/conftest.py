@@ -54,17 +54,8 @@ def lab_server(browser_requirements, artifacts_dir, tmp_path_factory) -> Any:
 
 @pytest.fixture(scope="session")
 def lab_browser(browser_requirements, tmp_path_factory) -> Any:
-    from playwright.sync_api import sync_playwright
-
-    pw = sync_playwright().start()
-    try:
-        context = lh.launch_chromium(pw, tmp_path_factory.mktemp("chromium-profile"))
-        try:
-            yield context
-        finally:
-            context.close()
-    finally:
-        pw.stop()
+    with lh.chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
 
 
 class Lab:

@@ -33,6 +33,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,6 +335,23 @@ def launch_chromium(playwright: Any, user_data_dir: Path, viewport: tuple[int, i
     )
     context.set_default_timeout(30_000)
     return context
+
+
+@contextmanager
+def chromium(user_data_dir: Path, viewport: tuple[int, int] = (1400, 1000)) -> Iterator[Any]:
+    """Playwright started and a :func:`launch_chromium` context open for the block; both are
+    closed after it, also after an exception."""
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    try:
+        context = launch_chromium(pw, user_data_dir, viewport)
+        try:
+            yield context
+        finally:
+            context.close()
+    finally:
+        pw.stop()
 
 
 _STATE_JS = """

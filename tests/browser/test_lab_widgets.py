@@ -4,7 +4,8 @@
   showing a matplotlib PNG, like our widgets) - proves the harness itself; runs wherever
   Chromium + Playwright + JupyterLab exist.
 * ``test_widgets_gallery``: runs ``notebooks/widgets_gallery.ipynb`` and checks that every
-  xaisparse widget renders a non-blank figure and that the epoch slider redraws it.
+  xaisparse widget renders a non-blank figure, that the epoch slider redraws it, and that the
+  AttributionComparison method dropdown and view buttons redraw theirs.
 
 Screenshots land in ``test-artifacts/browser/``.
 """
@@ -112,6 +113,7 @@ def test_widgets_gallery(lab):
         "SparsityTimeline",
         "LayerEpochHeatmap",
         "ChannelInspector",
+        "AttributionComparison",
         "RunComparison",
         "LiveDashboard",
     ]
@@ -153,6 +155,36 @@ def test_widgets_gallery(lab):
     lh.assert_nonblank(img, "gallery-epoch-after", art)
     print(f"[browser] epoch slider {value} -> {lh.slider_value(slider)}: image redrawn")
     view.screenshot(path=str(art / "gallery-epoch-widget-after-slider.png"))
+
+    _check_attribution_controls(page, views.nth(expected.index("AttributionComparison")), art)
+
+
+def _check_attribution_controls(page, view, art) -> None:
+    """The method dropdown redraws the maps; the view buttons switch to the channel table."""
+    img = lh.widget_images(page, within=view).first
+    before = lh.assert_nonblank(img, "gallery-attribution-maps", art)
+    method = view.locator(".widget-dropdown", has_text="method").locator("select")
+    assert method.count() == 1, "no method dropdown in the AttributionComparison widget"
+    assert method.input_value() == "integrated gradients"  # ipywidgets 8 uses the labels as option values
+    method.select_option(label="saliency")
+    changed = lh.wait_image_changed(page, img, before["sha"], timeout=90)
+    after = lh.assert_nonblank(img, "gallery-attribution-maps-saliency", art)
+    assert after["sha"] == changed["sha"] != before["sha"]
+    assert not view.locator(".xaisparse-error").count(), view.locator(".xaisparse-error").all_inner_texts()
+    view.screenshot(path=str(art / "gallery-attribution-after-method.png"))
+    print(
+        f"[browser] AttributionComparison method integrated_gradients -> saliency: image redrawn ({after['w']}x{after['h']})"
+    )
+
+    view.locator("button", has_text="channel table").click()
+    table = lh.wait_image_changed(page, img, after["sha"], timeout=120)
+    shown = lh.assert_nonblank(img, "gallery-attribution-channels", art)
+    assert shown["sha"] == table["sha"]
+    assert view.locator(".widget-dropdown", has_text="layer").is_visible()
+    assert not method.is_visible(), "the maps controls stay visible in the channel view"
+    assert not view.locator(".xaisparse-error").count(), view.locator(".xaisparse-error").all_inner_texts()
+    view.screenshot(path=str(art / "gallery-attribution-channel-table.png"))
+    print(f"[browser] AttributionComparison view -> channel table: image redrawn ({shown['w']}x{shown['h']})")
 
 
 def _at_max(slider) -> bool:

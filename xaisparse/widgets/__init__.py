@@ -1,9 +1,10 @@
-"""Jupyter widgets for xaisparse runs (needs the ``widgets`` extra: ipywidgets, matplotlib).
+"""Jupyter widgets for xaisparse runs (needs the ``widgets`` extra: ``pip install 'xaisparse[widgets]'``).
 
-Every widget is an ``ipywidgets.VBox`` of stock controls above one PNG ``Image``; it renders
-a :class:`~xaisparse.history.History` (only :class:`ChannelInspector` runs a model), has a
-static form ``to_figure()`` and a PNG in its display bundle for exported notebooks. Data
-preparation lives in :mod:`xaisparse.widgets.data` (pure functions).
+Every widget is an ``ipywidgets.VBox`` of stock controls above one PNG ``Image``: the
+controls are bound to the keywords of one :mod:`xaisparse.plots` function, which draws the
+figure from a :class:`~xaisparse.history.History` (only :class:`ChannelInspector` runs a
+model). Each has a static form ``to_figure()`` and a PNG in its display bundle for exported
+notebooks. This is the only module of xaisparse that imports ipywidgets.
 
 >>> from xaisparse.history import History
 >>> w = SparsityTimeline(History())
@@ -13,7 +14,16 @@ preparation lives in :mod:`xaisparse.widgets.data` (pure functions).
 
 from __future__ import annotations
 
+try:
+    import ipywidgets as _ipywidgets  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError(
+        "xaisparse.widgets needs ipywidgets, which is not installed: install the widgets extra with "
+        "pip install 'xaisparse[widgets]' (or pip install ipywidgets). Figures without widgets: xaisparse.plots."
+    ) from exc
+
 from ._base import FigureWidget, NoData
+from .attribution import AttributionComparison
 from .comparison import RunComparison
 from .distribution import KINDS, PerplexityDistribution
 from .inspector import ChannelInspector, load_model_checkpoint
@@ -22,6 +32,7 @@ from .timeline import LayerEpochHeatmap, SparsityTimeline
 
 __all__ = [
     "KINDS",
+    "AttributionComparison",
     "ChannelInspector",
     "FigureWidget",
     "LayerEpochHeatmap",

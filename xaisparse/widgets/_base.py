@@ -1,10 +1,12 @@
 """The common shape of every widget: controls, a message line and one PNG ``Image``.
 
-A widget subclass builds its controls once, calls ``super().__init__(controls)``, wires them
-with :meth:`FigureWidget._watch` and implements :meth:`FigureWidget._draw`, which returns a
-figure (or raises :class:`NoData` with a message for the user). Redraws replace the PNG
-bytes of the single ``Image`` child: no ``clear_output``, no flicker, nothing but stock
-ipywidgets on the front-end. Every error of a redraw ends up in the message line.
+A widget subclass builds its controls once, calls ``super().__init__(controls)`` (which
+observes their ``value``; ``watch=`` narrows that) and implements :meth:`FigureWidget._draw`, which calls one
+function of :mod:`xaisparse.plots` with the controls' values (it raises
+:class:`~xaisparse.plots.NoData` with a message for the user when there is nothing to draw).
+Redraws replace the PNG bytes of the single ``Image`` child: no ``clear_output``, no flicker,
+nothing but stock ipywidgets on the front-end. Every error of a redraw ends up in the message
+line.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
-from ._render import figure_png, message_figure
+from ..plots import TIMELINE_STATISTICS, NoData, figure_png, message_figure
 
-__all__ = ["FigureWidget", "NoData", "set_slider"]
+__all__ = ["FigureWidget", "NoData", "resolve_split", "set_slider", "split_buttons", "statistic_dropdown"]
 
 log = logging.getLogger("xaisparse.widgets")
 
@@ -32,17 +34,15 @@ _STYLE = {
 }
 
 
-class NoData(Exception):
-    """Nothing to draw for the current selection; the message is shown in the widget."""
-
-
 class FigureWidget(widgets.VBox):
     """Base class: ``children = [controls, message, image]``, built once."""
 
     #: Default figure title used by the static form when there is nothing to draw.
     _title = ""
 
-    def __init__(self, controls: Sequence[widgets.Widget] = (), **kwargs: Any) -> None:
+    def __init__(
+        self, controls: Sequence[widgets.Widget] = (), *, watch: Sequence[widgets.Widget] | None = None, **kwargs: Any
+    ) -> None:
         self._hold_depth = 0
         self._sticky: list[str] = []  # notes about the constructor arguments, until a control changes
         self._notes: list[str] = []
@@ -56,6 +56,7 @@ class FigureWidget(widgets.VBox):
         self.controls = widgets.HBox(list(controls), layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
         super().__init__(children=[self.controls, self.message_html, self.image], **kwargs)
         self.add_class("xaisparse-widget")
+        self._watch(*(controls if watch is None else watch))
 
     # ------------------------------------------------------------------ wiring
     def _watch(self, *controls: widgets.Widget) -> None:
@@ -76,6 +77,24 @@ class FigureWidget(widgets.VBox):
 
     def _controls_changed(self, change: dict[str, Any]) -> None:
         """Hook: adjust dependent controls (inside :meth:`_hold`) before the redraw."""
+
+    def _sync_epoch_slider(
+        self, slider: widgets.IntSlider, epochs: Sequence[int], wanted: int | None = None, snap: bool = False
+    ) -> None:
+        """Move ``slider`` to the range of ``epochs`` (disabled when empty), at ``wanted`` or where it was.
+
+        ``snap`` moves a value between recorded epochs to the nearest recorded one (the later on ties).
+        """
+        with self._hold():
+            if not epochs:
+                set_slider(slider, 0, 0, 0)
+                slider.disabled = True
+                return
+            slider.disabled = False
+            target = slider.value if wanted is None else int(wanted)
+            if snap and target not in epochs:
+                target = min(epochs, key=lambda e: (abs(e - target), -e))
+            set_slider(slider, epochs[0], epochs[-1], target)
 
     @contextmanager
     def _hold(self) -> Iterator[None]:
@@ -190,3 +209,41 @@ def set_slider(slider: widgets.IntSlider, lo: int, hi: int, value: int | None = 
         slider.max = hi
     if value is not None:
         slider.value = int(min(max(value, lo), hi))
+
+
+def resolve_split(split: str, options: Sequence[str]) -> tuple[str, str | None]:
+    """``split`` if it is one of ``options`` (or there are none), else ``test`` or the first option, with a note."""
+    options = list(options)
+    if not options or split in options:
+        return split, None
+    fallback = "test" if "test" in options else options[0]
+    return fallback, f"split {split!r} is not recorded in this run (recorded: {options}); showing {fallback!r}."
+
+
+def split_buttons(split: object, options: Sequence[str], sticky: list[str]) -> widgets.ToggleButtons:
+    """The split control: ``split`` if recorded, else ``test`` (or the first recorded one) with a note.
+
+    ``options`` are the splits the run records; an unrecorded ``split`` adds an explanation to
+    ``sticky`` (shown until a control changes).
+    """
+    if not isinstance(split, str):
+        raise TypeError(f"split must be a str such as 'test', 'train' or 'both', got {type(split).__name__}")
+    options = list(options)
+    split, note = resolve_split(split, options)
+    if note:
+        sticky.append(note)
+    return widgets.ToggleButtons(
+        options=options or [split], value=split, description="split", style={"button_width": "64px"}
+    )
+
+
+def statistic_dropdown(statistic: object, recorded: Sequence[str]) -> widgets.Dropdown:
+    """The statistic control: the timeline statistics the run records (plus a valid ``statistic`` it lacks)."""
+    if not isinstance(statistic, str):
+        raise TypeError(f"statistic must be a str, got {type(statistic).__name__}")
+    if statistic not in TIMELINE_STATISTICS:
+        raise ValueError(f"statistic must be one of {list(TIMELINE_STATISTICS)}, got {statistic!r}")
+    options = [s for s in TIMELINE_STATISTICS if s in set(recorded)] or list(TIMELINE_STATISTICS)
+    if statistic not in options:
+        options.append(statistic)
+    return widgets.Dropdown(options=options, value=statistic, description="statistic")

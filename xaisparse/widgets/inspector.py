@@ -13,7 +13,7 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import _render as R
+from .. import plots
 from ._base import FigureWidget, NoData, set_slider
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,7 +139,6 @@ class ChannelInspector(FigureWidget):
                 f"channel {channel} is out of range for {self.layer_dropdown.value!r}; showing channel "
                 f"{self.channel_slider.value}."
             )
-        self._watch(self.layer_dropdown, self.channel_slider, self.images_select)
         self.refresh()
 
     # ------------------------------------------------------------------ model
@@ -200,54 +199,8 @@ class ChannelInspector(FigureWidget):
         self.data = {}
         layer, channel = self.layer_dropdown.value, int(self.channel_slider.value)
         maps, sparsity = self.activations(layer)
-        if not 0 <= channel < maps.shape[1]:
-            raise NoData(f"layer {layer!r} has {maps.shape[1]} channels; channel {channel} does not exist.")
         chosen = list(self.images_select.value)
-        if not chosen:
-            raise NoData("Select at least one image.")
         if len(chosen) > MAX_SHOWN:
             notes.append(f"{len(chosen)} images selected; the first {MAX_SHOWN} are shown.")
             chosen = chosen[:MAX_SHOWN]
-        k = len(chosen)
-        fig = R.new_figure(max(2.3 * k + 0.6, 5.0), 5.0)
-        axes = fig.subplots(2, k, squeeze=False)
-        values = []
-        for j, i in enumerate(chosen):
-            ax_in, ax_map = axes[0, j], axes[1, j]
-            self._show_input(ax_in, self.images[i].numpy())
-            ax_in.set_title(f"image {i}", fontsize=9)
-            fmap = maps[i, channel]
-            fmap = fmap.reshape(1, -1) if fmap.ndim == 1 else fmap.reshape(fmap.shape[0], -1)
-            s = float(sparsity[i, channel])
-            dead = not np.any(fmap != 0)
-            values.append(s)
-            ax_map.imshow(fmap, cmap="magma", interpolation="nearest", vmin=0.0 if dead else None)
-            label = "nan" if not np.isfinite(s) else f"{s:.3f}"
-            ax_map.set_title(
-                f"s = {label}" + (" (dead)" if dead else ""), fontsize=9, color=R.DEAD_COLOR if dead else "black"
-            )
-            for ax in (ax_in, ax_map):
-                ax.set_xticks([])
-                ax.set_yticks([])
-        axes[0, 0].set_ylabel("input", fontsize=9)
-        axes[1, 0].set_ylabel(f"channel {channel}", fontsize=9)
-        fig.suptitle(
-            f"layer {layer} · channel {channel}: feature maps (colour scale per map)\n"
-            "s = spatial sparsity (0 dense – 1 one unit)",
-            fontsize=10,
-        )
-        self.data = {"layer": layer, "channel": channel, "images": chosen, "sparsity": np.array(values)}
-        return fig
-
-    @staticmethod
-    def _show_input(ax: Any, img: np.ndarray) -> None:
-        if img.ndim == 2:
-            img = img[None]
-        if img.ndim != 3:
-            img = img.reshape(1, -1)[None]
-        if img.shape[0] == 3:
-            rgb = np.moveaxis(img, 0, -1).astype(np.float64)
-            lo, hi = np.nanmin(rgb), np.nanmax(rgb)
-            ax.imshow((rgb - lo) / (hi - lo) if hi > lo else np.zeros_like(rgb), interpolation="nearest")
-        else:
-            ax.imshow(img.mean(axis=0), cmap="gray", interpolation="nearest")
+        return plots.channel_maps(self.images.numpy(), maps, sparsity, channel, chosen, layer, data=self.data)

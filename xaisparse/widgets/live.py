@@ -11,10 +11,10 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import _render as R
-from ._base import FigureWidget, NoData
-from .data import alarm_epoch, check_history, statistic_label
-from .timeline import draw_heatmap, draw_timeline
+from .. import plots
+from ..history import check_history
+from ..plots._style import ALARM_COLOR
+from ._base import FigureWidget, resolve_split
 
 __all__ = ["LiveDashboard"]
 
@@ -71,7 +71,7 @@ class LiveDashboard(FigureWidget):
             button_style="danger",
             tooltip="ends training cleanly after the current epoch",
         )
-        super().__init__([self.stop_button, self.status_html])
+        super().__init__([self.stop_button, self.status_html], watch=[])  # the status line is output, not a control
         self.stop_button.on_click(self._on_stop)
         self._update_status()
         self.refresh()
@@ -137,11 +137,9 @@ class LiveDashboard(FigureWidget):
                 ser = h.metric(s, "loss")
                 if not ser.empty:
                     parts.append(f"{s} loss {_fmt(float(ser.sort_index().iloc[-1]))}")
-            alarm = alarm_epoch(h)
+            alarm = h.alarm_epoch
             parts.append(
-                f"<span style='color:{R.ALARM_COLOR}'>alarm at epoch {alarm}</span>"
-                if alarm is not None
-                else "no alarm"
+                f"<span style='color:{ALARM_COLOR}'>alarm at epoch {alarm}</span>" if alarm is not None else "no alarm"
             )
         if extra:
             parts.append(html.escape(extra))
@@ -163,24 +161,7 @@ class LiveDashboard(FigureWidget):
 
     def _draw(self, notes: list[str]) -> Figure:
         h = self.history
-        if h is None or h.is_empty:
-            raise NoData("waiting for the first epoch…")
-        if h.layers.empty:
-            raise NoData(f"epoch {h.epochs[-1]} recorded metrics only: no layer sparsity to show yet.")
-        split = self.split
-        splits = list(dict.fromkeys(str(s) for s in h.layers.split))
-        if split not in splits:
-            fallback = "test" if "test" in splits else splits[0]
-            notes.append(f"split {split!r} is not recorded; showing {fallback!r}.")
-            split = fallback
-        n_layers = len(h.layer_names)
-        fig = R.new_figure(10.0, 4.0 + float(np.clip(0.4 * n_layers + 1.2, 2.2, 7.0)))
-        ax_t, ax_h = fig.subplots(2, 1, height_ratios=[4.0, float(np.clip(0.4 * n_layers + 1.2, 2.2, 7.0))])
-        draw_timeline(ax_t, h, split, h.layer_names, self.statistic, notes, legend="figure")
-        ax_t.set_title(
-            f"epoch {h.epochs[-1]}: {statistic_label(self.statistic).split(' (')[0]} per layer ({split}) and loss",
-            fontsize=11,
-        )
-        ax_h.set_title(" ", pad=6)  # room for the marker labels
-        draw_heatmap(ax_h, h, split, self.statistic, notes, fig)
-        return fig
+        split, note = resolve_split(self.split, [] if h is None else h.sparsity_splits)
+        if note:
+            notes.append(note)
+        return plots.dashboard(h, split, self.statistic, notes=notes)

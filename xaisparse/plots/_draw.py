@@ -1,74 +1,24 @@
-"""Matplotlib drawing helpers shared by the widgets (object-oriented API only, never pyplot).
-
-Figures are made with :class:`matplotlib.figure.Figure` directly, so rendering touches no
-global state (no open-figure registry, no backend switch) and nothing needs closing.
-"""
+"""Low-level drawing of histogram-based distributions: violins, boxes, ridges, channel ticks."""
 
 from __future__ import annotations
 
-import io
-import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .data import histogram_box_stats, histogram_violin
-
-#: seaborn's "colorblind" palette (the same hex values), for runs and splits.
-PALETTE: tuple[str, ...] = (
-    "#0173b2",
-    "#de8f05",
-    "#029e73",
-    "#cc78bc",
-    "#ca9161",
-    "#fbafe4",
-    "#949494",
-    "#ece133",
-    "#56b4e9",
-    "#d55e00",
-)
-SPLIT_COLORS = {"test": "#0173b2", "train": "#de8f05"}
-CHANNEL_COLOR = "#0173b2"
-DEAD_COLOR = "#d62728"
-ALARM_COLOR = "#d62728"
-MINIMUM_COLOR = "#029e73"
-DPI = 96
-
-
-def split_color(split: str, i: int = 0) -> str:
-    return SPLIT_COLORS.get(split, PALETTE[(i + 2) % len(PALETTE)])
-
-
-def new_figure(width: float = 9.0, height: float = 4.2) -> Figure:
-    """A pyplot-free figure with constrained layout."""
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
-    """PNG bytes of ``fig`` (Agg, no pyplot)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
-    return buf.getvalue()
-
-
-def message_figure(text: str, title: str = "") -> Figure:
-    """A small figure that only shows ``text`` (the static form of a widget without data)."""
-    fig = new_figure(7.0, 2.0)
-    ax = fig.add_subplot()
-    ax.set_axis_off()
-    wrapped = "\n".join(textwrap.wrap(text, 80)) or "nothing to show"
-    ax.text(0.5, 0.5, wrapped, ha="center", va="center", fontsize=11, color="#555555", transform=ax.transAxes)
-    if title:
-        ax.set_title(title)
-    return fig
+from ..histogram_stats import histogram_box_stats, histogram_violin
+from ._style import DEAD_COLOR
 
 
 def channel_ticks(
-    ax: Axes, positions: Sequence[float], channels: Sequence[int], dead: np.ndarray, axis: str = "x"
+    ax: Axes,
+    positions: Sequence[float] | np.ndarray,
+    channels: Sequence[int] | np.ndarray,
+    dead: np.ndarray,
+    axis: str = "x",
 ) -> None:
     """Label channel positions ``c<i>``, dead ones in red; thinned when there are many."""
     n = len(channels)
@@ -91,7 +41,7 @@ def draw_violins(
     ax: Axes,
     hists: np.ndarray,
     edges: np.ndarray,
-    positions: Sequence[float],
+    positions: Sequence[float] | np.ndarray,
     colors: Sequence[str],
     side: str = "both",
     width: float = 0.8,
@@ -126,7 +76,7 @@ def draw_boxes(
     ax: Axes,
     hists: np.ndarray,
     edges: np.ndarray,
-    positions: Sequence[float],
+    positions: Sequence[float] | np.ndarray,
     colors: Sequence[str],
     width: float = 0.6,
 ) -> list[dict[str, Any]]:
@@ -156,7 +106,7 @@ def draw_ridge(
     ax: Axes,
     hists: np.ndarray,
     edges: np.ndarray,
-    channels: Sequence[int],
+    channels: Sequence[int] | np.ndarray,
     colors: Sequence[str],
     overlap: float = 1.25,
     alpha: float = 0.7,

@@ -1,0 +1,80 @@
+"""The settings of the sparsity-rise detector, validated once, frozen."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .._validation import check_int, check_number, check_split, check_str, is_int, is_number
+
+__all__ = ["DetectorConfig"]
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Parameters of the rise rule (see :mod:`xaisparse.detect.rule` and :class:`~xaisparse.detect.online.OverfitDetector`).
+
+    Validated on construction: a bad value raises ``TypeError``/``ValueError`` naming it.
+
+    >>> DetectorConfig(smooth=1).required(3)   # min_layers=0.5 of 3 layers, rounded up
+    2
+    >>> DetectorConfig(patience=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: patience must be an int >= 1, got 0
+    """
+
+    layers: tuple[str, ...] | None = None
+    split: str = "test"
+    statistic: str = "spatial_mean"
+    smooth: int = 3
+    threshold: float = 0.01
+    relative: bool = False
+    noise: float = 4.0
+    patience: int = 2
+    min_layers: float | int = 0.5
+    warmup: int = 2
+
+    def __post_init__(self) -> None:
+        layers: Any = self.layers
+        if isinstance(layers, str):
+            layers = (layers,)
+        if layers is not None:
+            layers = tuple(layers)
+            if not layers or any(not isinstance(x, str) for x in layers):
+                raise TypeError(f"layers must be None or a non-empty list of names/glob patterns, got {self.layers!r}")
+        set_ = object.__setattr__
+        set_(self, "layers", layers)
+        check_split(check_str("split", self.split))
+        check_str("statistic", self.statistic)
+        if not is_int(self.smooth):  # a float such as 1.5 is a bad value of an epoch count
+            raise ValueError(f"smooth must be an int >= 1 (epochs), got {self.smooth!r}")
+        set_(self, "smooth", check_int("smooth", self.smooth, minimum=1))
+        set_(self, "threshold", check_number("threshold", self.threshold, minimum=0.0))
+        set_(self, "noise", check_number("noise", self.noise, minimum=0.0))
+        set_(self, "patience", check_int("patience", self.patience, minimum=1))
+        set_(self, "warmup", check_int("warmup", self.warmup, minimum=0))
+        set_(self, "relative", bool(self.relative))
+        m = self.min_layers
+        if is_int(m):
+            check_int("min_layers", m, minimum=1)
+        elif is_number(m):
+            if not 0 < m <= 1:
+                raise ValueError(f"min_layers as a fraction must be in (0, 1], got {m!r}")
+        else:
+            raise TypeError(f"min_layers must be a fraction (float) or a count (int), got {m!r}")
+
+    def required(self, n_layers: int) -> int:
+        """How many of ``n_layers`` monitored layers must rise together for an alarm."""
+        if is_int(self.min_layers):
+            if self.min_layers > n_layers:
+                raise ValueError(f"min_layers={self.min_layers} exceeds the {n_layers} monitored layers")
+            return int(self.min_layers)
+        return max(1, math.ceil(float(self.min_layers) * n_layers - 1e-9))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values (``layers`` a list or None)."""
+        out = asdict(self)
+        out["layers"] = None if self.layers is None else list(self.layers)
+        return out

@@ -1,0 +1,270 @@
+"""``OverfitDetector``: the rise rule fed epoch by epoch (online) or over a saved run (offline)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from .._validation import is_int, select_names
+from .config import DetectorConfig
+from .result import DetectionResult, DetectorState, evidence_frame
+from .rule import LayerTrack, Row, alarm_facts, step_epoch
+
+__all__ = ["OverfitDetector", "detect", "sparsity_matrix"]
+
+
+def sparsity_matrix(history: Any, split: str, statistic: str) -> tuple[pd.DataFrame, list[str]]:
+    """Epochs × layers of one layer statistic, read from ``history.layers`` only; and the layer order.
+
+    Errors name what exists: an unknown split lists the recorded splits, an unknown statistic
+    the recorded statistics. An empty history gives an empty table.
+    """
+    t = getattr(history, "layers", None)
+    if not isinstance(t, pd.DataFrame) or not hasattr(history, "layer_matrix"):
+        raise TypeError(f"expected an xaisparse History (with a .layers table), got {type(history).__name__}")
+    if t.empty:
+        return pd.DataFrame(), []
+    splits = list(dict.fromkeys(t["split"].astype(str)))
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; the history has sparsity for splits {splits}")
+    stats = list(dict.fromkeys(t.loc[t["split"].astype(str) == split, "statistic"].astype(str)))
+    if statistic not in stats:
+        raise ValueError(f"unknown statistic {statistic!r} for split {split!r}; available: {stats}")
+    wide = history.layer_matrix(split, statistic).T
+    return wide, [str(c) for c in wide.columns]
+
+
+class OverfitDetector:
+    """Flags the onset of a sustained sparsity rise in the feature-extraction layers.
+
+    It reads only ``history.layers`` (sparsity computed from inputs), never a loss or an
+    accuracy. Use it offline with :meth:`detect`, online with :meth:`update` / :meth:`step`
+    after each epoch, or as a training callback (``fit(..., detector=...)``: it is fed after
+    every measured epoch, ``fit`` stores :meth:`result` in ``history.detection``, and
+    :attr:`stop_requested` is set on alarm when ``stop_on_alarm``). Online and offline give the
+    same alarm by construction: both run :func:`~xaisparse.detect.rule.step_epoch`.
+
+    Parameters (validated by :class:`~xaisparse.detect.DetectorConfig`):
+
+    layers:
+        ``None`` for every recorded layer (the monitor records the conv blocks' activations by
+        default), or names and/or glob patterns (``"features.*"``).
+    split:
+        Whose inputs' sparsity to watch; ``"test"`` (default) needs only the held-out images,
+        not their labels.
+    statistic:
+        Layer statistic of the History (default ``"spatial_mean"``).
+    smooth:
+        Trailing moving-average window in epochs (default 3; 1 = none); delays the alarm by
+        about ``(smooth - 1) / 2`` epochs.
+    threshold:
+        Smallest rise above the running minimum that counts (default 0.01, one percentage point
+        of sparsity); with ``relative=True`` a fraction of ``|running_min|``.
+    relative:
+        Read ``threshold`` relative to the series' own level.
+    noise:
+        The rise must also exceed ``noise`` × the estimated noise of the smoothed series
+        (default 4.0; 0 turns it off). On :func:`~xaisparse.testing.synthetic_history` (noise
+        ≈ 0.03 per epoch, rise 0.04 per epoch) 4.0 gave no false alarm in 40 flat runs each of
+        20, 40 and 60 epochs; 3.0 false-alarmed in a third of the 40–60-epoch runs.
+    patience:
+        Consecutive finite epochs the rise must exceed the limit (default 2).
+    min_layers:
+        How many monitored layers must rise together: a fraction in (0, 1] (rounded up;
+        default 0.5) or a count ≥ 1.
+    warmup:
+        Epochs ignored at the start (default 2).
+    stop_on_alarm:
+        Set :attr:`stop_requested` when the alarm fires (``fit`` then stops after the epoch).
+
+    >>> det = OverfitDetector(smooth=1, threshold=0.05, noise=0, patience=1, warmup=0)
+    >>> for epoch, v in enumerate([0.30, 0.28, 0.31, 0.40]):
+    ...     state = det.step(epoch, {"conv": v})
+    >>> det.alarm_epoch, det.result().onsets
+    (3, {'conv': 1})
+    """
+
+    def __init__(
+        self,
+        layers: str | Sequence[str] | None = None,
+        split: str = "test",
+        statistic: str = "spatial_mean",
+        smooth: int = 3,
+        threshold: float = 0.01,
+        relative: bool = False,
+        noise: float = 4.0,
+        patience: int = 2,
+        min_layers: float | int = 0.5,
+        warmup: int = 2,
+        stop_on_alarm: bool = False,
+        record: bool | None = None,
+    ) -> None:
+        if record is not None:
+            import warnings
+
+            warnings.warn(
+                "OverfitDetector(record=...) is deprecated and ignored: fit() stores the detector's result "
+                "in history.detection; the detector no longer writes into the History",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        self.config = DetectorConfig(
+            layers=layers,  # type: ignore[arg-type]
+            split=split,
+            statistic=statistic,
+            smooth=smooth,
+            threshold=threshold,
+            relative=relative,
+            noise=noise,
+            patience=patience,
+            min_layers=min_layers,
+            warmup=warmup,
+        )
+        self.stop_on_alarm = bool(stop_on_alarm)
+        self.reset()
+
+    @classmethod
+    def from_config(cls, config: DetectorConfig, stop_on_alarm: bool = False) -> OverfitDetector:
+        """A fresh detector with these settings."""
+        if not isinstance(config, DetectorConfig):
+            raise TypeError(f"config must be a DetectorConfig, got {type(config).__name__}")
+        det = cls.__new__(cls)
+        det.config, det.stop_on_alarm = config, bool(stop_on_alarm)
+        det.reset()
+        return det
+
+    # settings, read-only views of the config
+    layers = property(lambda self: None if self.config.layers is None else list(self.config.layers))
+    split = property(lambda self: self.config.split)
+    statistic = property(lambda self: self.config.statistic)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The settings (and, once known, the required number of rising layers)."""
+        return {**self.config.to_dict(), "required": self.required}
+
+    def clone(self) -> OverfitDetector:
+        """A fresh detector with the same settings (no state)."""
+        return OverfitDetector.from_config(self.config, self.stop_on_alarm)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+        return f"OverfitDetector({args})"
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget everything seen (settings stay)."""
+        self.monitored: list[str] | None = None
+        self.required: int | None = None
+        self.alarm_epoch: int | None = None
+        self.alarm_layers: list[str] = []
+        self.alarm_onsets: dict[str, int] = {}
+        self.alarm_minima: dict[str, int] = {}
+        self.stop_requested = False
+        self.last_state: DetectorState | None = None
+        self._tracks: dict[str, LayerTrack] = {}
+        self._epochs: list[int] = []
+        self._rows: list[Row] = []
+
+    @property
+    def alarmed(self) -> bool:
+        return self.alarm_epoch is not None
+
+    @property
+    def epochs_seen(self) -> list[int]:
+        return list(self._epochs)
+
+    def _resolve(self, available: Sequence[str]) -> list[str]:
+        chosen = select_names(self.config.layers, list(available), "layer")
+        if not chosen:
+            raise ValueError(f"no layers to monitor (available: {list(available)})")
+        self.required = self.config.required(len(chosen))
+        self.monitored = chosen
+        self._tracks = {name: LayerTrack() for name in chosen}
+        return chosen
+
+    # ------------------------------------------------------------------ online
+    def step(self, epoch: int, values: Mapping[str, float]) -> DetectorState:
+        """Feed one epoch: ``values[layer]`` = the statistic (missing or NaN: skipped)."""
+        if not is_int(epoch):
+            raise TypeError(f"epoch must be an int, got {type(epoch).__name__}")
+        epoch = int(epoch)
+        if self._epochs and epoch <= self._epochs[-1]:
+            raise ValueError(f"epochs must increase: got {epoch} after {self._epochs[-1]}")
+        if not isinstance(values, Mapping):
+            raise TypeError(f"values must be a mapping layer -> float, got {type(values).__name__}")
+        if self.monitored is None:
+            self._resolve([str(k) for k in values])
+        assert self.monitored is not None and self.required is not None  # set by _resolve
+        position = len(self._epochs)
+        self._tracks, rows, rising = step_epoch(self._tracks, epoch, values, position, self.config)
+        self._epochs.append(epoch)
+        self._rows.extend(rows)
+        new_alarm = False
+        if self.alarm_epoch is None and len(rising) >= self.required:
+            self.alarm_epoch, self.alarm_layers = epoch, list(rising)
+            self.alarm_onsets, self.alarm_minima = alarm_facts(self._tracks, rising)
+            new_alarm = True
+            if self.stop_on_alarm:
+                self.stop_requested = True
+        self.last_state = DetectorState(
+            epoch=epoch,
+            alarmed=self.alarm_epoch is not None,
+            alarm_epoch=self.alarm_epoch,
+            rising=tuple(rising),
+            required=self.required,
+            n_layers=len(self.monitored),
+            new_alarm=new_alarm,
+        )
+        return self.last_state
+
+    def update(self, history: Any) -> DetectorState | None:
+        """Feed every epoch of ``history`` not seen yet; the state after the last one.
+
+        Returns ``None`` when there is nothing new (e.g. no sparsity recorded yet). Epochs older
+        than the last one seen are ignored.
+        """
+        wide, order = sparsity_matrix(history, self.config.split, self.config.statistic)
+        if wide.empty:
+            return None
+        if self.monitored is None:
+            self._resolve(order)
+        last = self._epochs[-1] if self._epochs else None
+        state = None
+        for e in wide.index:
+            if last is None or e > last:
+                row = wide.loc[e]
+                state = self.step(int(e), {name: row.get(name, math.nan) for name in self.monitored or []})
+        return state
+
+    def on_epoch_end(self, state: Any) -> None:
+        """Training-callback hook: :meth:`update` with ``state.history`` (or a History itself)."""
+        self.update(getattr(state, "history", state))
+
+    # ------------------------------------------------------------------ results
+    def result(self) -> DetectionResult:
+        """The verdict on everything fed so far."""
+        return DetectionResult(
+            alarm_epoch=self.alarm_epoch,
+            layers=list(self.alarm_layers),
+            onsets=dict(self.alarm_onsets),
+            minima=dict(self.alarm_minima),
+            evidence=evidence_frame(self._rows),
+            params=self.params,
+            monitored=list(self.monitored or (self.layers or [])),
+            epochs=list(self._epochs),
+        )
+
+    def detect(self, history: Any) -> DetectionResult:
+        """Offline: run a fresh copy of this detector over the whole ``history``."""
+        det = self.clone()
+        det.update(history)
+        return det.result()
+
+
+def detect(history: Any, **kwargs: Any) -> DetectionResult:
+    """Shortcut for ``OverfitDetector(**kwargs).detect(history)``."""
+    return OverfitDetector(**kwargs).detect(history)

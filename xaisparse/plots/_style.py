@@ -1,0 +1,118 @@
+"""Colours, figure construction and PNG rendering shared by every plot (never pyplot).
+
+Figures are made with :class:`matplotlib.figure.Figure` directly, so rendering touches no
+global state (no open-figure registry, no backend switch) and nothing needs closing.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+#: seaborn's "colorblind" palette (the same hex values), for runs and splits.
+PALETTE: tuple[str, ...] = (
+    "#0173b2",
+    "#de8f05",
+    "#029e73",
+    "#cc78bc",
+    "#ca9161",
+    "#fbafe4",
+    "#949494",
+    "#ece133",
+    "#56b4e9",
+    "#d55e00",
+)
+SPLIT_COLORS = {"test": "#0173b2", "train": "#de8f05", "val": "#029e73"}
+CHANNEL_COLOR = "#0173b2"
+DEAD_COLOR = "#d62728"
+ALARM_COLOR = "#d62728"
+MINIMUM_COLOR = "#029e73"
+DPI = 96
+
+#: Axis labels (with the scale's meaning) of the layer and channel statistics.
+STATISTIC_LABELS: dict[str, str] = {
+    "spatial_mean": "spatial sparsity (0 dense – 1 one unit)",
+    "spatial_std": "std of spatial sparsity",
+    "dead_fraction": "dead-map fraction (0 none – 1 all)",
+    "channel_mean": "population sparsity (0 dense – 1 one channel)",
+    "channel_std": "std of population sparsity",
+    "sample_mean": "lifetime (sample-axis) sparsity (0 dense – 1 one sample)",
+    "sample_sparsity": "lifetime (sample-axis) sparsity (0 dense – 1 one sample)",
+    "nonfinite": "non-finite maps (count)",
+}
+#: Layer statistics offered by the timeline, heatmap and comparison plots.
+TIMELINE_STATISTICS: tuple[str, ...] = ("spatial_mean", "dead_fraction", "channel_mean", "sample_mean")
+
+
+class NoData(ValueError):
+    """Nothing to draw for this selection; the message says why (widgets show it instead of a figure)."""
+
+
+def statistic_label(statistic: str) -> str:
+    """Axis label for a statistic: ``"spatial sparsity (0 dense – 1 one unit)"`` etc."""
+    return STATISTIC_LABELS.get(statistic, statistic.replace("_", " "))
+
+
+def statistic_name(statistic: str) -> str:
+    """The label without its scale: ``"spatial sparsity"``."""
+    return statistic_label(statistic).split(" (")[0]
+
+
+def check_statistic(statistic: object) -> str:
+    """``statistic`` if it is one of :data:`TIMELINE_STATISTICS`."""
+    if not isinstance(statistic, str):
+        raise TypeError(f"statistic must be a str, got {type(statistic).__name__}")
+    if statistic not in TIMELINE_STATISTICS:
+        raise ValueError(f"statistic must be one of {list(TIMELINE_STATISTICS)}, got {statistic!r}")
+    return statistic
+
+
+def layer_colors(n: int) -> list[Any]:
+    """One colour per layer, from shallow (dark) to deep (light) along viridis."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(x) for x in (np.linspace(0.0, 0.85, n) if n > 1 else [0.35])]
+
+
+def split_color(split: str, i: int = 0) -> str:
+    return SPLIT_COLORS.get(split, PALETTE[(i + 2) % len(PALETTE)])
+
+
+class PlotFigure(Figure):
+    """A pyplot-free :class:`~matplotlib.figure.Figure` that Jupyter displays as a PNG on its own.
+
+    Figures made without pyplot have no inline-backend display hook; ``_repr_png_`` gives
+    notebooks (and exported HTML) the same picture that :func:`figure_png` writes.
+    """
+
+    def _repr_png_(self) -> bytes:
+        return figure_png(self)
+
+
+def new_figure(width: float = 9.0, height: float = 4.2) -> PlotFigure:
+    """A pyplot-free figure with constrained layout (displayed as a PNG in notebooks)."""
+    return PlotFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
+    """PNG bytes of ``fig`` (Agg, no pyplot)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    return buf.getvalue()
+
+
+def message_figure(text: str, title: str = "") -> Figure:
+    """A small figure that only shows ``text`` (the static form of a widget without data)."""
+    fig = new_figure(7.0, 2.0)
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    wrapped = "\n".join(textwrap.wrap(text, 80)) or "nothing to show"
+    ax.text(0.5, 0.5, wrapped, ha="center", va="center", fontsize=11, color="#555555", transform=ax.transAxes)
+    if title:
+        ax.set_title(title)
+    return fig
