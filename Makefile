@@ -38,7 +38,7 @@ lint: $(STAMP)
 
 ## The whole test suite (unit, doctests, browser when Chromium is present). The notebooks are
 ## executed once, by the documentation build in tests/test_docs.py (a failing cell fails it).
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup
 
 ## The documentation site in $(DOCS_OUT): executes every notebook, warnings are errors.

@@ -664,6 +664,86 @@ def update_case(device: torch.device, quick: bool, use_compile: bool) -> tuple[l
     return rows, lines
 
 
+# -- fit phases (case h) -----------------------------------------------------------------------
+def fit_case(quick: bool) -> tuple[list[Row], list[str]]:
+    """Where an epoch of ``fit`` goes in the demo setting (``xaisparse demo``'s defaults, with a
+    checkpoint every epoch): the shares of measurement (the probe passes with the monitor) and
+    checkpointing, read from ``history.outcome.phase_seconds``."""
+    import tempfile
+
+    from xaisparse import OverfitDetector, fit
+    from xaisparse.cli import DEMO_DEFAULTS as d
+    from xaisparse.data import load_dataset
+    from xaisparse.models import build_model
+
+    split = load_dataset(
+        d["dataset"],
+        None,
+        train_subset=d["train_subset"],
+        label_noise=d["label_noise"],
+        seed=d["seed"],
+        size=d["image_size"],
+    )
+    epochs = 4 if quick else 20
+    torch.manual_seed(d["seed"])
+    model = build_model(
+        d["model"],
+        in_channels=split.in_channels,
+        num_classes=split.num_classes,
+        image_size=split.image_size,
+        width=d["width"],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        h = fit(
+            model,
+            split.train,
+            split.test,
+            epochs=epochs,
+            lr=d["lr"],
+            batch_size=d["batch_size"],
+            monitor=SparsityMonitor(model),
+            detector=OverfitDetector(),
+            checkpoint_dir=tmp,
+            progress=False,
+            seed=d["seed"],
+        )
+    ph = h.outcome.phase_seconds
+    total = sum(ph.values())
+    # ms per epoch: epochs 1..E train, epochs 0..E are measured (and checkpointed)
+    per = {k: v / (epochs if k == "train" else epochs + 1) * 1e3 for k, v in ph.items()}
+    train_ms = f"{per.get('train', 0.0):.1f}"
+    rows = [
+        Row(
+            f"(h) fit: {name} share",
+            "SmallCNN demo",
+            train_ms,
+            f"{per[name]:.1f}",
+            f"{ph[name] / total:.2f}",
+            "-",
+            "info",
+            None,
+        )
+        for name in ("measure", "checkpoint")
+    ]
+    share = (ph["measure"] + ph["checkpoint"]) / total
+    both = f"{per['measure'] + per['checkpoint']:.1f}"
+    rows.append(
+        Row(
+            "(h) fit: measure+checkpoint share",
+            "SmallCNN demo",
+            train_ms,
+            both,
+            f"{share:.2f}",
+            "-",
+            "<= 0.25",
+            share <= 0.25,
+        )
+    )
+    phases = ", ".join(f"{k} {v:.1f}" for k, v in per.items())
+    probes = f"{min(len(split.train), 512)} train + {min(len(split.test), 512)} test probe images"
+    return rows, [f"(h): ms per epoch over {epochs} epochs: {phases}; the probe passes read {probes} per epoch"]
+
+
 # -- report ------------------------------------------------------------------------------------
 def environment(device: torch.device) -> list[str]:
     cpu = platform.processor() or platform.machine()
@@ -715,6 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--models", default="small_cnn,resnet18", help="comma-separated: small_cnn, resnet18")
     parser.add_argument("--skip-memory", action="store_true", help="skip case (e)")
+    parser.add_argument("--skip-fit", action="store_true", help="skip case (h), fit's phases in the demo setting")
     parser.add_argument("--skip-peers", action="store_true", help="skip the peers table (and its imports)")
     parser.add_argument(
         "--compile",
@@ -780,7 +861,13 @@ def main(argv: list[str] | None = None) -> int:
         notes += n
         peer_lines += p
         print(f"... {all_setups[key].name} done ({time.perf_counter() - t0:.0f} s)", flush=True)
-    order = ["(a)", "(b)", "(b')", "(c)", "(d)", "(d')", "(g)", "(g')", "(e)", "(f)", "(f')"]
+    if not args.skip_fit and device.type == "cpu":
+        t0 = time.perf_counter()
+        r, lines = fit_case(args.quick)
+        rows += r
+        notes += lines
+        print(f"... fit case done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    order = ["(a)", "(b)", "(b')", "(c)", "(d)", "(d')", "(g)", "(g')", "(e)", "(f)", "(f')", "(h)"]
     models = [all_setups[k].name for k in chosen] + ["SmallCNN"]
     rows.sort(key=lambda r: (order.index(r.case.split()[0]), models.index(r.model) if r.model in models else 99))
 
@@ -795,6 +882,8 @@ def main(argv: list[str] | None = None) -> int:
     print("tracemalloc); ratio: the larger of the VmRSS and VmHWM (peak) growth, in units of one batch's recorded")
     print("activations; spread column: tracemalloc growth (separate pass). (f): one LayerSparsity.update (all 16")
     print("state sums of one batch) against one x.sum() over the same tensor; plain column: x.sum() ms.")
+    print("(h): fit in the demo setting with a checkpoint every epoch; plain column: training ms/epoch, ours: the")
+    print("phase's ms/epoch, ratio: its share of the epoch (history.outcome.phase_seconds).")
     if peer_lines:
         print()
         print("peers: mean map sparsity per module on an eval pass (one step per timed block)")

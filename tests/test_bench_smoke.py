@@ -46,6 +46,7 @@ def test_overhead_benchmark_quick_runs_and_agrees_with_reference() -> None:
         "(e) memory growth",
         "(f) update vs one read pass",
         "(g) vs torch mean-only hook",
+        "(h) fit: measure+checkpoint share",
     ):
         assert case in proc.stdout, case
     assert "| variant | model | ms/step | x plain | added ms/step | added / ours' added |" in proc.stdout

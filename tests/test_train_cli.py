@@ -180,3 +180,23 @@ def test_cli_works_without_ipywidgets_and_widgets_name_the_extra(tmp_path):
     code = blocked + "import xaisparse.widgets"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and "ImportError" in out.stderr and "xaisparse[widgets]" in out.stderr
+
+
+def test_phase_seconds_say_where_the_time_went(tmp_path):
+    import time
+
+    def slow_callback(state):  # a known cost: 30 ms at every epoch end
+        time.sleep(0.03)
+
+    h = fit(_net(), _data(), _data(seed=1), epochs=2, progress=False, batch_size=32, callbacks=[slow_callback])
+    phases = h.outcome.phase_seconds
+    assert set(phases) == {"train", "measure", "callbacks"}  # no detector, no checkpoint: not timed
+    assert phases["callbacks"] >= 3 * 0.03  # epochs 0, 1, 2
+    assert sum(phases.values()) <= h.outcome.train_seconds + 0.01
+    h2 = fit(
+        _net(), _data(), _data(seed=1), epochs=1, progress=False, checkpoint_dir=tmp_path, detector=OverfitDetector()
+    )
+    assert {"checkpoint", "detect"} <= set(h2.outcome.phase_seconds)
+    loaded = History.load(tmp_path / "history")
+    # the checkpoint of the last epoch holds the sums so far (its own write is still running)
+    assert set(loaded.outcome.phase_seconds) == {"train", "measure", "detect", "checkpoint"}

@@ -102,12 +102,16 @@ class RunOutcome:
     """How a training run ended (written by :func:`~xaisparse.train.fit`).
 
     ``stopped_early_at``: the epoch after which training stopped before ``epochs`` (a callback
-    or the detector asked), else None; ``stop_reason``: who asked; ``train_seconds``: wall time.
+    or the detector asked), else None; ``stop_reason``: who asked; ``train_seconds``: wall time;
+    ``phase_seconds``: where that time went, summed over the epochs: ``train`` (the optimisation
+    steps), ``measure`` (the probe passes with the monitor), ``detect``, ``callbacks`` and
+    ``checkpoint`` (only the phases that ran).
     """
 
     train_seconds: float | None = None
     stopped_early_at: int | None = None
     stop_reason: str | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> RunOutcome:
@@ -118,6 +122,7 @@ class RunOutcome:
             train_seconds=None if seconds is None else float(seconds),
             stopped_early_at=None if stopped is None else int(stopped),
             stop_reason=data.get("stop_reason"),
+            phase_seconds={str(k): float(v) for k, v in (data.get("phase_seconds") or {}).items()},
         )
 
 

@@ -12,6 +12,7 @@ the current epoch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -19,7 +20,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -322,32 +323,39 @@ def fit(
     state = TrainState(model=model, optimizer=opt, history=history, epochs=epochs, batches=len(train_loader))
     bar = _progress(range(start_epoch, epochs + 1), progress, initial=start_epoch, total=epochs + 1)
     t0 = time.perf_counter()
+    phases = history.outcome.phase_seconds
     try:
         if pen is not None:
             pen.attach()
         for epoch in bar:
             state.epoch = epoch
             if epoch > 0:
-                _train_one_epoch(train_loader, pen, device, loss_fn, state, cbs)
-            monitor.reset()
-            metrics = {
-                split: evaluate_split(model, loader, device, monitor, split, loss_fn)
-                for split, loader in probes.items()
-                if loader is not None
-            }
-            if epoch > 0:
-                metrics["train"]["running_loss"] = state.info.pop("loss_mean")
-                if pen is not None:
-                    metrics["train"]["penalty"] = state.info.pop("penalty_mean")
-            history.record_epoch(epoch, metrics, monitor.compute())
+                with _timed(phases, "train"):
+                    _train_one_epoch(train_loader, pen, device, loss_fn, state, cbs)
+            with _timed(phases, "measure"):
+                monitor.reset()
+                metrics = {
+                    split: evaluate_split(model, loader, device, monitor, split, loss_fn)
+                    for split, loader in probes.items()
+                    if loader is not None
+                }
+                if epoch > 0:
+                    metrics["train"]["running_loss"] = state.info.pop("loss_mean")
+                    if pen is not None:
+                        metrics["train"]["penalty"] = state.info.pop("penalty_mean")
+                history.record_epoch(epoch, metrics, monitor.compute())
             state.metrics = metrics
             if detector is not None:
-                detector.update(history)
-                history.detection = detector.result()
-            for cb in cbs:
-                _epoch_end(cb, state)
+                with _timed(phases, "detect"):
+                    detector.update(history)
+                    history.detection = detector.result()
+            if cbs:
+                with _timed(phases, "callbacks"):
+                    for cb in cbs:
+                        _epoch_end(cb, state)
             if ckpt_dir is not None:
-                _save_checkpoint(ckpt_dir, model, opt, train_loader, history, epoch)
+                with _timed(phases, "checkpoint"):
+                    _save_checkpoint(ckpt_dir, model, opt, train_loader, history, epoch)
             _postfix(bar, metrics, history)
             stopper = _stop_reason(state, cbs, detector)
             if stopper is not None and epoch < epochs:
@@ -357,7 +365,20 @@ def fit(
         if pen is not None:
             pen.detach()
         history.outcome.train_seconds = round(time.perf_counter() - t0, 2)
+        for name, seconds in phases.items():
+            phases[name] = round(seconds, 3)
     return history
+
+
+@contextlib.contextmanager
+def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``phases[name]`` (each phase ends in a host read of its
+    results, so on CUDA too the time is the phase's own)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
 
 
 def _stop_reason(state: TrainState, cbs: list[Any], detector: Any) -> str | None:
