@@ -23,7 +23,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .._validation import check_fraction, check_int, check_number
+from .._validation import check_bool, check_fraction, check_int, check_number
 from ..history import History
 from .live import LiveDashboard
 
@@ -150,12 +150,14 @@ class OverfittingPlayground(LiveDashboard):
         except Exception as exc:  # a click never raises into the front-end
             self._show([f"could not train: {type(exc).__name__}: {exc}"], "error")
 
-    def train(self, **knobs: Any) -> History:
+    def train(self, *, live: bool = True, **knobs: Any) -> History:
         """Train a new model with the knobs (``knobs`` set them first, e.g. ``train(epochs=5)``); returns its History.
 
         Unknown knob names and values outside :data:`KNOB_RANGES` raise a ``ValueError`` (a
-        wrong type a ``TypeError``) before anything is trained or changed.
+        wrong type a ``TypeError``) before anything is trained or changed. ``live=False`` draws
+        the dashboard once at the end instead of after every epoch (faster for scripted runs).
         """
+        live = check_bool("live", live)
         unknown = sorted(set(knobs) - set(KNOB_RANGES))
         if unknown:
             raise ValueError(f"unknown knob(s) {unknown}: the knobs are {list(KNOB_RANGES)}")
@@ -193,14 +195,16 @@ class OverfittingPlayground(LiveDashboard):
                 batch_size=self.batch_size,
                 probe_size=self.probe_size,
                 penalty=penalty,
-                callbacks=[self],
+                callbacks=[self] if live else [],
                 seed=self.seed,
                 progress=False,
                 config={"name": self._run_name(s), "playground": dict(s), "seed": self.seed},
             )
         finally:
             self.train_button.disabled = False
-        self.runs.append(history)  # the dashboard already shows it: fit called us after its last epoch
+        self.runs.append(history)
+        if not live:  # when live, fit called on_epoch_end after the last epoch already
+            self.on_epoch_end(history)
         return history
 
     @staticmethod
