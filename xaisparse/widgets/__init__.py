@@ -28,16 +28,19 @@ from .comparison import RunComparison
 from .distribution import KINDS, PerplexityDistribution
 from .inspector import ChannelInspector, load_model_checkpoint
 from .live import LiveDashboard
+from .playground import KNOB_RANGES, OverfittingPlayground
 from .timeline import LayerEpochHeatmap, SparsityTimeline
 
 __all__ = [
     "KINDS",
+    "KNOB_RANGES",
     "AttributionComparison",
     "ChannelInspector",
     "FigureWidget",
     "LayerEpochHeatmap",
     "LiveDashboard",
     "NoData",
+    "OverfittingPlayground",
     "PerplexityDistribution",
     "RunComparison",
     "SparsityTimeline",
