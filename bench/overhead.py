@@ -77,7 +77,7 @@ import xaisparse
 from xaisparse.estimators import LayerSparsity
 from xaisparse.monitor import SparsityMonitor
 from xaisparse.penalty import SparsityPenalty
-from xaisparse.recording import ActivationRecorder
+from xaisparse.recording import ActivationRecorder, call_site_base
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # bench/peers.py, next to this script
@@ -355,7 +355,7 @@ def _agreement(peer: object, model: nn.Module, x: torch.Tensor, ours: SparsityMo
     got = peer.means()  # type: ignore[attr-defined]
     sites = ours.layer_names
     if getattr(peer, "calls", "all") == "last":  # one output per module: its last call
-        sites = list({peers.base_name(site): site for site in sites}.values())
+        sites = list({call_site_base(site): site for site in sites}.values())
     mine = peers.pooled_means((site, ours.estimator("test", site).compute()) for site in sites)
     if set(got) != set(mine):
         raise RuntimeError(f"layers differ: ours {sorted(mine)}, {type(peer).__name__} {sorted(got)}")
@@ -575,7 +575,7 @@ def peer_table(
 
 
 def _captum_note(check: SparsityMonitor) -> str:
-    sites, modules = len(check.layer_names), len({peers.base_name(s) for s in check.layer_names})
+    sites, modules = len(check.layer_names), len({call_site_base(s) for s in check.layer_names})
     if sites == modules:
         return "every module called once"
     return f"compared on the last call of each module only: Captum keeps one output per module ({sites - modules} of {sites} call sites unseen)"

@@ -30,12 +30,7 @@ import torch
 from torch import nn
 
 from xaisparse.estimators import LayerSparsity
-from xaisparse.recording import ActivationRecorder
-
-
-def base_name(site: str) -> str:
-    """The module of a call site (``"layer1.0.relu#2"`` -> ``"layer1.0.relu"``)."""
-    return site.split("#", 1)[0]
+from xaisparse.recording import ActivationRecorder, call_site_base
 
 
 class _Pooled:
@@ -238,7 +233,7 @@ def pooled_means(outputs: Iterable[tuple[str, dict[str, torch.Tensor]]]) -> dict
     pooled = _Pooled()
     for site, out in outputs:
         total = float((out["spatial_mean"].nan_to_num() * out["spatial_count"]).sum())
-        pooled.add(base_name(site), total, int(out["spatial_count"].sum()))
+        pooled.add(call_site_base(site), total, int(out["spatial_count"].sum()))
     return pooled.means()
 
 
