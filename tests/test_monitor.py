@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from captum.attr import LayerActivation
 from torch import nn
 from torchvision.models import resnet18
@@ -505,3 +506,85 @@ def test_report_tables_are_tidy(cnn: SmallCNN) -> None:
     assert report.spatial_hist[("train", "relu2")].shape == (8, BINS)
     assert report.channel_hist[("test", "relu1")].shape == (BINS,)
     np.testing.assert_array_equal(report.bin_edges, np.linspace(0, 1, BINS + 1))
+
+
+# -- models without conv-following activation modules; in-place writes after a recorded layer -----
+class ChannelsLastBlock(nn.Module):
+    """ConvNeXt's block shape: depth-wise conv, then LayerNorm/Linear/GELU/Linear on (N, H, W, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.dwconv = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.norm = nn.LayerNorm(6)
+        self.pwconv1 = nn.Linear(6, 10)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(10, 6)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x).permute(0, 2, 3, 1)))))
+        return self.head((x + y.permute(0, 3, 1, 2)).mean((2, 3)))
+
+
+def measure(cls: type[nn.Module], seed: int) -> tuple[nn.Module, torch.Tensor, SparsityMonitor]:
+    """A fresh ``cls()`` in eval mode, two batches through a default monitor; returns the data too."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    xs = batches(seed, n_batches=2)
+    monitor = SparsityMonitor(model, bins=BINS)
+    run(monitor, xs)
+    return model, torch.cat(xs), monitor
+
+
+def test_channels_last_activation_matches_numpy_on_the_permuted_tensor() -> None:
+    model, x, monitor = measure(ChannelsLastBlock, 3)
+    report = monitor.compute()
+    assert monitor.layer_names == ["act"]
+    nhwc = captum_acts(model, ["act"], x)["act"]
+    assert nhwc.shape == (8, 32, 32, 10)  # channels last
+    # channels are the Linear's 10 output features (the last axis), maps the 32x32 grid
+    check_layer(report, "test", "act", nhwc.permute(0, 3, 1, 2))
+    assert report.layer_value("test", "act", "num_channels") == 10
+
+
+class FunctionalBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3)
+        self.bn = nn.BatchNorm2d(5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True).mean((2, 3))
+
+
+def test_functional_activation_matches_numpy_on_an_independent_forward() -> None:
+    model, x, monitor = measure(FunctionalBlock, 4)
+    report = monitor.compute()
+    assert monitor.layer_names == ["relu"]
+    with torch.no_grad():
+        acts = torch.relu(model.bn(model.conv(x)))  # computed here, without hooks
+    assert (acts == 0).any() and (acts > 0).any()
+    check_layer(report, "test", "relu", acts)
+
+
+class WritesAfterReLU(nn.Module):
+    """A residual ``+=`` into the recorded activation (EfficientNetV2's FusedMBConv does this)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.conv(x))
+        out += x  # in place, after the hook
+        return out
+
+
+def test_in_place_write_after_the_layer_does_not_change_the_measurement() -> None:
+    model, x, monitor = measure(WritesAfterReLU, 5)
+    with torch.no_grad():
+        acts = torch.relu(model.conv(x))
+    check_layer(monitor.compute(), "test", "relu", acts)  # the values before the write

@@ -327,6 +327,109 @@ def test_model_unchanged_apart_from_training() -> None:
     assert not model.training
 
 
+def test_functional_sites_take_layer_weights_and_match_numpy() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 3, 3), nn.Conv2d(3, 3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.conv2(F.relu(self.conv1(x)))).mean((2, 3))
+
+    torch.manual_seed(16)
+    model = Functional()
+    with pytest.raises(UnknownLayerError, match="relu"):
+        SparsityPenalty(model, layer_weights={"relu#3": 1.0, "rleu": 2.0})
+    penalty = SparsityPenalty(model, weight=0.5, layer_weights={"relu#2": 3.0})
+    x = torch.randn(5, 1, 9, 9, generator=torch.Generator().manual_seed(17))
+    with penalty:
+        model(x)
+        value = penalty().item()
+    with torch.no_grad():
+        a1 = F.relu(model.conv1(x))
+        a2 = F.relu(model.conv2(a1))
+    np.testing.assert_allclose(value, 0.5 * (ref_layer_mean(a1) + 3.0 * ref_layer_mean(a2)), rtol=1e-5)
+
+
+# -- in-place writes after a recorded activation ----------------------------------------------------
+class ResidualBlock(nn.Module):
+    """EfficientNetV2's FusedMBConv shape: conv, BN, SiLU, then the residual added into the SiLU output.
+
+    ``write`` chooses ``out += x`` (in place, as torchvision does) or ``out = out + x``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.act = nn.SiLU()
+        self.head = nn.Linear(3, 2)
+        self.write = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn(self.conv(x)))
+        if self.write:
+            out += x
+        else:
+            out = out + x
+        return self.head(out.mean((2, 3)))
+
+
+def _step(model: ResidualBlock, penalty: SparsityPenalty, x: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    with penalty:
+        loss = model(x).square().mean() + penalty()
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_in_place_write_after_the_layer_never_breaks_backward() -> None:
+    torch.manual_seed(12)
+    model, twin = ResidualBlock(), ResidualBlock()
+    twin.load_state_dict(model.state_dict())
+    twin.write = False  # the reference: the same maths without the in-place write
+    lam = 0.3
+    penalty, twin_penalty = SparsityPenalty(model, weight=lam), SparsityPenalty(twin, weight=lam)
+    gen = torch.Generator().manual_seed(13)
+    for _ in range(3):  # first step: copy; the write is seen, so every later step copies too
+        x = torch.randn(4, 3, 6, 6, generator=gen)
+        with penalty:
+            model(x)
+            value = penalty().item()
+        with torch.no_grad():
+            acts = F.silu(model.bn(model.conv(x)))  # before the write, computed here
+        np.testing.assert_allclose(value, lam * ref_layer_mean(acts.abs()), rtol=1e-5)
+        loss, grads = _step(model, penalty, x)
+        twin_loss, twin_grads = _step(twin, twin_penalty, x)
+        assert loss == pytest.approx(twin_loss, rel=1e-6)
+        for name in grads:
+            torch.testing.assert_close(grads[name], twin_grads[name], msg=name)
+
+
+def test_a_write_that_starts_later_drops_that_step_term_with_a_warning() -> None:
+    torch.manual_seed(14)
+    model = ResidualBlock()
+    penalty = SparsityPenalty(model, weight=0.3)
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(15))
+    model.write = False
+    _step(model, penalty, x)  # nothing written: from now on the activation is used without a copy
+    model.write = True  # data-dependent code starts writing into it
+    with penalty:
+        out = model(x)
+        with pytest.warns(RuntimeWarning, match="modified in place after the penalty read it"):
+            p = penalty()
+    assert p.item() == 0.0  # the only term was invalid: left out
+    (out.square().mean() + p).backward()  # and backward works
+    with penalty:
+        model(x)
+        assert set(penalty.terms) == {"act"}
+        value = penalty().item()  # copied from now on
+    with torch.no_grad():
+        acts = F.silu(model.bn(model.conv(x)))
+    np.testing.assert_allclose(value, 0.3 * ref_layer_mean(acts.abs()), rtol=1e-5)
+    _step(model, penalty, x)
+
+
 # -- the effect on training ------------------------------------------------------------------------
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits

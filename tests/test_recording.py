@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,8 +14,11 @@ from torchvision.models import resnet18, vgg11
 from xaisparse._errors import UnknownLayerError
 from xaisparse.recording import (
     ActivationRecorder,
+    call_site_base,
+    call_site_name,
     default_activation_layers,
     expose_functional_activations,
+    positionwise_activation_layers,
     select_layers,
 )
 from xaisparse.testing import count_hooks
@@ -446,3 +451,216 @@ def test_expose_errors_and_warnings(cnn: SmallCNN) -> None:
         expose_functional_activations("model")  # type: ignore[arg-type]
     with pytest.warns(UserWarning, match="no functional activation"):
         expose_functional_activations(cnn)
+
+
+# -- functional activations recorded on the model itself (default selection) -------------------
+class FunctionalMix(nn.Module):
+    """Each way a functional activation is taken, and the calls that are left out.
+
+    ``F.relu(bn1(...), inplace=True)``: at ``bn1``'s output; ``F.silu(conv2(...), inplace=True)``:
+    at ``conv2``'s output, on a copy (SiLU's backward needs its input, which the model then
+    overwrites); ``F.relu(x + y)``: at ``conv3``'s input; ``F.gelu(fc1(...))`` on a channels-last
+    grid: at ``fc1``'s output, channels last; ``torch.sigmoid(y.mean(...) * 2)``: no module next
+    to it (a warning); ``F.relu(head(h))`` and ``.tanh()`` on ``(N, F)`` vectors: classifier, skipped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.conv3 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 6, 3)
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(6), nn.Linear(6, 8), nn.Linear(8, 6)
+        self.head, self.out = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        y = F.silu(self.conv2(x), inplace=True)
+        y = y * torch.sigmoid(y.mean((2, 3), keepdim=True) * 2)
+        h = self.conv3(F.relu(x + y)).permute(0, 2, 3, 1)
+        h = self.fc2(F.gelu(self.fc1(self.norm(h)))).mean((1, 2))
+        return self.out(F.relu(self.head(h))).tanh()
+
+
+EXPECTED_TAPS = [  # (site, module, call, where)
+    ("relu", "bn1", 1, "output"),
+    ("silu", "conv2", 1, "output"),
+    ("relu#2", "conv3", 1, "input"),
+    ("gelu", "fc1", 1, "output"),
+    ("relu#3", "head", 1, "output"),
+    ("tanh", "out", 1, "output"),
+]
+#: Our site -> the activation module of expose_functional_activations' traced copy.
+EXPOSED = {"relu": "relu", "silu": "silu", "relu#2": "relu_1", "gelu": "gelu"}
+
+
+def _functional_mix() -> nn.Module:
+    torch.manual_seed(0)
+    return FunctionalMix()
+
+
+def test_call_site_names_written_and_read_in_one_place() -> None:
+    assert call_site_name("layer1.0.relu", 1) == "layer1.0.relu"
+    assert call_site_name("layer1.0.relu", 3) == "layer1.0.relu#3"
+    assert call_site_base("layer1.0.relu#3") == "layer1.0.relu"
+    assert call_site_base("inception3a.branch1.relu") == "inception3a.branch1.relu"
+
+
+def test_functional_activations_found_and_taken_where_documented() -> None:
+    model = _functional_mix().eval()
+    with pytest.warns(UserWarning, match=r"1 functional activation call.*\['sigmoid'\]"):
+        rec = ActivationRecorder(model)
+    assert rec.modules == []  # no activation module at all
+    got = [(a.site, a.module, a.call, a.where) for a in rec.functional_activations]
+    assert got == EXPECTED_TAPS
+    flags = {a.site: (a.copy_input, a.channels_last) for a in rec.functional_activations}
+    assert flags["silu"] == (True, False) and flags["relu"] == (False, False)  # ReLU's backward needs no input
+    assert flags["gelu"] == (False, True) and flags["relu#3"] == (False, True)
+    assert rec.functional_sites == [s for s, *_ in EXPECTED_TAPS]
+    # tracing both modes restored every training flag
+    assert all(not m.training for m in model.modules())
+
+
+def test_functional_values_equal_the_traced_reference_exactly() -> None:
+    model = _functional_mix().eval()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = expose_functional_activations(model, x)
+        rec = ActivationRecorder(model, callback=(ours := Collect()))
+    plain = model(x)
+    ref = Collect()
+    with torch.no_grad(), ActivationRecorder(gm, list(EXPOSED.values()), callback=ref):
+        gm(x)
+    with torch.no_grad(), rec:
+        out = model(x)
+    assert torch.equal(out, plain)  # the model computes what it computed without us
+    assert ours.order == list(EXPOSED)  # the (N, F) classifier calls are not recorded
+    for site, module in EXPOSED.items():
+        assert torch.equal(ours.seen[site], ref.seen[module]), site
+    # channels-last: the GELU output (N, H, W, C) is handed over as (N, C, H, W)
+    gelu_nhwc = ref.seen["gelu"].movedim(1, -1)
+    assert ours.seen["gelu"].shape == (3, 8, 6, 6) and gelu_nhwc.shape == (3, 6, 6, 8)
+    assert count_hooks(model) == 0
+
+
+def test_functional_penalty_gradient_equals_the_traced_reference() -> None:
+    from xaisparse.penalty import SparsityPenalty
+
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    grads = []
+    for exposed in (False, True):
+        model = _functional_mix().train()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = expose_functional_activations(model) if exposed else model
+            penalty = SparsityPenalty(net, list(EXPOSED.values()) if exposed else None, weight=0.5)
+        with penalty:
+            loss = net(x).square().mean() + penalty()  # in-place ReLU and SiLU in the forward
+        loss.backward()  # the copy taken for the in-place SiLU keeps the graph valid
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    ours, ref = grads
+    assert ours.keys() == ref.keys() and "conv1.weight" in ours
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], msg=name)
+
+
+def test_functional_googlenet_equals_traced_reference() -> None:
+    from torchvision.models import googlenet
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # init-weights FutureWarning
+        model = googlenet(init_weights=False).eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    ours, ref = Collect(), Collect()
+    gm = expose_functional_activations(model)
+    rec = ActivationRecorder(model, callback=ours)
+    assert len(rec.functional_sites) == 61  # 57 in eval mode, 4 more in the auxiliary heads (training)
+    with torch.no_grad(), rec:
+        model(x)
+    with torch.no_grad(), ActivationRecorder(gm, nn.ReLU, callback=ref):
+        gm(x)
+    relus = [n for n in ref.order if n in ref.seen]
+    assert len(ours.order) == len(relus) == 57
+    assert ours.order[:2] == ["conv1.relu", "conv2.relu"] and "inception5b.branch4.1.relu" in ours.order
+    for site, module in zip(ours.order, relus):
+        assert torch.equal(ours.seen[site], ref.seen[module]), site
+
+
+def test_untraceable_model_without_activation_modules_gets_a_clear_error() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return F.relu(y) if y.sum() > 0 else torch.tanh(y)
+
+    with pytest.raises(ValueError, match="cannot be traced by torch.fx") as info:
+        ActivationRecorder(Branchy())
+    assert "layers=nn.Conv2d" in str(info.value) and "expose_functional_activations" in str(info.value)
+    rec = ActivationRecorder(Branchy(), nn.Conv2d)  # the alternative it names works
+    assert rec.modules == ["conv"]
+
+
+# -- position-wise (channels-last) activation modules -----------------------------------------------
+class ConvNeXtish(nn.Module):
+    """A ConvNeXt block (depth-wise conv, then LayerNorm/Linear/GELU/Linear on (N, H, W, C)),
+    a constant MLP on a coordinate table (as Swin V2's position bias), and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.mlp = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 12), nn.GELU(), nn.Linear(12, 6))
+        self.bias_mlp = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+        self.register_buffer("coords", torch.linspace(-1, 1, 2 * 9).reshape(1, 3, 3, 2))
+        self.head = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.mlp(self.dw(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        bias = self.bias_mlp(self.coords).mean()
+        return self.head((x + y).mean((2, 3)) + bias)
+
+
+def test_positionwise_default_selection_and_error_message() -> None:
+    model = ConvNeXtish()
+    with pytest.raises(ValueError, match="follow nn.Linear layers, not convolutions") as info:
+        default_activation_layers(model)
+    assert "functional" not in str(info.value)  # the old message blamed functional calls
+    assert positionwise_activation_layers(model) == ["mlp.2", "bias_mlp.1", "head.1"]
+    rec = ActivationRecorder(model)
+    assert rec.modules == ["mlp.2", "head.1"]  # bias_mlp.1 never sees the input (fx trace)
+    sink = Collect()
+    rec.add_callback(sink)
+    x = torch.randn(2, 1, 7, 7, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad(), rec:
+        model(x)
+    assert sink.order == ["mlp.2"]  # head.1 acts on (N, F) vectors: a classifier, skipped
+    with torch.no_grad():
+        ref = model.mlp[2](model.mlp[1](model.mlp[0](model.dw(model.stem(x)).permute(0, 2, 3, 1))))
+    assert ref.shape == (2, 5, 5, 12)
+    assert torch.equal(sink.seen["mlp.2"], ref.permute(0, 3, 1, 2))  # channels (Linear features) on axis 1
+    # explicitly selected, a Linear-fed activation is still channels-last, and (N, F) outputs pass as they are
+    sink = Collect()
+    with torch.no_grad(), ActivationRecorder(model, ["mlp.1", "head.1"], callback=sink):
+        model(x)
+    assert sink.seen["mlp.1"].shape == (2, 12, 5, 5) and sink.seen["head.1"].shape == (2, 5)
+
+
+# -- wrappers ----------------------------------------------------------------------------------------
+def test_dataparallel_is_recorded_through_its_module_and_replicas_raise(cnn: SmallCNN) -> None:
+    dp = nn.DataParallel(cnn)  # without GPUs DataParallel calls the module directly
+    ours, ref = Collect(), Collect()
+    with torch.no_grad(), ActivationRecorder(dp, callback=ours) as rec:
+        dp(X)
+    with torch.no_grad(), ActivationRecorder(cnn, callback=ref):
+        cnn(X)
+    assert rec.model is cnn and rec.layer_names == ["features.1", "features.3"]
+    assert ours.order == ref.order and all(torch.equal(ours.seen[k], ref.seen[k]) for k in ref.seen)
+    # over several GPUs DataParallel runs replicas of the module (sharing its hooks) in threads
+    replica = cnn._replicate_for_data_parallel()
+    with ActivationRecorder(dp, callback=ours), pytest.raises(RuntimeError, match="DistributedDataParallel"):
+        replica(X)
+    assert count_hooks(cnn) == 0

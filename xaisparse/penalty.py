@@ -10,14 +10,55 @@ from torch import Tensor, nn
 
 from ._errors import UnknownLayerError, closest
 from .functional.perplexity import AXES, Axis, perplexity_sparsity
-from .recording import ActivationRecorder
+from .recording import ActivationRecorder, LayerSelector, call_site_base
 
 __all__ = ["SparsityPenalty"]
 
+_HALF = (torch.float16, torch.bfloat16)
 
-def _base_name(call_site: str) -> str:
-    """``"layer1.0.relu#2"`` -> ``"layer1.0.relu"`` (a module called twice shares its weight)."""
-    return call_site.split("#", 1)[0]
+
+class _InplaceGuard:
+    """Keeps the penalty's autograd graph valid when the model modifies an activation in place later.
+
+    The sparsity's backward needs the activation it was computed from. If the model then writes
+    into that tensor (EfficientNetV2's residual ``result += input`` on a block's SiLU output),
+    ``backward()`` fails ("modified by an inplace operation"). A copy taken at hook time cannot
+    be invalidated, but costs one activation-sized tensor per layer and step; so copies are
+    made only where needed, learnt from the version counter (bumped by every in-place write):
+
+    * the first forward of a call site is always computed on a copy;
+    * when its terms are settled (``penalty()`` or the next forward), a site whose tensor was
+      written to is copied from then on; one that was not is used as it is from then on;
+    * a trusted site that is written to later (data-dependent code) has an invalid term: it is
+      left out of that step with a warning, and copied from then on.
+
+    So ``backward()`` never fails and never uses modified values; a model without such writes
+    pays one copy per site in its first step only.
+    """
+
+    def __init__(self) -> None:
+        self.copied: set[str] = set()  # sites known to be written to after the hook: always copied
+        self.trusted: set[str] = set()  # sites seen not to be written to: used as they are
+        self._watch: dict[str, tuple[Tensor, int, bool]] = {}
+
+    def protect(self, site: str, x: Tensor) -> Tensor:
+        copy = site not in self.trusted
+        self._watch[site] = (x, x._version, copy)
+        return x.clone() if copy else x
+
+    def settle(self) -> set[str]:
+        """Learn from the forward just finished; the sites whose term is invalid (not copied, written to)."""
+        invalid = set()
+        for site, (x, version, copied) in self._watch.items():
+            if x._version != version:
+                self.copied.add(site)
+                self.trusted.discard(site)
+                if not copied:
+                    invalid.add(site)
+            elif site not in self.copied:
+                self.trusted.add(site)
+        self._watch.clear()
+        return invalid
 
 
 class SparsityPenalty(nn.Module):
@@ -30,6 +71,13 @@ class SparsityPenalty(nn.Module):
     forward replaces the previous one's terms, so the penalty always belongs to the latest
     forward; forwards under ``torch.no_grad()`` are ignored. Non-finite maps are left out of the
     mean; layers whose maps are 1×1 fall back to the ``channel`` axis (one warning).
+
+    The layers are those of :class:`~xaisparse.recording.ActivationRecorder` (default: the
+    conv-block activations, or position-wise and functional ones for models without such
+    modules). Activations later modified in place by the model (a residual ``+=``) never break
+    ``backward()``: see :class:`_InplaceGuard` (one copy per layer in the first step; every step
+    only for the layers that are written to). Half-precision activations (``torch.autocast``)
+    are measured in float32, like the monitor does.
 
     A positive ``weight`` penalises sparsity (favours dense activations, the paper's
     regulariser); a negative one rewards it. ``layer_weights`` maps module names (or call-site
@@ -45,10 +93,12 @@ class SparsityPenalty(nn.Module):
     True
     """
 
+    recorder: ActivationRecorder  # a plain attribute (set in __init__), not a submodule
+
     def __init__(
         self,
         model: nn.Module,
-        layers: object = None,
+        layers: LayerSelector = None,
         weight: float = 1e-2,
         layer_weights: Mapping[str, float] | None = None,
         axis: Axis = "spatial",
@@ -62,10 +112,10 @@ class SparsityPenalty(nn.Module):
         self.axis: Axis = axis
         # A plain attribute, not a submodule: the penalty must not adopt the user's model.
         self.__dict__["recorder"] = ActivationRecorder(model, layers, callback=self._collect)
-        known = set(self.recorder.modules)
+        known = set(self.recorder.modules) | set(self.recorder.functional_sites)
         weights = dict(layer_weights or {})
         for name, w in weights.items():
-            if _base_name(name) not in known:
+            if name not in known and call_site_base(name) not in known:
                 raise UnknownLayerError(
                     f"layer_weights names {name!r}, which is not a selected layer; selected layers are "
                     f"{sorted(known)[:12]} (closest: {closest(name, known)})"
@@ -75,6 +125,7 @@ class SparsityPenalty(nn.Module):
         self.layer_weights = {k: float(v) for k, v in weights.items()}
         self._terms: dict[str, Tensor] = {}
         self._warned: set[str] = set()
+        self._guard = _InplaceGuard()
 
     # lifecycle: delegate to the recorder
     def attach(self) -> SparsityPenalty:
@@ -83,6 +134,7 @@ class SparsityPenalty(nn.Module):
 
     def detach(self) -> None:
         self.recorder.detach()
+        self._guard.settle()
         self._terms.clear()
 
     def __enter__(self) -> SparsityPenalty:
@@ -97,12 +149,13 @@ class SparsityPenalty(nn.Module):
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _weight_of(self, name: str) -> float:
-        return self.layer_weights.get(name, self.layer_weights.get(_base_name(name), 1.0))
+        return self.layer_weights.get(name, self.layer_weights.get(call_site_base(name), 1.0))
 
     def _collect(self, name: str, x: Tensor) -> None:
         if not torch.is_grad_enabled():
             return
         if name in self._terms:  # a new forward began: drop the previous one's terms
+            self._guard.settle()
             self._terms.clear()
         w = self._weight_of(name)
         if w == 0.0:
@@ -116,6 +169,8 @@ class SparsityPenalty(nn.Module):
         if (axis == "channel" and x.shape[1] == 1) or (axis == "sample" and x.shape[0] == 1):
             self._warn_once(name + "/n1", f"layer {name!r}: vectors of length 1 on axis {axis!r}; skipped")
             return
+        # A tensor of our own: float32 for half precision (a copy anyway), else guarded (see _InplaceGuard).
+        x = x.float() if x.dtype in _HALF else self._guard.protect(name, x)
         s = perplexity_sparsity(x, axis)
         ok = torch.isfinite(s)
         s = torch.where(ok, s, torch.zeros_like(s))
@@ -126,7 +181,7 @@ class SparsityPenalty(nn.Module):
         """The weighted mean sparsity of each layer of the latest forward (before ``λ``)."""
         return dict(self._terms)
 
-    def forward(self) -> Tensor:  # type: ignore[override]
+    def forward(self) -> Tensor:
         """``λ · Σ_l w_l · mean s_l`` of the latest forward; consumes the terms."""
         if not self._terms:
             self._warn_once(
@@ -134,11 +189,22 @@ class SparsityPenalty(nn.Module):
                 "SparsityPenalty() found no activations: call it after a forward with gradients enabled "
                 "and with the penalty attached (`with penalty:` or penalty.attach()); returning 0",
             )
-            p = next(self.recorder.model.parameters(), None)
-            return torch.zeros((), device=p.device if p is not None else None)
-        total = torch.stack(list(self._terms.values())).sum()
-        self._terms = {}
-        return self.weight * total
+            return self._zero()
+        for name in self._guard.settle():
+            del self._terms[name]
+            self._warn_once(
+                name + "/inplace",
+                f"layer {name!r}: its activation was modified in place after the penalty read it, so its "
+                f"term is left out of this step's penalty; from the next forward on it is computed on a copy",
+            )
+        terms, self._terms = self._terms, {}
+        if not terms:
+            return self._zero()
+        return self.weight * torch.stack(list(terms.values())).sum()
+
+    def _zero(self) -> Tensor:
+        p = next(self.recorder.model.parameters(), None)
+        return torch.zeros((), device=p.device if p is not None else None)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, axis={self.axis!r}, layers={self.recorder.modules}"

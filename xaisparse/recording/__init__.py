@@ -1,28 +1,39 @@
 """Layer selection and the forward-hook lifecycle that feeds live activations to sinks.
 
 ``ActivationRecorder`` hands each selected layer's output to callbacks during the forward
-pass and stores nothing; ``select_layers`` / ``default_activation_layers`` are the pure
-selection functions; ``expose_functional_activations`` makes ``F.relu``-style activations
-recordable by tracing the model with ``torch.fx``.
+pass and stores nothing; ``select_layers`` / ``default_activation_layers`` /
+``positionwise_activation_layers`` are the pure selection functions;
+``find_functional_activations`` locates ``F.relu``-style calls with ``torch.fx`` so that the
+recorder can take them on the model itself; ``expose_functional_activations`` makes them
+modules of a traced copy instead. ``call_site_name`` / ``call_site_base`` write and read the
+call-site names (``"layer1.0.relu#2"``).
 """
 
 from xaisparse.recording.expose import expose_functional_activations
+from xaisparse.recording.functional import FunctionalActivation, find_functional_activations
 from xaisparse.recording.recorder import ActivationRecorder, Callback
 from xaisparse.recording.selection import (
     ACTIVATION_TYPES,
     CONV_TYPES,
     LayerSelector,
     default_activation_layers,
+    positionwise_activation_layers,
     select_layers,
 )
+from xaisparse.recording.sites import call_site_base, call_site_name
 
 __all__ = [
     "ACTIVATION_TYPES",
     "CONV_TYPES",
     "ActivationRecorder",
     "Callback",
+    "FunctionalActivation",
     "LayerSelector",
+    "call_site_base",
+    "call_site_name",
     "default_activation_layers",
     "expose_functional_activations",
+    "find_functional_activations",
+    "positionwise_activation_layers",
     "select_layers",
 ]

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from xaisparse.recording.selection import LayerSelector, select_layers
+from xaisparse.recording.functional import FunctionalActivation, trace_activations
+from xaisparse.recording.selection import (
+    LayerSelector,
+    _activation_kinds,
+    default_activation_layers,
+    select_layers,
+)
+from xaisparse.recording.sites import call_site_name
 
 __all__ = ["ActivationRecorder", "Callback"]
 
@@ -45,6 +53,26 @@ class ActivationRecorder:
     ``inplace=True`` module may be modified in place by later operations of the forward.
     Values seen at hook time are those of the layer's output.
 
+    Default selection (``layers=None``): the activation modules after convolutions
+    (:func:`~xaisparse.recording.default_activation_layers`). A model that has none gets, instead,
+    its position-wise activation modules after an ``nn.Linear`` (ConvNeXt, Swin, ViT MLPs;
+    :func:`~xaisparse.recording.positionwise_activation_layers`), kept only where the output has a
+    grid of 3 or more dims and (by the fx trace) depends on the model's input, and its functional
+    activation calls found with ``torch.fx`` (:func:`~xaisparse.recording.find_functional_activations`;
+    GoogLeNet, Inception v3, models written with ``F.relu``), recorded on the model itself; see
+    :attr:`functional_sites`.
+
+    Channels-last: the output of an ``nn.Linear``, or of an activation that follows one, has its
+    channels (the Linear's output features) on the last axis. When it has 3 or more dims, e.g.
+    ``(N, H, W, C)`` in ConvNeXt, it is passed as the view ``movedim(-1, 1)``, i.e. ``(N, C, H, W)``,
+    so every sink sees channels on axis 1; ``(N, F)`` outputs are passed as they are.
+
+    Wrappers: an ``nn.DataParallel`` or ``DistributedDataParallel`` model is recorded through its
+    ``.module``, a ``torch.compile``d one through the original module (same names as the bare
+    model). ``DataParallel`` over several GPUs runs replicas of the model in threads, which cannot
+    be recorded: their forward raises a ``RuntimeError`` saying so. Under ``torch.compile`` the
+    hooks run eagerly (a graph break at each hooked call), so sinks get the real tensors.
+
     >>> import torch
     >>> from torch import nn
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
@@ -66,8 +94,19 @@ class ActivationRecorder:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = _unwrap(model)
         self.model = model
-        self._modules: list[str] = select_layers(model, layers)
+        modules, channels_last, grid_only, functional = _resolve(model, layers)
+        self._modules: list[str] = modules
+        self._selected = frozenset(modules)
+        self._channels_last = frozenset(channels_last)
+        self._grid_only = frozenset(grid_only)
+        self._functional = functional
+        self._taps: dict[str, dict[int, list[FunctionalActivation]]] = {}  # at a module call's output
+        self._input_taps: dict[str, dict[int, list[FunctionalActivation]]] = {}  # at its input
+        for act in functional:
+            taps = self._taps if act.where == "output" else self._input_taps
+            taps.setdefault(act.module, {}).setdefault(act.call, []).append(act)
         self._callbacks: list[Callback] = []
         if callback is not None:
             self.add_callback(callback)
@@ -75,6 +114,7 @@ class ActivationRecorder:
         self._paused = False
         self._depth = 0  # nesting depth of forwards of the root model
         self._counts: dict[str, int] = {}  # calls per module within the current root forward
+        self._input_counts: dict[str, int] = {}  # the same, for the modules read at their input
         self._layer_names: list[str] = []
         self._seen: set[str] = set()
 
@@ -83,6 +123,16 @@ class ActivationRecorder:
     def modules(self) -> list[str]:
         """Names of the selected modules (known right after construction)."""
         return list(self._modules)
+
+    @property
+    def functional_sites(self) -> list[str]:
+        """Names of the functional activation calls recorded by the default selection (may be empty)."""
+        return [act.site for act in self._functional]
+
+    @property
+    def functional_activations(self) -> list[FunctionalActivation]:
+        """Where each functional activation call is taken (module, call, output or input)."""
+        return list(self._functional)
 
     @property
     def layer_names(self) -> list[str]:
@@ -116,10 +166,13 @@ class ActivationRecorder:
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._enter_root))
             self._handles.append(self.model.register_forward_hook(self._exit_root, always_call=True))
-            for name in self._modules:
+            for name in dict.fromkeys([*self._modules, *self._taps]):
                 module = self.model.get_submodule(name)
                 hook = functools.partial(self._on_output, name)
                 self._handles.append(module.register_forward_hook(hook))
+            for name in self._input_taps:
+                pre_hook = functools.partial(self._on_input, name)
+                self._handles.append(self.model.get_submodule(name).register_forward_pre_hook(pre_hook))
         except BaseException:
             self.detach()
             raise
@@ -132,6 +185,7 @@ class ActivationRecorder:
             handle.remove()
         self._depth = 0
         self._counts = {}
+        self._input_counts = {}
 
     def __enter__(self) -> ActivationRecorder:
         return self.attach()
@@ -153,34 +207,143 @@ class ActivationRecorder:
         return f"ActivationRecorder({type(self.model).__name__}, modules={self._modules}, {state})"
 
     # -- hooks ---------------------------------------------------------------------------------
+    # Each hook runs eagerly under torch.compile: while dynamo traces, ``is_compiling()`` is True
+    # and the call goes to the ``torch.compiler.disable``d twin, a graph break. In eager mode the
+    # check costs ~0.3 µs, a quarter of going through the disabled wrapper every time.
     def _enter_root(self, module: nn.Module, args: object) -> None:
+        if torch.compiler.is_compiling():
+            return _enter_root_eager(self, module, args)
+        if module is not self.model:
+            raise RuntimeError(
+                f"{type(self.model).__name__} is running as a copy (nn.DataParallel over several GPUs runs "
+                f"replicas in threads), which the activation recorder cannot follow; use "
+                f"DistributedDataParallel (one process per GPU), or measure and penalise on one device"
+            )
         if self._depth == 0:
             self._counts = {}
+            self._input_counts = {}
         self._depth += 1
 
     def _exit_root(self, module: nn.Module, args: object, output: object) -> None:
+        if torch.compiler.is_compiling():
+            return _exit_root_eager(self, module, args, output)
         self._depth = max(self._depth - 1, 0)
 
     def _on_output(self, name: str, module: nn.Module, args: object, output: object) -> None:
+        if torch.compiler.is_compiling():
+            return _on_output_eager(self, name, module, args, output)
         if self._depth > 0:
             count = self._counts.get(name, 0) + 1
             self._counts[name] = count
-            site = name if count == 1 else f"{name}#{count}"
         else:
-            site = name
+            count = 1
+        if name in self._selected:
+            tensor = _first_tensor(output)
+            if tensor is None:
+                self._note(call_site_name(name, count))
+                if self._paused or not self._callbacks:
+                    return
+                raise TypeError(
+                    f"layer {name!r} ({type(module).__name__}) returned {type(output).__name__}; the "
+                    f"recorder needs a tensor or a tuple/list whose elements include a tensor"
+                )
+            self._deliver(call_site_name(name, count), tensor, name in self._channels_last, name in self._grid_only)
+        taps = self._taps.get(name)
+        if taps and isinstance(output, Tensor):
+            for act in taps.get(count, ()):
+                value = output if self._paused or not self._callbacks else act.value(output)
+                self._deliver(act.site, value, act.channels_last, act.channels_last)
+
+    def _on_input(self, name: str, module: nn.Module, args: tuple[object, ...]) -> None:
+        if torch.compiler.is_compiling():
+            return _on_input_eager(self, name, module, args)
+        if self._depth > 0:
+            count = self._input_counts.get(name, 0) + 1
+            self._input_counts[name] = count
+        else:
+            count = 1
+        for act in self._input_taps[name].get(count, ()):
+            value = args[act.arg] if act.arg < len(args) else None
+            if isinstance(value, Tensor):
+                self._deliver(act.site, value, act.channels_last, act.channels_last)
+
+    def _note(self, site: str) -> None:
         if site not in self._seen:
             self._seen.add(site)
             self._layer_names.append(site)
+
+    def _deliver(self, site: str, tensor: Tensor, channels_last: bool, grid_only: bool) -> None:
+        if tensor.dim() < 3:
+            if grid_only:
+                return  # a position-wise candidate acting on (N, F) vectors: a classifier head
+        elif channels_last:
+            tensor = tensor.movedim(-1, 1)  # (N, ..., C) -> (N, C, ...): a view
+        self._note(site)
         if self._paused or not self._callbacks:
             return
-        tensor = _first_tensor(output)
-        if tensor is None:
-            raise TypeError(
-                f"layer {name!r} ({type(module).__name__}) returned {type(output).__name__}; the "
-                f"recorder needs a tensor or a tuple/list whose elements include a tensor"
-            )
         for fn in tuple(self._callbacks):
             fn(site, tensor)
+
+
+_enter_root_eager = torch.compiler.disable(ActivationRecorder._enter_root)
+_exit_root_eager = torch.compiler.disable(ActivationRecorder._exit_root)
+_on_output_eager = torch.compiler.disable(ActivationRecorder._on_output)
+_on_input_eager = torch.compiler.disable(ActivationRecorder._on_input)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` (same names)."""
+    while True:
+        inner = None
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            inner = model.module
+        elif type(model).__name__ == "OptimizedModule":  # torch.compile's (by name: torch._dynamo is slow to import)
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _resolve(
+    model: nn.Module, layers: LayerSelector
+) -> tuple[list[str], set[str], set[str], list[FunctionalActivation]]:
+    """Selected modules, those whose output is channels-last, those kept only on a grid, functional calls."""
+    kinds, n_conv = _activation_kinds(model)
+    linear_like = {n for n, kind in kinds.items() if kind == "linear"}
+    if layers is not None:
+        modules = select_layers(model, layers)
+        channels_last = {n for n in modules if n in linear_like or isinstance(model.get_submodule(n), nn.Linear)}
+        return modules, channels_last, set(), []
+    conv = [n for n, kind in kinds.items() if kind == "conv"]
+    if conv or n_conv == 0:
+        return default_activation_layers(model), set(), set(), []  # the module rule, or its no-conv error
+    positional = [n for n in kinds if n in linear_like]
+    failure: TypeError | None = None
+    try:
+        traced = trace_activations(model, stacklevel=4)  # the warning names the caller's line
+        functional = traced.functional
+        positional = [n for n in positional if n not in traced.input_independent]
+    except TypeError as err:
+        functional, failure = [], err
+    if not positional and not functional:
+        reason = (
+            f"tracing it with torch.fx to find functional activation calls failed ({failure})"
+            if failure
+            else "torch.fx found no functional activation call (F.relu, torch.relu, x.relu(), F.gelu, ...) after one"
+        )
+        raise ValueError(
+            f"{type(model).__name__} has {n_conv} convolution layer(s) but no activation module after one, "
+            f"and {reason}. Pass layers= explicitly: layers=nn.Conv2d records the convolution outputs "
+            f"(sparsity then uses |a|); or build the recorder on expose_functional_activations(model)."
+        ) from failure
+    if failure is not None:
+        warnings.warn(
+            f"{type(model).__name__}: recording its {len(positional)} position-wise activation module(s) only; "
+            f"functional activation calls (F.relu, ...) could not be searched for: {failure}",
+            UserWarning,
+            stacklevel=4,
+        )
+    return positional, set(positional), set(positional), functional
 
 
 def _first_tensor(output: object) -> torch.Tensor | None:

@@ -18,6 +18,7 @@ __all__ = [
     "CONV_TYPES",
     "LayerSelector",
     "default_activation_layers",
+    "positionwise_activation_layers",
     "select_layers",
 ]
 
@@ -81,6 +82,46 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, mod) for name, mod in model.named_modules() if name]
 
 
+def _activation_kinds(model: nn.Module) -> tuple[dict[str, str], int]:
+    """Each activation module's last weighted predecessor in registration order, and the conv count.
+
+    Kinds: ``"conv"`` (a convolution), ``"linear"`` (an ``nn.Linear`` seen after the first
+    convolution: a position-wise layer inside the feature extractor or a classifier head),
+    ``"other"`` (anything else, or no weighted layer yet).
+    """
+    last: str | None = None
+    n_conv = 0
+    kinds: dict[str, str] = {}
+    for name, mod in _candidates(model):
+        if isinstance(mod, CONV_TYPES):
+            last, n_conv = "conv", n_conv + 1
+        elif isinstance(mod, nn.Linear) and n_conv:
+            last = "linear"
+        elif isinstance(mod, _OTHER_WEIGHTED):
+            last = "other"
+        elif isinstance(mod, ACTIVATION_TYPES):
+            kinds[name] = last or "other"
+    return kinds, n_conv
+
+
+def positionwise_activation_layers(model: nn.Module) -> list[str]:
+    """Activation modules that follow an ``nn.Linear`` after the model's first convolution.
+
+    These are either position-wise MLPs applied to a spatial or token grid with the channels
+    last, ``(N, H, W, C)`` or ``(N, L, C)`` (ConvNeXt, Swin and ViT blocks), or classifier-head
+    activations on ``(N, F)`` vectors; only the output shape tells them apart, so the recorder's
+    default selection keeps a site of this kind only when its output has a grid (3 or more
+    dims), and measures it with the channels (the Linear's output features) on the last axis.
+
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(2, 4), nn.GELU())
+    >>> positionwise_activation_layers(net)
+    ['2']
+    """
+    kinds, _ = _activation_kinds(model)
+    return [name for name, kind in kinds.items() if kind == "linear"]
+
+
 def default_activation_layers(model: nn.Module) -> list[str]:
     """Names of the activation modules of the feature-extraction (convolutional) part.
 
@@ -92,25 +133,19 @@ def default_activation_layers(model: nn.Module) -> list[str]:
     ResNet. The rule relies on registration order following the data flow, as it does in
     torchvision and in most hand-written models.
 
-    Raises ``ValueError`` when nothing is found; in particular when the model has
-    convolutions but applies its activations as functions (``F.relu``), which leaves
-    nothing to hook.
+    This is the module rule only. When it finds nothing, ``ActivationRecorder`` (and so
+    ``SparsityMonitor`` and ``SparsityPenalty``) with ``layers=None`` go on to position-wise
+    activations (:func:`positionwise_activation_layers`) and to functional activation calls
+    found by ``torch.fx`` (:func:`~xaisparse.recording.find_functional_activations`); here a
+    ``ValueError`` says which of the two the model has.
 
     >>> from torch import nn
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 4), nn.ReLU())
     >>> default_activation_layers(net)
     ['1']
     """
-    last: str | None = None
-    n_conv = 0
-    found: list[str] = []
-    for name, mod in _candidates(model):
-        if isinstance(mod, CONV_TYPES):
-            last, n_conv = "conv", n_conv + 1
-        elif isinstance(mod, _OTHER_WEIGHTED):
-            last = "other"
-        elif isinstance(mod, ACTIVATION_TYPES) and last == "conv":
-            found.append(name)
+    kinds, n_conv = _activation_kinds(model)
+    found = [name for name, kind in kinds.items() if kind == "conv"]
     if found:
         return found
     if n_conv == 0:
@@ -120,10 +155,23 @@ def default_activation_layers(model: nn.Module) -> list[str]:
             f"layers=... explicitly (a name, a glob such as 'features.*', a module type such as "
             f"nn.ReLU, or a predicate)"
         )
+    after_linear = [name for name, kind in kinds.items() if kind == "linear"]
+    if after_linear:
+        types = sorted({type(model.get_submodule(n)).__name__ for n in after_linear})
+        raise ValueError(
+            f"{type(model).__name__} has {n_conv} convolution layer(s), and its {len(after_linear)} "
+            f"activation module(s) ({', '.join(types)}) follow nn.Linear layers, not convolutions: "
+            f"position-wise MLPs on channels-last tensors (as in ConvNeXt, Swin or ViT blocks) or a "
+            f"classifier head. ActivationRecorder, SparsityMonitor and SparsityPenalty with layers=None "
+            f"record those that act on a spatial or token grid, over the last (channel) axis; "
+            f"positionwise_activation_layers(model) lists them: {_short(after_linear, 4)}"
+        )
     raise ValueError(
         f"{type(model).__name__} has {n_conv} convolution layer(s) but no activation module "
         f"(nn.ReLU, nn.GELU, ...) registered after one; its activations are probably functional "
-        f"calls (F.relu, torch.relu, x.relu()), which have no module to hook. Either pass "
+        f"calls (F.relu, torch.relu, x.relu()), which have no module to hook. ActivationRecorder, "
+        f"SparsityMonitor and SparsityPenalty with layers=None find such calls by tracing the model "
+        f"with torch.fx (find_functional_activations(model) lists them). Otherwise pass "
         f"layers=nn.Conv2d to record the pre-activation convolution outputs (sparsity then uses "
         f"|a|), or call expose_functional_activations(model) and build the recorder on the "
         f"returned GraphModule."
