@@ -8,7 +8,6 @@ the digits tuning seeds (``studies/explore/results/selected.md``), unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from xaisparse.detect import OverfitDetector, early_stopping_epoch, fixed_epoch, restored_best_epoch

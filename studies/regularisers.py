@@ -107,7 +107,11 @@ def c4(runs: pd.DataFrame, resamples: int) -> pd.DataFrame:
     """Penalty − each classical regulariser (Holm over the three within a cell, per metric)."""
     parts = [paired_table(runs, "penalty", reg, resamples) for reg in REGULARISERS]
     parts += [paired_table(runs, reg, "baseline", resamples) for reg in REGULARISERS]
-    table = pd.concat([p for p in parts if not p.empty], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
+    table = (
+        pd.concat([p for p in parts if not p.empty], ignore_index=True)
+        if any(len(p) for p in parts)
+        else pd.DataFrame()
+    )
     if table.empty:
         return table
     table["p_holm"] = math.nan

@@ -117,7 +117,9 @@ def test_divergence_signal_is_the_channel_mean_of_scipy_js():
 
 # --------------------------------------------------------------------------- gap, mean, slope
 def test_gap_is_train_minus_test():
-    h = two_split_history({"a": [0.5, 0.6, 0.7], "b": [0.1, 0.1, 0.2]}, {"a": [0.5, 0.5, 0.5], "b": [0.2, 0.1, 0.0]}, "channel_mean")
+    h = two_split_history(
+        {"a": [0.5, 0.6, 0.7], "b": [0.1, 0.1, 0.2]}, {"a": [0.5, 0.5, 0.5], "b": [0.2, 0.1, 0.0]}, "channel_mean"
+    )
     g = gap(h, "channel_mean")
     np.testing.assert_allclose(g["a"], [0.0, 0.1, 0.2], atol=1e-12)
     np.testing.assert_allclose(g["b"], [-0.1, 0.0, 0.2], atol=1e-12)
@@ -210,7 +212,9 @@ def test_exclude_undefined_layers():
 def test_gap_and_divergence_detectors_by_hand():
     # train − test gap of layer a: 0, 0, 0, .1, .2 -> rises above .05 at epoch 3
     h = two_split_history({"a": [0.5, 0.5, 0.5, 0.6, 0.7]}, {"a": [0.5, 0.5, 0.5, 0.5, 0.5]}, "channel_mean")
-    det = OverfitDetector(signal="gap", statistic="channel_mean", smooth=1, threshold=0.05, noise=0.0, patience=1, warmup=0)
+    det = OverfitDetector(
+        signal="gap", statistic="channel_mean", smooth=1, threshold=0.05, noise=0.0, patience=1, warmup=0
+    )
     assert det.detect(h).alarm_epoch == 3
     assert "gap" in det.detect(h).summary()
     # histograms identical for 3 epochs, then disjoint: JS 0, 0, 0, 1
@@ -294,7 +298,15 @@ def test_online_equals_offline_in_training(tmp_path):
     ]
     # the first is fit's detector, the others plain epoch-end callbacks: both online paths
     h = fit(
-        net, train, test, epochs=8, lr=0.05, batch_size=16, progress=False, detector=dets[0], callbacks=dets[1:],
+        net,
+        train,
+        test,
+        epochs=8,
+        lr=0.05,
+        batch_size=16,
+        progress=False,
+        detector=dets[0],
+        callbacks=dets[1:],
         monitor=SparsityMonitor(net, ["1", "3"]),
     )
     saved = History.load(h.save(tmp_path / "run"))

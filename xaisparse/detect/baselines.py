@@ -65,9 +65,7 @@ def restored_best_epoch(loss: pd.Series, stop: int | None) -> int | None:
     return None if finite.empty else int(finite.idxmin())
 
 
-def chance_outcomes(
-    epochs: list[int], classify: Callable[[int | None], str], first: int = 5
-) -> dict[str, float]:
+def chance_outcomes(epochs: list[int], classify: Callable[[int | None], str], first: int = 5) -> dict[str, float]:
     """Exact expected outcome rates of an alarm at a uniformly random epoch ``>= first``.
 
     ``classify(stop)`` maps a stop epoch to an outcome name; the result maps each outcome to the

@@ -9,9 +9,9 @@ from typing import Any
 import pandas as pd
 
 from .._validation import is_int, select_names
+from . import signals
 from .config import DetectorConfig
 from .result import DetectionResult, DetectorState, evidence_frame
-from . import signals
 from .rule import LayerTrack, Row, alarm_facts, step_epoch
 from .slope import SlopeTrack, advance_slope
 

@@ -20,7 +20,7 @@ is undefined, e.g. the spatial sparsity of a 1×1 map).
 >>> from xaisparse.testing import synthetic_history
 >>> h = synthetic_history(epochs=6, seed=0)
 >>> sparsity(h).shape
-(7, 3)
+(6, 3)
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def js_divergence(p_counts: np.ndarray, q_counts: np.ndarray) -> np.ndarray:
         kl_q = np.where(q > 0, q * np.log2(q / m), 0.0).sum(-1)
     js = 0.5 * (kl_p + kl_q)
     out = np.where((tp[..., 0] > 0) & (tq[..., 0] > 0), np.clip(js, 0.0, 1.0), np.nan)
-    return out if out.ndim else out.item()  # type: ignore[no-any-return]
+    return out if out.ndim else out.item()
 
 
 def divergence(

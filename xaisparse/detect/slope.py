@@ -17,7 +17,7 @@ evidence row (columns :data:`~xaisparse.detect.rule.EVIDENCE_COLUMNS`: ``smoothe
 
 >>> from xaisparse.detect.config import DetectorConfig
 >>> run_slope([0.0, 0.01, 0.0, 0.01, 0.0, 0.2, 0.4, 0.6], DetectorConfig(rule="slope", warmup=0, noise=3.0, patience=1))
-5
+6
 """
 
 from __future__ import annotations
