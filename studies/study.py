@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grid import ARCHS, Job, clean_partial, is_finished, jobs, run_dir, train_job
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "v2"
 
 
 def _check_saved(root: Path, todo: list[Job]) -> None:
