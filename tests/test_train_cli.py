@@ -180,3 +180,28 @@ def test_cli_works_without_ipywidgets_and_widgets_name_the_extra(tmp_path):
     code = blocked + "import xaisparse.widgets"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and "ImportError" in out.stderr and "xaisparse[widgets]" in out.stderr
+
+
+def test_build_mnist_embedded_takes_the_image_size():
+    """``cli._build`` gives mnist_embedded its size (not download/augment, which it does not take)."""
+    import argparse
+
+    from xaisparse.cli import _build
+
+    args = argparse.Namespace(
+        dataset="MNIST-embedded",
+        data_root=None,
+        train_subset=50,
+        label_noise=0.0,
+        seed=0,
+        image_size=12,
+        download=False,
+        regularizer=[],
+        model="small_cnn",
+        width=4,
+        depth=2,
+    )
+    split, model = _build(args)[:2]
+    assert model(split.train[0][0][None]).shape == (1, 10)
+    x, _ = split.train[0]
+    assert split.name == "mnist_embedded" and tuple(x.shape) == (1, 12, 12) and len(split.train) == 50

@@ -34,7 +34,7 @@ def _add_run_args(
     p.add_argument(
         "--dataset",
         default=defaults.get("dataset", "digits"),
-        help="digits (embedded, default), cifar10, cifar100, mnist, fashion_mnist, svhn",
+        help="digits or mnist_embedded (embedded; digits default), cifar10, cifar100, mnist, fashion_mnist, svhn",
     )
     p.add_argument(
         "--data-root", default=None, help="folder of the torchvision datasets (default: $XAISPARSE_DATA or ./data)"
@@ -50,7 +50,10 @@ def _add_run_args(
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     p.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 32))
     p.add_argument(
-        "--image-size", type=int, default=defaults.get("image_size", 16), help="digits image side (upsampled)"
+        "--image-size",
+        type=int,
+        default=defaults.get("image_size", 16),
+        help="image side of the embedded datasets (digits upsampled, mnist_embedded resized)",
     )
     p.add_argument("--train-subset", type=int, default=defaults.get("train_subset"), help="train on this many samples")
     p.add_argument(
@@ -74,12 +77,12 @@ def _add_run_args(
 
 def _build(args: argparse.Namespace):
     """Dataset split and model from parsed arguments."""
-    from .data import load_dataset
+    from .data import _EMBEDDED, _canonical_name, load_dataset
     from .models import build_model
 
     regs = set(args.regularizer)
     kw: dict[str, Any] = {"train_subset": args.train_subset, "label_noise": args.label_noise, "seed": args.seed}
-    if args.dataset == "digits":
+    if _canonical_name(args.dataset) in _EMBEDDED:  # embedded: resized to --image-size, nothing to download
         kw["size"] = args.image_size
     else:
         kw.update(download=args.download, augment="augment" in regs)
