@@ -179,6 +179,8 @@ def _timing(runs: pd.DataFrame, status: pd.DataFrame) -> tuple[pd.DataFrame, str
 def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_000, quick: bool = False) -> Path:
     """Score every finished run of ``grid`` under ``root`` and rewrite ``results`` (tables, figures, results.md)."""
     results.mkdir(parents=True, exist_ok=True)
+    for old in [*results.glob("*.csv"), *results.glob("*.png")]:  # nothing stale from an earlier analysis
+        old.unlink()
     status = _status(root, grid)
     status.to_csv(results / "grid_status.csv", index=False)
     runs, table = _load(root, status)
@@ -309,6 +311,7 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
     t3, v3 = c3(reg, resamples)
     if not t3.empty:
         t3.to_csv(results / "penalty_vs_baseline.csv", index=False)
+        v3.to_csv(results / "penalty_verdict.csv", index=False)
         lines += [
             "## C3 — the sparsity penalty vs the same training without it (§9)",
             "",

@@ -159,7 +159,7 @@ def _train(args: argparse.Namespace, out: Path):
 
 
 def _verdict(history) -> str:
-    from .detect import evaluate
+    from .detect import EVIDENCE_NOTE, evaluate
     from .report import run_verdict
 
     best = history.test_loss_minimum()
@@ -169,6 +169,7 @@ def _verdict(history) -> str:
         + ("none (no test loss)" if best is None else f"epoch {best[0]} (loss {best[1]:.3f})")
         + ("" if best is None else f"; last epoch loss {history.metric('test', 'loss').iloc[-1]:.3f}"),
         f"sparsity detector: {run_verdict(history)}",
+        f"note: {EVIDENCE_NOTE}",
     ]
     if best is not None and history.detection is not None:
         rows, _ = evaluate(history)

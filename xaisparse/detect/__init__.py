@@ -30,13 +30,14 @@ from .baselines import chance_outcomes, fixed_epoch, restored_best_epoch, train_
 from .config import RULES, SIGNALS, DetectorConfig
 from .evaluate import OUTCOMES, Evaluation, classify, early_stopping_epoch, evaluate, overfits, summarize
 from .online import OverfitDetector, detect, sparsity_matrix
-from .result import DetectionResult, DetectorState, evidence_frame
+from .result import EVIDENCE_NOTE, DetectionResult, DetectorState, evidence_frame
 from .rule import EVIDENCE_COLUMNS, LayerTrack, run_rule
 from .signals import divergence, gap, js_divergence, layer_mean, signal_matrix, sparsity, trailing_slope
 from .slope import SlopeTrack, run_slope
 
 __all__ = [
     "EVIDENCE_COLUMNS",
+    "EVIDENCE_NOTE",
     "OUTCOMES",
     "RULES",
     "SIGNALS",

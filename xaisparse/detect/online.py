@@ -92,7 +92,8 @@ class OverfitDetector:
         Set :attr:`stop_requested` when the alarm fires (``fit`` then stops after the epoch).
 
     No signal, rule or setting was validated as a label-free early warning by study v2
-    (``studies/results/results.md``); the defaults are kept as shipped.
+    (``studies/results/v2/results.md``): the defaults are kept as shipped
+    (``EVIDENCE_NOTE``), and an alarm is a sparsity event, not evidence of overfitting.
 
     >>> det = OverfitDetector(smooth=1, threshold=0.05, noise=0, patience=1, warmup=0)
     >>> for epoch, v in enumerate([0.30, 0.28, 0.31, 0.40]):

@@ -11,7 +11,7 @@ import pandas as pd
 from .._io import jsonable
 from .rule import EVIDENCE_COLUMNS, Row
 
-__all__ = ["DetectionResult", "DetectorState", "evidence_frame"]
+__all__ = ["EVIDENCE_NOTE", "DetectionResult", "DetectorState", "evidence_frame"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,14 @@ def evidence_frame(rows: Sequence[Row]) -> pd.DataFrame:
     ev["min_epoch"] = ev["min_epoch"].astype("Int64")
     ev["onset"] = ev["onset"].astype("Int64")
     return ev
+
+
+#: What study v2 found, said wherever a detector verdict is shown (CLI, docstrings).
+EVIDENCE_NOTE = (
+    "no label-free detector variant (rise rule, train/test divergence, train-test gap, slope) was validated as "
+    "an early warning on the held-out runs of study v2 (studies/results/v2/results.md); its alarm is a sparsity "
+    "event, not evidence of overfitting: stop on a labelled validation loss"
+)
 
 
 def _what(params: Mapping[str, Any]) -> str:
