@@ -10,7 +10,7 @@ UV := $(TOOLS)/bin/uv
 STAMP := $(VENV)/.xaisparse-installed
 JOBS ?= 2
 
-.PHONY: venv lint test docs demo lock bench study lab clean
+.PHONY: venv lint test docs demo lock bench study study-quick study-v1 lab clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -56,7 +56,13 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py
 
 study: $(STAMP)
-	$(PY) studies/replicate.py --out runs/study
+	nice -n 19 $(PY) studies/study.py --out runs/study --workers 2
+
+study-quick: $(STAMP)
+	$(PY) studies/study.py --quick --out runs/study-quick --archs small_cnn --datasets digits
+
+study-v1: $(STAMP)
+	$(PY) studies/replicate.py --out runs/study-v1
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -200,3 +200,28 @@ def test_phase_seconds_say_where_the_time_went(tmp_path):
     loaded = History.load(tmp_path / "history")
     # the checkpoint of the last epoch holds the sums so far (its own write is still running)
     assert set(loaded.outcome.phase_seconds) == {"train", "measure", "detect", "checkpoint"}
+
+
+def test_build_mnist_embedded_takes_the_image_size():
+    """``cli._build`` gives mnist_embedded its size (not download/augment, which it does not take)."""
+    import argparse
+
+    from xaisparse.cli import _build
+
+    args = argparse.Namespace(
+        dataset="MNIST-embedded",
+        data_root=None,
+        train_subset=50,
+        label_noise=0.0,
+        seed=0,
+        image_size=12,
+        download=False,
+        regularizer=[],
+        model="small_cnn",
+        width=4,
+        depth=2,
+    )
+    split, model = _build(args)[:2]
+    assert model(split.train[0][0][None]).shape == (1, 10)
+    x, _ = split.train[0]
+    assert split.name == "mnist_embedded" and tuple(x.shape) == (1, 12, 12) and len(split.train) == 50

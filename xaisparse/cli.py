@@ -34,7 +34,7 @@ def _add_run_args(
     p.add_argument(
         "--dataset",
         default=defaults.get("dataset", "digits"),
-        help="digits (embedded, default), cifar10, cifar100, mnist, fashion_mnist, svhn",
+        help="digits or mnist_embedded (embedded; digits default), cifar10, cifar100, mnist, fashion_mnist, svhn",
     )
     p.add_argument(
         "--data-root", default=None, help="folder of the torchvision datasets (default: $XAISPARSE_DATA or ./data)"
@@ -50,7 +50,10 @@ def _add_run_args(
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     p.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 32))
     p.add_argument(
-        "--image-size", type=int, default=defaults.get("image_size", 16), help="digits image side (upsampled)"
+        "--image-size",
+        type=int,
+        default=defaults.get("image_size", 16),
+        help="image side of the embedded datasets (digits upsampled, mnist_embedded resized)",
     )
     p.add_argument("--train-subset", type=int, default=defaults.get("train_subset"), help="train on this many samples")
     p.add_argument(
@@ -74,12 +77,12 @@ def _add_run_args(
 
 def _build(args: argparse.Namespace):
     """Dataset split and model from parsed arguments."""
-    from .data import load_dataset
+    from .data import _EMBEDDED, _canonical_name, load_dataset
     from .models import build_model
 
     regs = set(args.regularizer)
     kw: dict[str, Any] = {"train_subset": args.train_subset, "label_noise": args.label_noise, "seed": args.seed}
-    if args.dataset == "digits":
+    if _canonical_name(args.dataset) in _EMBEDDED:  # embedded: resized to --image-size, nothing to download
         kw["size"] = args.image_size
     else:
         kw.update(download=args.download, augment="augment" in regs)
@@ -156,7 +159,7 @@ def _train(args: argparse.Namespace, out: Path):
 
 
 def _verdict(history) -> str:
-    from .detect import evaluate
+    from .detect import EVIDENCE_NOTE, evaluate
     from .report import run_verdict
 
     best = history.test_loss_minimum()
@@ -166,6 +169,7 @@ def _verdict(history) -> str:
         + ("none (no test loss)" if best is None else f"epoch {best[0]} (loss {best[1]:.3f})")
         + ("" if best is None else f"; last epoch loss {history.metric('test', 'loss').iloc[-1]:.3f}"),
         f"sparsity detector: {run_verdict(history)}",
+        f"note: {EVIDENCE_NOTE}",
     ]
     if best is not None and history.detection is not None:
         rows, _ = evaluate(history)

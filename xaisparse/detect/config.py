@@ -6,9 +6,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .._validation import check_int, check_number, check_split, check_str, is_int, is_number
+from .._validation import check_bool, check_choice, check_int, check_number, check_split, check_str, is_int, is_number
 
-__all__ = ["DetectorConfig"]
+__all__ = ["RULES", "SIGNALS", "DetectorConfig"]
+
+#: The per-epoch series a detector can watch (:mod:`xaisparse.detect.signals`).
+SIGNALS = ("sparsity", "divergence", "gap")
+#: How the series becomes an alarm: the per-layer rise rule or the slope of the layer mean.
+RULES = ("rise", "slope")
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,13 @@ class DetectorConfig:
     Traceback (most recent call last):
     ...
     ValueError: patience must be an int >= 1, got 0
+
+    ``signal`` picks the series (``"sparsity"``: the ``statistic`` of ``split``, the default;
+    ``"divergence"``: train/test per-channel Jensen–Shannon divergence; ``"gap"``: train
+    minus test ``statistic``), ``rule`` how it alarms (``"rise"``, per layer, the default;
+    ``"slope"``: the trailing ``window``-epoch least-squares slope of the layer mean above
+    ``noise`` × its noise). ``exclude_undefined`` drops the layers whose value is not finite
+    at the first epoch seen (1×1 maps have no spatial sparsity).
     """
 
     layers: tuple[str, ...] | None = None
@@ -35,6 +47,10 @@ class DetectorConfig:
     patience: int = 2
     min_layers: float | int = 0.5
     warmup: int = 2
+    signal: str = "sparsity"
+    rule: str = "rise"
+    window: int = 3
+    exclude_undefined: bool = False
 
     def __post_init__(self) -> None:
         layers: Any = self.layers
@@ -56,6 +72,10 @@ class DetectorConfig:
         set_(self, "patience", check_int("patience", self.patience, minimum=1))
         set_(self, "warmup", check_int("warmup", self.warmup, minimum=0))
         set_(self, "relative", bool(self.relative))
+        check_choice("signal", self.signal, SIGNALS)
+        check_choice("rule", self.rule, RULES)
+        set_(self, "window", check_int("window", self.window, minimum=3))
+        set_(self, "exclude_undefined", check_bool("exclude_undefined", self.exclude_undefined))
         m = self.min_layers
         if is_int(m):
             check_int("min_layers", m, minimum=1)

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._validation import is_int, is_number
+from .._validation import check_bool, is_int, is_number
 from ..history import History, as_runs, run_names
 from .online import OverfitDetector
 
-__all__ = ["OUTCOMES", "Evaluation", "early_stopping_epoch", "evaluate", "summarize"]
+__all__ = ["OUTCOMES", "Evaluation", "classify", "early_stopping_epoch", "evaluate", "overfits", "summarize"]
 
 
 def early_stopping_epoch(loss: pd.Series, patience: int = 2, min_delta: float = 0.0) -> int | None:
@@ -71,14 +71,48 @@ def _runs(histories: Any) -> dict[str, History]:
     raise TypeError(f"expected a History, a list or a dict of Histories, got {type(histories).__name__}")
 
 
-def _classify(overfits: bool, stop: int | None, lead: float, max_lead: int, late: int) -> str:
-    if not overfits:
-        return "correct_rejection" if stop is None else "false_alarm"
+def classify(overfit: bool, stop: int | None, best_epoch: int, max_lead: int = 5, late: int = 2) -> tuple[str, float]:
+    """Outcome and lead (``best_epoch - stop``, NaN without a stop) of one method on one run.
+
+    Overfitting run: **hit** if ``-late <= lead <= max_lead``, **false_alarm** if
+    ``lead > max_lead``, **miss** if no stop or ``lead < -late``; other run: any stop is a
+    **false_alarm**, none a **correct_rejection**.
+
+    >>> classify(True, 10, 12), classify(True, 20, 12), classify(False, None, 12)
+    (('hit', 2.0), ('miss', -8.0), ('correct_rejection', nan))
+    """
+    lead = math.nan if stop is None else float(best_epoch - stop)
+    if not overfit:
+        return ("correct_rejection" if stop is None else "false_alarm"), lead
     if stop is None or lead < -late:
-        return "miss"
+        return "miss", lead
     if lead > max_lead:
-        return "false_alarm"
-    return "hit"
+        return "false_alarm", lead
+    return "hit", lead
+
+
+def overfits(loss: pd.Series, min_rise: float = 0.0, relative: bool = False) -> tuple[int, bool]:
+    """``(e*, overfits)``: the epoch of the lowest finite loss (earliest on ties) and whether it rises after.
+
+    The loss overfits when its maximum after ``e*`` exceeds the minimum by more than
+    ``min_rise`` (absolute), or by more than ``min_rise`` × the minimum when ``relative``
+    (``max > (1 + min_rise) · min``).
+
+    >>> loss = pd.Series([1.0, 0.5, 0.52, 0.6])
+    >>> overfits(loss, 0.05, relative=True), overfits(loss, 0.2, relative=True)
+    ((1, True), (1, False))
+    """
+    s = loss[~loss.index.duplicated(keep="last")].sort_index()
+    finite = s[np.isfinite(s.to_numpy(dtype=float))]
+    if finite.empty:
+        raise ValueError("the loss has no finite value")
+    pos = int(np.argmin(finite.to_numpy(dtype=float)))
+    e_star, best = int(finite.index[pos]), float(finite.iloc[pos])
+    after = finite[finite.index > e_star]
+    if after.empty:
+        return e_star, False
+    top = float(after.max())
+    return e_star, (top > (1 + min_rise) * best) if relative else (top - best > min_rise)
 
 
 def evaluate(
@@ -91,13 +125,16 @@ def evaluate(
     loss_split: str = "test",
     min_delta: float = 0.0,
     min_rise: float = 0.0,
+    relative_rise: bool = False,
 ) -> Evaluation:
     """Score the sparsity alarm against the test-loss minimum, beside patience early stopping.
 
     For each run: ``e*`` = argmin of the ``loss_split`` loss (labels are used here, for the
     evaluation only); a run *overfits* when its loss after ``e*`` rises above the minimum by
     more than ``min_rise`` (default 0: whenever ``e*`` is before the last epoch; raise it when
-    a noisy plateau should count as "never rises"). Each method
+    a noisy plateau should count as "never rises"); with ``relative_rise`` by more than
+    ``min_rise`` × the minimum (study v2 scores with ``min_rise=0.05, relative_rise=True``:
+    a rise of 5 %). Each method
     gives a stop epoch (the detector's alarm; early stopping's first epoch with ``patience``
     epochs without improvement) and ``lead = e* - stop`` (positive: before the loss minimum).
 
@@ -123,6 +160,7 @@ def evaluate(
         raise ValueError(f"patience must be an int >= 1, got {patience!r}")
     if not is_number(min_rise) or not min_rise >= 0:
         raise ValueError(f"min_rise must be a number >= 0, got {min_rise!r}")
+    relative_rise = check_bool("relative_rise", relative_rise)
     if detector is not None and not isinstance(detector, OverfitDetector):
         raise TypeError(f"detector must be an OverfitDetector or None, got {type(detector).__name__}")
     det = detector if detector is not None else OverfitDetector()
@@ -133,22 +171,19 @@ def evaluate(
             raise ValueError(
                 f"run {run!r} has no finite {loss_split!r} loss to evaluate against (splits with metrics: {h.splits})"
             )
-        e_star = best[0]
         loss = h.metric(loss_split, "loss")
         loss = loss[~loss.index.duplicated(keep="last")].sort_index()
-        finite = loss[np.isfinite(loss.to_numpy(dtype=float))]
+        e_star, overfit = overfits(loss, min_rise, relative_rise)
         acc = h.metric(loss_split, "accuracy")
         acc = acc[~acc.index.duplicated(keep="last")]
         last = int(loss.index.max())
-        after = finite[finite.index > e_star]
-        overfits = bool(len(after)) and float(after.max()) - float(finite[e_star]) > min_rise
         result = det.detect(h)
         stops = {
             "sparsity": result.alarm_epoch,
             "early_stopping": early_stopping_epoch(loss, patience=patience, min_delta=min_delta),
         }
         for method, stop in stops.items():
-            lead = math.nan if stop is None else float(e_star - stop)
+            outcome, lead = classify(overfit, stop, e_star, max_lead, late)
             at = last if stop is None else int(stop)
             excess = last - e_star
             avoided = 0 if stop is None else last - max(int(stop), e_star)
@@ -158,10 +193,10 @@ def evaluate(
                     "method": method,
                     "best_epoch": e_star,
                     "last_epoch": last,
-                    "overfits": overfits,
+                    "overfits": overfit,
                     "stop_epoch": stop,
                     "lead": lead,
-                    "outcome": _classify(overfits, stop, lead, max_lead, late),
+                    "outcome": outcome,
                     "excess_epochs": excess,
                     "avoided_epochs": avoided,
                     "avoided_fraction": (avoided / excess) if excess > 0 else math.nan,

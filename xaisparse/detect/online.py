@@ -9,9 +9,14 @@ from typing import Any
 import pandas as pd
 
 from .._validation import is_int, select_names
+from . import signals
 from .config import DetectorConfig
 from .result import DetectionResult, DetectorState, evidence_frame
 from .rule import LayerTrack, Row, alarm_facts, step_epoch
+from .slope import SlopeTrack, advance_slope
+
+#: The name of the one series the slope rule watches (the mean over the monitored layers).
+LAYER_MEAN = "layer_mean"
 
 __all__ = ["OverfitDetector", "detect", "sparsity_matrix"]
 
@@ -22,26 +27,15 @@ def sparsity_matrix(history: Any, split: str, statistic: str) -> tuple[pd.DataFr
     Errors name what exists: an unknown split lists the recorded splits, an unknown statistic
     the recorded statistics. An empty history gives an empty table.
     """
-    t = getattr(history, "layers", None)
-    if not isinstance(t, pd.DataFrame) or not hasattr(history, "layer_matrix"):
-        raise TypeError(f"expected an xaisparse History (with a .layers table), got {type(history).__name__}")
-    if t.empty:
-        return pd.DataFrame(), []
-    splits = list(dict.fromkeys(t["split"].astype(str)))
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}; the history has sparsity for splits {splits}")
-    stats = list(dict.fromkeys(t.loc[t["split"].astype(str) == split, "statistic"].astype(str)))
-    if statistic not in stats:
-        raise ValueError(f"unknown statistic {statistic!r} for split {split!r}; available: {stats}")
-    wide = history.layer_matrix(split, statistic).T
+    wide = signals.sparsity(history, split, statistic)
     return wide, [str(c) for c in wide.columns]
 
 
 class OverfitDetector:
     """Flags the onset of a sustained sparsity rise in the feature-extraction layers.
 
-    It reads only ``history.layers`` (sparsity computed from inputs), never a loss or an
-    accuracy. Use it offline with :meth:`detect`, online with :meth:`update` / :meth:`step`
+    It reads only ``history.layers`` and the sparsity histograms (computed from inputs),
+    never a loss, an accuracy or any label. Use it offline with :meth:`detect`, online with :meth:`update` / :meth:`step`
     after each epoch, or as a training callback (``fit(..., detector=...)``: it is fed after
     every measured epoch, ``fit`` stores :meth:`result` in ``history.detection``, and
     :attr:`stop_requested` is set on alarm when ``stop_on_alarm``). Online and offline give the
@@ -77,8 +71,29 @@ class OverfitDetector:
         default 0.5) or a count ≥ 1.
     warmup:
         Epochs ignored at the start (default 2).
+    signal:
+        The series watched (:mod:`~xaisparse.detect.signals`): ``"sparsity"`` (default: the
+        ``statistic`` of ``split``), ``"divergence"`` (per layer, the mean over channels of the
+        train/test Jensen–Shannon divergence of the channel's sparsity histograms) or ``"gap"``
+        (train-probe minus test-probe ``statistic``). The last two read the unlabelled
+        inputs of both probes.
+    rule:
+        ``"rise"`` (default: the per-layer rule above) or ``"slope"``: the least-squares slope
+        of the mean over the monitored layers over the last ``window`` epochs must exceed
+        ``max(threshold, noise × its noise)`` for ``patience`` epochs
+        (:mod:`~xaisparse.detect.slope`; ``smooth``, ``relative``, ``min_layers`` unused).
+    window:
+        Epochs of the slope (``rule="slope"``; default 3, at least 3).
+    exclude_undefined:
+        Drop the layers whose value is not finite at the first epoch seen (a 1×1 map has no
+        spatial sparsity; kept, such a layer never rises and can make ``min_layers``
+        unreachable). Default False.
     stop_on_alarm:
         Set :attr:`stop_requested` when the alarm fires (``fit`` then stops after the epoch).
+
+    No signal, rule or setting was validated as a label-free early warning by study v2
+    (``studies/results/v2/results.md``): the defaults are kept as shipped
+    (``EVIDENCE_NOTE``), and an alarm is a sparsity event, not evidence of overfitting.
 
     >>> det = OverfitDetector(smooth=1, threshold=0.05, noise=0, patience=1, warmup=0)
     >>> for epoch, v in enumerate([0.30, 0.28, 0.31, 0.40]):
@@ -99,6 +114,10 @@ class OverfitDetector:
         patience: int = 2,
         min_layers: float | int = 0.5,
         warmup: int = 2,
+        signal: str = "sparsity",
+        rule: str = "rise",
+        window: int = 3,
+        exclude_undefined: bool = False,
         stop_on_alarm: bool = False,
         record: bool | None = None,
     ) -> None:
@@ -122,6 +141,10 @@ class OverfitDetector:
             patience=patience,
             min_layers=min_layers,
             warmup=warmup,
+            signal=signal,
+            rule=rule,
+            window=window,
+            exclude_undefined=exclude_undefined,
         )
         self.stop_on_alarm = bool(stop_on_alarm)
         self.reset()
@@ -166,6 +189,7 @@ class OverfitDetector:
         self.stop_requested = False
         self.last_state: DetectorState | None = None
         self._tracks: dict[str, LayerTrack] = {}
+        self._slope = SlopeTrack()
         self._epochs: list[int] = []
         self._rows: list[Row] = []
 
@@ -177,13 +201,19 @@ class OverfitDetector:
     def epochs_seen(self) -> list[int]:
         return list(self._epochs)
 
-    def _resolve(self, available: Sequence[str]) -> list[str]:
+    def _resolve(self, first: Mapping[str, Any]) -> list[str]:
+        """The monitored layers, from the names (and, with ``exclude_undefined``, values) of the first epoch."""
+        available = [str(k) for k in first]
         chosen = select_names(self.config.layers, list(available), "layer")
         if not chosen:
             raise ValueError(f"no layers to monitor (available: {list(available)})")
-        self.required = self.config.required(len(chosen))
+        if self.config.exclude_undefined:
+            defined = [n for n in chosen if _finite(first.get(n))]
+            chosen = defined or chosen  # nothing defined yet: keep them all (they count as not rising)
+        self.required = 1 if self.config.rule == "slope" else self.config.required(len(chosen))
         self.monitored = chosen
         self._tracks = {name: LayerTrack() for name in chosen}
+        self._slope = SlopeTrack()
         return chosen
 
     # ------------------------------------------------------------------ online
@@ -197,16 +227,22 @@ class OverfitDetector:
         if not isinstance(values, Mapping):
             raise TypeError(f"values must be a mapping layer -> float, got {type(values).__name__}")
         if self.monitored is None:
-            self._resolve([str(k) for k in values])
+            self._resolve(values)
         assert self.monitored is not None and self.required is not None  # set by _resolve
         position = len(self._epochs)
-        self._tracks, rows, rising = step_epoch(self._tracks, epoch, values, position, self.config)
+        if self.config.rule == "slope":
+            mean = signals.layer_mean(pd.DataFrame([{n: _number(values, n, epoch) for n in self.monitored}]))
+            self._slope, row = advance_slope(self._slope, LAYER_MEAN, epoch, float(mean.iloc[0]), position, self.config)
+            rows, rising = [row], [LAYER_MEAN] if row[-1] else []
+        else:
+            self._tracks, rows, rising = step_epoch(self._tracks, epoch, values, position, self.config)
         self._epochs.append(epoch)
         self._rows.extend(rows)
         new_alarm = False
         if self.alarm_epoch is None and len(rising) >= self.required:
             self.alarm_epoch, self.alarm_layers = epoch, list(rising)
-            self.alarm_onsets, self.alarm_minima = alarm_facts(self._tracks, rising)
+            if self.config.rule == "rise":
+                self.alarm_onsets, self.alarm_minima = alarm_facts(self._tracks, rising)
             new_alarm = True
             if self.stop_on_alarm:
                 self.stop_requested = True
@@ -225,19 +261,25 @@ class OverfitDetector:
         """Feed every epoch of ``history`` not seen yet; the state after the last one.
 
         Returns ``None`` when there is nothing new (e.g. no sparsity recorded yet). Epochs older
-        than the last one seen are ignored.
+        than the last one seen are ignored. The series is :func:`signals.signal_matrix` of the
+        History (the ``signal`` setting): the History's queries only, never its metrics.
         """
-        wide, order = sparsity_matrix(history, self.config.split, self.config.statistic)
+        last = self._epochs[-1] if self._epochs else None
+        layers = getattr(history, "layers", None)
+        new = None
+        if last is not None and isinstance(layers, pd.DataFrame) and "epoch" in layers:
+            new = sorted(e for e in set(layers["epoch"].astype(int)) if e > last)  # never history.epochs: metrics
+            if not new:
+                return None
+        wide = signals.signal_matrix(history, self.config, epochs=new)
         if wide.empty:
             return None
-        if self.monitored is None:
-            self._resolve(order)
-        last = self._epochs[-1] if self._epochs else None
         state = None
         for e in wide.index:
             if last is None or e > last:
                 row = wide.loc[e]
-                state = self.step(int(e), {name: row.get(name, math.nan) for name in self.monitored or []})
+                names = self.monitored if self.monitored is not None else [str(c) for c in wide.columns]
+                state = self.step(int(e), {name: row.get(name, math.nan) for name in names})
         return state
 
     def on_epoch_end(self, state: Any) -> None:
@@ -263,6 +305,21 @@ class OverfitDetector:
         det = self.clone()
         det.update(history)
         return det.result()
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _number(values: Mapping[str, Any], name: str, epoch: int) -> float:
+    raw = values.get(name, math.nan)
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise TypeError(f"value of layer {name!r} at epoch {epoch} must be a number, got {raw!r}") from None
 
 
 def detect(history: Any, **kwargs: Any) -> DetectionResult:

@@ -11,7 +11,7 @@ import pandas as pd
 from .._io import jsonable
 from .rule import EVIDENCE_COLUMNS, Row
 
-__all__ = ["DetectionResult", "DetectorState", "evidence_frame"]
+__all__ = ["EVIDENCE_NOTE", "DetectionResult", "DetectorState", "evidence_frame"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,24 @@ def evidence_frame(rows: Sequence[Row]) -> pd.DataFrame:
     ev["min_epoch"] = ev["min_epoch"].astype("Int64")
     ev["onset"] = ev["onset"].astype("Int64")
     return ev
+
+
+#: What study v2 found, said wherever a detector verdict is shown (CLI, docstrings).
+EVIDENCE_NOTE = (
+    "no label-free detector variant (rise rule, train/test divergence, train-test gap, slope) was validated as "
+    "an early warning on the held-out runs of study v2 (studies/results/v2/results.md); its alarm is a sparsity "
+    "event, not evidence of overfitting: stop on a labelled validation loss"
+)
+
+
+def _what(params: Mapping[str, Any]) -> str:
+    """What the detector watched, in words (from its settings)."""
+    signal, statistic = params.get("signal", "sparsity"), params.get("statistic", "sparsity")
+    if signal == "gap":
+        return f"the train−test gap of {statistic}"
+    if signal == "divergence":
+        return "the train/test divergence of the channels' sparsity histograms"
+    return f"{statistic} on split {params.get('split', '?')!r}"
 
 
 @dataclass
@@ -121,14 +139,21 @@ class DetectionResult:
     # ------------------------------------------------------------------ text
     def summary(self) -> str:
         """One sentence on what the detector saw (sparsity only: no labels involved)."""
-        what = f"{self.params.get('statistic', 'sparsity')} on split {self.params.get('split', '?')!r}"
+        what = _what(self.params)
         n = len(self.monitored)
         req = self.params.get("required")
         if self.alarm_epoch is None:
             if not self.epochs:
                 return f"No overfitting warning: no sparsity data ({what}) seen yet."
             span = f"epochs {self.epochs[0]}–{self.epochs[-1]}" if len(self.epochs) > 1 else f"epoch {self.epochs[0]}"
+            if self.params.get("rule") == "slope":
+                return f"No overfitting warning over {span}: the slope of {what}, averaged over {n} layers, stayed within its noise."
             return f"No overfitting warning over {span}: {what} did not rise in the required {req} of {n} layers."
+        if self.params.get("rule") == "slope":
+            return (
+                f"Overfitting warning at epoch {self.alarm_epoch}: the slope of {what}, averaged over "
+                f"{n} layers, rose above its noise."
+            )
         parts = [f"{name} (since epoch {self.onsets[name]})" if name in self.onsets else name for name in self.layers]
         return (
             f"Overfitting warning at epoch {self.alarm_epoch}: {what} rising in "

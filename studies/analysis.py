@@ -1,0 +1,364 @@
+"""Scoring and reporting of study v2 (PROTOCOL.md §7–10): tables, figures, ``results.md``.
+
+:func:`analyse` reads every finished run of the grid (unfinished ones are listed in
+``grid_status.csv`` as missing, never filled in), scores the pre-registered methods
+(:mod:`scoring`), compares the penalty and the regularisers (:mod:`regularisers`) where pairs
+exist, and rewrites every file of the results folder. Tuning runs (part T) are always shown
+apart from held-out ones.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from grid import EPOCHS, Job, is_finished, run_dir
+from methods import CANDIDATES, LABELS
+from regularisers import c3, c4
+from scoring import CELL, NO_STOP, decision, method_rows, run_facts, summarise
+
+from xaisparse._io import atomic_write_text
+from xaisparse.history import History
+
+METHODS = (*CANDIDATES, "D0", "B1", "B2", "B3", "L1", "L2", "L1p2", NO_STOP)
+
+
+def _status(root: Path, grid: list[Job]) -> pd.DataFrame:
+    rows = []
+    for job in grid:
+        done = is_finished(run_dir(root, job))
+        rows.append(
+            {
+                "run": job.name,
+                "part": job.part,
+                "split": job.split,
+                "dataset": job.dataset,
+                "arch": job.arch,
+                "regime": job.regime,
+                "condition": job.condition,
+                "seed": job.seed,
+                "epochs": job.epochs,
+                "status": "complete" if done else "missing",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _load(root: Path, status: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-run facts (one row per finished run) and per-run method rows (detector parts A and T)."""
+    facts, methods = [], []
+    for row in status[status.status == "complete"].itertuples():
+        h = History.load(root / "runs" / row.run)
+        f = run_facts(h)
+        study = h.config.get("study", {})
+        f.update(
+            run=row.run,
+            part=row.part,
+            split=row.split,
+            dataset=row.dataset,
+            arch=row.arch,
+            regime=row.regime,
+            condition=row.condition,
+            seed=row.seed,
+            wall_seconds=study.get("wall_seconds", math.nan),
+            load1=study.get("load1", math.nan),
+        )
+        facts.append(f)
+        if row.condition == "baseline":
+            for m in method_rows(row.run, h, f):
+                methods.append({**m, "split": row.split})
+    return pd.DataFrame(facts), pd.DataFrame(methods)
+
+
+def _md(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
+    return frame.to_markdown(index=False, floatfmt=floatfmt) if not frame.empty else "(no runs)"
+
+
+def _rates(summary: pd.DataFrame) -> pd.DataFrame:
+    cols = ["method", "label", "runs", "overfitting_runs", "stops", "hit", "false_alarm", "miss", "score"]
+    out = summary[cols].copy()
+    out["score 95% CI"] = [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(summary.score_lo, summary.score_hi)]
+    out["median lead"] = summary.median_lead
+    out["median excess loss"] = summary.median_excess_loss
+    return out
+
+
+def _figures(
+    out: Path, summaries: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame
+) -> list[str]:
+    """Seaborn figures (object-oriented matplotlib, no pyplot): outcome bars, lead ECDFs, paired differences."""
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    sns.set_theme(style="whitegrid", palette="colorblind")
+    written = []
+    if not summaries.empty:
+        groups = list(dict.fromkeys(summaries.group))
+        fig = Figure(figsize=(4.2 * len(groups), 4.6), layout="constrained")
+        axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
+        for ax, g in zip(axes, groups):
+            s = summaries[(summaries.group == g) & (summaries.method != NO_STOP)]
+            y = np.arange(len(s))
+            ax.barh(y, s.score, color=["#0173b2" if m.startswith("D") else "#949494" for m in s.method])
+            ax.errorbar(s.score, y, xerr=[s.score - s.score_lo, s.score_hi - s.score], fmt="none", color="k", lw=1)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_yticks(y, s.method)
+            ax.invert_yaxis()
+            ax.set_xlim(-1.05, 1.05)
+            ax.set_xlabel("hit − false alarm (95 % bootstrap CI)")
+            ax.set_title(f"{g}\n({int(s.runs.iloc[0])} runs)")
+        fig.savefig(out / "scores.png", dpi=110)
+        written.append("scores.png")
+    held = table[(table.split == "held_out") & table.method.isin(("D0", *CANDIDATES, "B1", "B2", "L1", "L2"))]
+    held = held.merge(runs[["run", "dataset"]], on="run")
+    if not held.empty:
+        datasets = sorted(held.dataset.unique())
+        fig = Figure(figsize=(5.2 * len(datasets), 4.2), layout="constrained")
+        axes = fig.subplots(1, len(datasets), sharey=True, squeeze=False)[0]
+        for ax, d in zip(axes, datasets):
+            sub = held[(held.dataset == d) & held.lead.notna()]
+            if not sub.empty:
+                sns.ecdfplot(data=sub, x="lead", hue="method", ax=ax)
+            ax.axvspan(-2, 5, color="#029e73", alpha=0.12, lw=0)
+            none = held[(held.dataset == d) & held.lead.isna()].groupby("method").size()
+            ax.set_title(
+                f"{d}: lead = e* − stop (green: hit window)\nno stop: "
+                + ", ".join(f"{m} {n}" for m, n in none.items()),
+                fontsize=9,
+            )
+            ax.set_xlabel("lead (epochs)")
+        fig.savefig(out / "lead_ecdf.png", dpi=110)
+        written.append("lead_ecdf.png")
+    if not pairs.empty:
+        fig = Figure(figsize=(7, 4), layout="constrained")
+        ax = fig.subplots()
+        sns.stripplot(data=pairs, x="difference", y="comparison", hue="dataset", dodge=True, ax=ax)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("last-epoch test loss: condition − baseline (same seed)")
+        ax.set_ylabel("")
+        fig.savefig(out / "paired_last_loss.png", dpi=110)
+        written.append("paired_last_loss.png")
+    return written
+
+
+def _timing(runs: pd.DataFrame, status: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Measured seconds per run by architecture and condition, and the projected time of what is missing."""
+    if runs.empty:
+        return pd.DataFrame(), "no finished run: nothing measured."
+    t = runs.groupby(["arch", "condition"]).agg(
+        runs=("wall_seconds", "size"),
+        mean_s=("wall_seconds", "mean"),
+        median_s=("wall_seconds", "median"),
+        min_s=("wall_seconds", "min"),
+        max_s=("wall_seconds", "max"),
+        median_load1=("load1", "median"),
+    )
+    t = t.reset_index()
+    per_arch = runs.groupby("arch").wall_seconds.median()
+    missing = status[status.status == "missing"]
+    known = missing.arch.map(per_arch)
+    unknown = missing[known.isna()]
+    total = float(np.nansum(known))
+    line = (
+        f"{len(missing)} runs missing; at the median measured seconds per run of each architecture "
+        f"(one process) they need about {total / 3600:.1f} h of one process"
+        + (
+            f" plus {len(unknown)} runs of architectures not measured yet ({sorted(unknown.arch.unique())})"
+            if len(unknown)
+            else ""
+        )
+        + "."
+    )
+    return t, line
+
+
+def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_000, quick: bool = False) -> Path:
+    """Score every finished run of ``grid`` under ``root`` and rewrite ``results`` (tables, figures, results.md)."""
+    results.mkdir(parents=True, exist_ok=True)
+    for old in [*results.glob("*.csv"), *results.glob("*.png")]:  # nothing stale from an earlier analysis
+        old.unlink()
+    status = _status(root, grid)
+    status.to_csv(results / "grid_status.csv", index=False)
+    runs, table = _load(root, status)
+    lines = [
+        "# Study v2 results (generated by `studies/study.py`; never edited by hand)",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        + (" in **--quick** mode (8 epochs, 100 images: a test of the code, not a result)." if quick else "."),
+        "Protocol: `studies/PROTOCOL.md` (pre-registered). Runs complete / in the grid, by part, dataset and architecture "
+        "(`grid_status.csv` lists every run):",
+        "",
+    ]
+    counts = status.groupby(["part", "dataset", "arch", "condition"]).status.value_counts().unstack(fill_value=0)
+    for col in ("complete", "missing"):
+        if col not in counts:
+            counts[col] = 0
+    lines += [_md(counts[["complete", "missing"]].reset_index(), ".0f"), ""]
+    timing, projection = _timing(runs, status)
+    if not timing.empty:
+        timing.to_csv(results / "timing.csv", index=False)
+        lines += [
+            "## Measured time per run",
+            "",
+            "Wall seconds of one training run (one process, one torch thread, `nice -n 19`, on the shared "
+            "2-core machine; `median_load1`: the 1-minute load average when the run ended).",
+            "",
+            _md(timing, ".1f"),
+            "",
+            projection,
+            "",
+        ]
+    if runs.empty:
+        atomic_write_text(results / "results.md", "\n".join(lines) + "\n")
+        return results
+    runs.to_csv(results / "runs.csv", index=False)
+    methods = [m for m in METHODS if m in set(table.method)]
+    table.to_csv(results / "detector_runs.csv", index=False)
+    summaries = []
+    group_runs = runs[runs.condition == "baseline"]
+    groups: dict[str, pd.DataFrame] = {}
+    for split in ("held_out", "tuning"):
+        part = group_runs[group_runs.split == split]
+        if part.empty:
+            continue
+        groups[f"{split}: pooled"] = part
+        for d in sorted(part.dataset.unique()):
+            groups[f"{split}: {d}"] = part[part.dataset == d]
+    by_cell = []
+    for name, part in groups.items():
+        s = summarise(table, part, methods, resamples)
+        s.insert(0, "group", name)
+        summaries.append(s)
+    for key, part in group_runs[group_runs.split == "held_out"].groupby(CELL):
+        s = summarise(table, part, methods, min(resamples, 2_000))
+        for k, v in zip(CELL, key):
+            s.insert(0, k, v)
+        by_cell.append(s)
+    summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+    summary.to_csv(results / "detector_summary.csv", index=False)
+    cells = pd.concat(by_cell, ignore_index=True) if by_cell else pd.DataFrame()
+    cells.to_csv(results / "detector_cells.csv", index=False)
+    lines += [
+        "## C2 — early warning without held-out labels (§7, §8)",
+        "",
+        "A run overfits when its test loss rises > 5 % above its minimum after the minimum epoch e*. "
+        "Outcome of a stop s (lead = e* − s): hit if −2 ≤ lead ≤ 5, false alarm if lead > 5 (or any stop on a "
+        "run that does not overfit), miss if no stop or lead < −2. Score = hit − false-alarm rate; 95 % "
+        f"percentile bootstrap CIs ({resamples:,} resamples of runs, stratified by dataset × arch × regime). "
+        "Excess loss = L(stop)/L(e*) − 1 (last epoch without a stop).",
+        "",
+    ]
+    for name in groups:
+        s = summary[summary.group == name]
+        lines += [f"### {name}", "", _md(_rates(s)), ""]
+    held = group_runs[group_runs.split == "held_out"]
+    decided = pd.DataFrame()
+    if not held.empty:
+        by_dataset = {d: summary[summary.group == f"held_out: {d}"] for d in sorted(held.dataset.unique())}
+        pooled = summary[summary.group == "held_out: pooled"]
+        decided = decision(table[table.split == "held_out"], held, pooled, by_dataset, resamples)
+        decided.to_csv(results / "decision.csv", index=False)
+        complete = bool((status[(status.part == "A")].status == "complete").all())
+        works = decided[decided.works].method.tolist()
+        worthy = decided[decided.default_worthy].method.tolist()
+        lines += [
+            "### Decision (§8) on the held-out runs scored so far",
+            "",
+            _md(
+                decided[
+                    [
+                        "method",
+                        "score",
+                        "p_holm",
+                        "c1_score_above_0",
+                        "minus_B1",
+                        "minus_B2",
+                        "minus_B3",
+                        "c2_beats_references",
+                        "c3_above_0_each_dataset",
+                        "works",
+                        "default_worthy",
+                    ]
+                ]
+            ),
+            "",
+            (
+                "**Variants meeting all three criteria: " + (", ".join(works) if works else "none") + "**; "
+                "default-worthy: " + (", ".join(worthy) if worthy else "none") + ". "
+            )
+            + (
+                "Part A is complete."
+                if complete
+                else "**Part A is not complete** (see the counts above): this is the decision on the runs scored so far, "
+                "not the pre-registered one on all 120 held-out runs."
+            ),
+            "",
+        ]
+    if not cells.empty:
+        c = cells[cells.method.isin(("D0", *CANDIDATES, "B2", "L2"))]
+        lines += [
+            "### Per cell (held-out; exploratory, §8)",
+            "",
+            _md(c[[*CELL, "method", "runs", "overfitting_runs", "hit", "false_alarm", "score"]]),
+            "",
+        ]
+    pairs_long = []
+    reg = runs[runs.split == "held_out"]
+    t3, v3 = c3(reg, resamples)
+    if not t3.empty:
+        t3.to_csv(results / "penalty_vs_baseline.csv", index=False)
+        v3.to_csv(results / "penalty_verdict.csv", index=False)
+        lines += [
+            "## C3 — the sparsity penalty vs the same training without it (§9)",
+            "",
+            "Paired by seed (noise20); primary metric last-epoch test loss; Wilcoxon exact two-sided, Holm over cells.",
+            "",
+            _md(t3[t3.metric.isin(("last_loss", "best_acc", "final_sparsity"))].drop(columns=["reference"]), ".3f"),
+            "",
+            _md(v3),
+            "",
+        ]
+    t4 = c4(reg, resamples)
+    if not t4.empty:
+        t4.to_csv(results / "regularisers_paired.csv", index=False)
+        lines += [
+            "## C4 — the penalty vs dropout, batch norm, weight decay (§9)",
+            "",
+            "Paired differences penalty − regulariser (negative = the penalty has the lower loss); Holm over the three "
+            "regularisers within a cell.",
+            "",
+            _md(t4[t4.metric == "last_loss"], ".3f"),
+            "",
+        ]
+    from regularisers import REGULARISERS, pairs
+
+    for cond in ("penalty", *REGULARISERS):
+        p = pairs(reg, cond, "baseline")
+        if len(p):
+            pairs_long.append(
+                pd.DataFrame({"comparison": f"{cond} − baseline", "dataset": p.dataset, "difference": p.last_loss_diff})
+            )
+    long = pd.concat(pairs_long, ignore_index=True) if pairs_long else pd.DataFrame()
+    figs = _figures(results, summary, table, runs, long)
+    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
+    lines += [
+        "Labels of the methods:",
+        "",
+        *[f"* **{k}**: {v[0]} ({v[1]})" for k, v in LABELS.items()],
+        f"* **{NO_STOP}**: no stop (train to the last epoch; {dict(EPOCHS)} epochs by architecture)",
+        "",
+    ]
+    atomic_write_text(results / "results.md", "\n".join(lines) + "\n")
+    return results
+
+
+def load_results(results: str | Path) -> dict[str, Any]:
+    """The tables of a results folder as DataFrames (for the notebook): name -> frame."""
+    out: dict[str, Any] = {}
+    for p in sorted(Path(results).glob("*.csv")):
+        out[p.stem] = pd.read_csv(p)
+    return out
