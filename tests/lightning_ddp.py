@@ -1,6 +1,8 @@
 """``python tests/lightning_ddp.py OUT``: SparsityCallback under Lightning ``strategy="ddp"``, 2 CPU processes.
 
-Run by tests/test_lightning.py (Lightning's launcher re-runs this script for rank 1). Writes
+Run by tests/test_lightning.py (Lightning's launcher re-runs this script for rank 1). The
+process group's timeout (150 s) covers a slow start of rank 1 on a loaded machine (importing
+Lightning takes tens of seconds there) and ends a hang before the test's own deadline. Writes
 the probe data, the model before training and after each epoch (rank 0) and each rank's History.
 """
 
@@ -49,7 +51,7 @@ def main(out: Path) -> None:
     trainer = make_trainer(
         [SaveModel(out), cb],
         epochs=2,
-        strategy=DDPStrategy(process_group_backend="gloo", timeout=datetime.timedelta(seconds=60)),
+        strategy=DDPStrategy(process_group_backend="gloo", timeout=datetime.timedelta(seconds=150)),
         devices=2,
     )
     if trainer.global_rank == 0:

@@ -349,7 +349,15 @@ DDP_SCRIPT = Path(__file__).with_name("lightning_ddp.py")
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(tmp_path: Path) -> None:
     """``strategy="ddp"`` with 2 CPU processes: every epoch's statistics equal the oracle on the model."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    from tests.distributed import free_port
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),  # never a port another test (or agent) is using
+    }
     try:
         run = subprocess.run(
             [sys.executable, str(DDP_SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True, timeout=400
