@@ -261,7 +261,7 @@ class OverfitDetector:
         """Feed every epoch of ``history`` not seen yet; the state after the last one.
 
         Returns ``None`` when there is nothing new (e.g. no sparsity recorded yet). Epochs older
-        than the last one seen are ignored. The series is :func:`signals.signal_matrix` of the
+        than the last one seen are ignored. The series is :func:`~xaisparse.detect.signals.signal_matrix` of the
         History (the ``signal`` setting): the History's queries only, never its metrics.
         """
         last = self._epochs[-1] if self._epochs else None

@@ -55,7 +55,7 @@ class LayerSparsity(SumState):
     ``_layer_sparsity_update(x)`` to the state, ``compute`` is ``_layer_sparsity_compute`` of the
     state, so streaming over any chunking equals :func:`~xaisparse.functional.layer_statistics`
     on all of it. In eager mode the update reads the activations at once (per-map sums and
-    entropies) and folds the small ``(N, C)``-sized rest of up to :data:`DEFER_BATCHES` equal
+    entropies) and folds the small ``(N, C)``-sized rest of up to ``DEFER_BATCHES`` equal
     batches in together -- bit for bit the same state, and any read of the state folds in first.
     ``compile=True`` runs the whole update through ``torch.compile`` per batch (opt-in: the first
     batch of each new shape pays the compilation; the eager path is the reference).

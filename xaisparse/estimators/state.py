@@ -29,8 +29,8 @@ class SumState(nn.Module):
     states are restored afterwards, so updates can go on).
 
     A subclass may defer part of its updates (to do the per-batch small-tensor work of several
-    batches at once): it sets ``self._deferred = True`` and implements :meth:`_flush` (fold the
-    deferred work into the states) and :meth:`_drop_deferred`. Every read of a state -- the
+    batches at once): it sets ``self._deferred = True`` and implements ``_flush`` (fold the
+    deferred work into the states) and ``_drop_deferred``. Every read of a state -- the
     attribute, ``metric_state``, ``state_dict``, ``buffers()``, ``sync``, ``merge_state``, device
     moves, pickling -- flushes first, so nothing outside can see a state without its updates.
     """

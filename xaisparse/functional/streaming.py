@@ -1,7 +1,7 @@
 """One layer's sparsity statistics as a pair of pure functions over a fixed-size, sum-mergeable state.
 
-The torchmetrics habit: :func:`_layer_sparsity_update` maps one batch of activations
-``(N, C, ...)`` to the state increments of that batch, :func:`_layer_sparsity_compute` maps a
+The torchmetrics habit: ``_layer_sparsity_update`` maps one batch of activations
+``(N, C, ...)`` to the state increments of that batch, ``_layer_sparsity_compute`` maps a
 state (the sum of any number of increments, over batches and DDP ranks) to the statistics.
 :class:`~xaisparse.estimators.LayerSparsity` only adds increments up, and the one-shot
 :func:`layer_statistics` is ``compute(update(x))``: streaming and one-shot agree by construction.

@@ -4,7 +4,7 @@
 with a :class:`~xaisparse.monitor.SparsityMonitor` on fixed probe data (``train=``, ``val=``,
 ``test=``: tensors, ``(inputs, targets)`` tuples, datasets or data loaders) before training
 (epoch 0) and after every training epoch, and records everything into a
-:class:`~xaisparse.history.History` (:attr:`SparsityCallback.history`) with
+:class:`~xaisparse.history.History` (``callback.history``) with
 :meth:`~xaisparse.history.History.record_epoch`, exactly as :func:`~xaisparse.train.fit` does:
 
 * the epoch's metrics are the ones you log (``trainer.callback_metrics``) whose names start
