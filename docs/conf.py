@@ -39,7 +39,13 @@ extensions = [
 # notebooks, bench/README.md, studies/results/results.md and the README sections included in
 # these pages are read where they live: no copies, and their relative links resolve as they do
 # on a code host. Only these files are pages:
-include_patterns = ["docs/**.md", "notebooks/*.ipynb", "bench/README.md", "studies/results/results.md", "studies/results/v2/results.md"]
+include_patterns = [
+    "docs/**.md",
+    "notebooks/*.ipynb",
+    "bench/README.md",
+    "studies/results/results.md",
+    "studies/results/v2/results.md",
+]
 exclude_patterns = [".venv", ".tools", ".git", "build", "runs", "test-artifacts", "**/.ipynb_checkpoints"]
 root_doc = "docs/index"
 html_extra_path = ["_root"]  # index.html at the site root: a redirect to docs/index.html
