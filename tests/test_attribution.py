@@ -627,7 +627,7 @@ def test_memory_is_flat_over_100_calls():
         traced, rss, tensors = (after - before for after, before in zip(_usage(), (traced0, rss0, tensors0)))
     finally:
         tracemalloc.stop()
-    assert tensors == 0, f"{tensors} more live tensors after 100 calls"
+    assert tensors <= 0, f"{tensors} more live tensors after 100 calls"  # fewer: earlier objects freed
     assert traced < 256 * 1024, f"Python memory grew by {traced / 1024:.0f} KiB over 100 calls"
     assert rss < 16 * 2**20, f"RSS grew by {rss / 2**20:.1f} MiB over 100 calls"
     assert count_hooks(model) == 0
@@ -655,7 +655,8 @@ def test_memory_is_flat_across_batches(which):
         tracemalloc.stop()
     (t0, r0, n0), (t1, r1, n1) = seen
     rows = 89 * 4 if which == "attribution_sparsity_table" else 0  # the table's own rows grow, by design
-    assert n1 == n0, f"{n1 - n0} more live tensors after 89 batches"
+    # a leak adds tensors; fewer is fine (objects of earlier tests in this worker freed meanwhile)
+    assert n1 <= n0, f"{n1 - n0} more live tensors after 89 batches"
     assert t1 - t0 < 64 * 1024 + rows * 512, f"Python memory grew by {(t1 - t0) / 1024:.0f} KiB over 89 batches"
     assert r1 - r0 < 16 * 2**20, f"RSS grew by {(r1 - r0) / 2**20:.1f} MiB over 89 batches"
 
