@@ -137,7 +137,16 @@ def test_the_widgets_gallery_shows_every_widget(build):
         if WIDGET_VIEW in o.get("data", {}) and PNG in o["data"]
     }
     classes = {n for n in w.__all__ if isinstance(getattr(w, n), type) and issubclass(getattr(w, n), w.FigureWidget)}
-    assert shown == classes - {"FigureWidget"}
+    # the playground trains models: it has its own notebook (06), checked here, and a JupyterLab
+    # test (tests/browser/test_lab_playground.py)
+    assert shown == classes - {"FigureWidget", "OverfittingPlayground"}
+    teaching = _outputs(_executed(build, ROOT / "notebooks" / "06_teaching_overfitting.ipynb"))
+    assert any(
+        WIDGET_VIEW in o.get("data", {})
+        and PNG in o["data"]
+        and o["data"]["text/plain"].startswith("OverfittingPlayground")
+        for o in teaching
+    ), "notebook 06 shows no OverfittingPlayground with its static PNG"
 
 
 class _OutputImages(HTMLParser):
@@ -177,6 +186,9 @@ def _public() -> dict[str, list[str]]:
         out[name] = [f"xaisparse.{name}"] + (
             [f"{module}.{name}"] if module and not module.split(".")[-1].startswith("_") else []
         )
+        defined_in = getattr(getattr(xaisparse, name), "__module__", None)  # the page of the defining module
+        if isinstance(defined_in, str) and defined_in.startswith("xaisparse.") and "._" not in defined_in:
+            out[name].append(f"{defined_in}.{name}")
     return out
 
 

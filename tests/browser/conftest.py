@@ -52,7 +52,10 @@ def lab_server(browser_requirements, artifacts_dir, tmp_path_factory) -> Any:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs one event loop per thread, so a browser kept for the
+# whole session would make every later sync_playwright() in this worker fail (test_docs.py's
+# site checks run in the same worker when xdist puts both groups there).
+@pytest.fixture(scope="module")
 def lab_browser(browser_requirements, tmp_path_factory) -> Any:
     with lh.chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
         yield context
