@@ -188,7 +188,7 @@ def _public() -> dict[str, list[str]]:
         )
         defined_in = getattr(getattr(xaisparse, name), "__module__", None)  # the page of the defining module
         if isinstance(defined_in, str) and defined_in.startswith("xaisparse.") and "._" not in defined_in:
-            out[name].append(f"{defined_in}.{name}")
+            out[name].insert(0, f"{defined_in}.{name}")
     return out
 
 
@@ -200,7 +200,7 @@ def _inventory(site: Path) -> dict[str, str]:
         inv = InventoryFile.load(f, "", lambda base, uri: uri)
     entries = {}
     for kind, items in inv.items() if isinstance(inv, dict) else inv.data.items():
-        if kind.startswith("py:"):
+        if kind.startswith("py:") and kind != "py:module":  # xaisparse.detect.evaluate is also a module
             for name, item in items.items():
                 entries[name] = item[2] if isinstance(item, tuple) else item.uri
     return entries
