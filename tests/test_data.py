@@ -579,3 +579,50 @@ def test_torchvision_bad_arguments(tmp_path: Path) -> None:
         load_torchvision_dataset("mnist", tmp_path, label_noise=2.0)
     with pytest.raises(TypeError, match="download must be a bool"):
         load_torchvision_dataset("mnist", tmp_path, download="yes")  # type: ignore[arg-type]
+
+
+def test_samples_figure_shows_real_mnist_with_the_training_labels(mnist_raw: tuple) -> None:
+    """plots.samples: every tile is a real MNIST image of its row's (noisy) label; flips are marked."""
+    from xaisparse import plots
+
+    split = load_mnist_embedded_dataset(normalize=False, train_subset=200, label_noise=0.3, seed=3)
+    drawn: dict = {}
+    fig = plots.samples(split, per_class=5, seed=1, data=drawn)
+    images, labels = mnist_raw
+    raw = {img.astype(np.uint8).tobytes(): int(label) for img, label in zip(images, labels)}
+    x, y = _xy(split.train)
+    flipped = set(split.flipped_indices.tolist())
+    axes = np.array(fig.axes).reshape(10, 5)
+    framed = 0
+    for c in range(10):
+        assert len(drawn["indices"][c]) == 5
+        for j, i in enumerate(drawn["indices"][c]):
+            assert int(y[i]) == c  # the row is the label the model trains on
+            shown = np.asarray(axes[c, j].images[0].get_array())
+            np.testing.assert_array_equal(shown, x[i, 0].numpy())
+            true = raw[np.rint(shown * 255).astype(np.uint8).tobytes()]  # the real MNIST label of this image
+            title = axes[c, j].get_title()
+            if i in flipped:
+                framed += 1
+                assert true != c and title == f"true {true}"
+            else:
+                assert true == c and title == ""
+    assert framed > 0 and f"{framed} of the shown carry a wrong label" in fig._suptitle.get_text()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "fragment"),
+    [
+        ({"part": "val"}, ValueError, "part must be one of ['train', 'test'], got 'val'"),
+        ({"per_class": 0}, ValueError, "per_class"),
+        ({"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_samples_figure_rejects_bad_input(kwargs: dict, exc: type, fragment: str) -> None:
+    from xaisparse import plots
+
+    with pytest.raises(exc) as info:
+        plots.samples(load_digits_dataset(size=8, train_subset=50), **kwargs)
+    assert fragment in str(info.value)
+    with pytest.raises(TypeError, match="DatasetSplit"):
+        plots.samples([(torch.zeros(1, 8, 8), 0)])

@@ -35,12 +35,14 @@ from .attribution import (
 from .channels import DISTRIBUTION_KINDS, channel_maps, distribution
 from .comparison import COMPARISON_KINDS, comparison
 from .runs import dashboard, heatmap, timeline
+from .samples import SAMPLE_PARTS, samples
 
 __all__ = [
     "ATTRIBUTION_KINDS",
     "COMPARISON_KINDS",
     "DISTRIBUTION_KINDS",
     "MAP_SCALES",
+    "SAMPLE_PARTS",
     "SIGNS",
     "STATISTIC_LABELS",
     "TIMELINE_STATISTICS",
@@ -56,6 +58,7 @@ __all__ = [
     "figure_png",
     "heatmap",
     "message_figure",
+    "samples",
     "statistic_label",
     "timeline",
 ]

@@ -30,6 +30,7 @@ SPLIT_COLORS = {"test": "#0173b2", "train": "#de8f05", "val": "#029e73"}
 CHANNEL_COLOR = "#0173b2"
 DEAD_COLOR = "#d62728"
 ALARM_COLOR = "#d62728"
+NOISY_COLOR = "#d62728"  # a training image whose label was flipped
 MINIMUM_COLOR = "#029e73"
 DPI = 96
 
