@@ -24,6 +24,8 @@ from scoring import CELL, NO_STOP, decision, method_rows, run_facts, summarise
 from xaisparse._io import atomic_write_text
 from xaisparse.history import History
 
+#: The exploration's stops of the pre-registered methods on the tuning runs (PROTOCOL.md §6).
+EXPLORATION_STOPS = Path(__file__).resolve().parent / "explore" / "results" / "selected_runs.csv"
 METHODS = (*CANDIDATES, "D0", "B1", "B2", "B3", "L1", "L2", "L1p2", NO_STOP)
 
 
@@ -66,6 +68,8 @@ def _load(root: Path, status: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
             seed=row.seed,
             wall_seconds=study.get("wall_seconds", math.nan),
             load1=study.get("load1", math.nan),
+            started=study.get("started", math.nan),
+            finished=study.get("finished", math.nan),
         )
         facts.append(f)
         if row.condition == "baseline":
@@ -145,10 +149,10 @@ def _figures(
     return written
 
 
-def _timing(runs: pd.DataFrame, status: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Measured seconds per run by architecture and condition, and the projected time of what is missing."""
+def _timing(runs: pd.DataFrame, status: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Seconds per run by architecture and condition; the study's total time and the projection of what is missing."""
     if runs.empty:
-        return pd.DataFrame(), "no finished run: nothing measured."
+        return pd.DataFrame(), pd.DataFrame(), "no finished run: nothing measured."
     t = runs.groupby(["arch", "condition"]).agg(
         runs=("wall_seconds", "size"),
         mean_s=("wall_seconds", "mean"),
@@ -162,18 +166,46 @@ def _timing(runs: pd.DataFrame, status: pd.DataFrame) -> tuple[pd.DataFrame, str
     missing = status[status.status == "missing"]
     known = missing.arch.map(per_arch)
     unknown = missing[known.isna()]
-    total = float(np.nansum(known))
+    total = {
+        "finished_runs": len(runs),
+        "process_hours": runs.wall_seconds.sum() / 3600,
+        "busy_hours": _busy_seconds(runs) / 3600,
+        "missing_runs": len(missing),
+        "missing_process_hours": float(np.nansum(known)) / 3600,
+        "missing_unmeasured_runs": len(unknown),
+    }
     line = (
-        f"{len(missing)} runs missing; at the median measured seconds per run of each architecture "
-        f"(one process) they need about {total / 3600:.1f} h of one process"
-        + (
-            f" plus {len(unknown)} runs of architectures not measured yet ({sorted(unknown.arch.unique())})"
-            if len(unknown)
-            else ""
-        )
-        + "."
+        f"The {total['finished_runs']} finished runs took {total['process_hours']:.1f} h of one process in all, "
+        f"and {total['busy_hours']:.1f} h of wall-clock time while at least one of them was training "
+        "(the union of their start–finish intervals: parallel workers overlap, pauses between sessions do not count). "
     )
-    return t, line
+    if len(missing):
+        line += (
+            f"{len(missing)} runs missing; at the median measured seconds per run of each architecture "
+            f"(one process) they need about {total['missing_process_hours']:.1f} h of one process"
+            + (
+                f" plus {len(unknown)} runs of architectures not measured yet ({sorted(unknown.arch.unique())})"
+                if len(unknown)
+                else ""
+            )
+            + "."
+        )
+    else:
+        line += "No run of the grid is missing."
+    return t, pd.DataFrame([total]), line
+
+
+def _busy_seconds(runs: pd.DataFrame) -> float:
+    """Length of the union of the runs' [started, finished] intervals (0 when not recorded)."""
+    spans = runs[["started", "finished"]].dropna().sort_values("started").to_numpy(dtype=float)
+    total, end = 0.0, -math.inf
+    for start, stop in spans:
+        if start > end:
+            total += stop - start
+        elif stop > end:
+            total += stop - end
+        end = max(end, stop)
+    return total
 
 
 def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_000, quick: bool = False) -> Path:
@@ -198,9 +230,10 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
         if col not in counts:
             counts[col] = 0
     lines += [_md(counts[["complete", "missing"]].reset_index(), ".0f"), ""]
-    timing, projection = _timing(runs, status)
+    timing, timing_total, projection = _timing(runs, status)
     if not timing.empty:
         timing.to_csv(results / "timing.csv", index=False)
+        timing_total.to_csv(results / "timing_total.csv", index=False)
         lines += [
             "## Measured time per run",
             "",
@@ -298,6 +331,21 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
             ),
             "",
         ]
+    agree = _tuning_vs_exploration(table, runs)
+    if not agree.empty:
+        agree.to_csv(results / "tuning_vs_exploration.csv", index=False)
+        lines += [
+            "### Regenerated tuning runs vs the exploration's (protocol change log 1)",
+            "",
+            "Part T retrains the exploration's 30 tuning runs (digits seeds 0–4) with the study's code. Two known "
+            "differences: the test probe is now `probe_subset(test, 512, seed)` (other test images than the "
+            "exploration's), which changes every test-probe signal and the test loss; VGG-small now trains 100 epochs "
+            "(60 in the exploration), which can move its test-loss minimum and the outcome of a stop. Share of runs "
+            "whose stop epoch (no stop = no stop) and whose outcome are the same:",
+            "",
+            _md(agree),
+            "",
+        ]
     if not cells.empty:
         c = cells[cells.method.isin(("D0", *CANDIDATES, "B2", "L2"))]
         lines += [
@@ -354,6 +402,29 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
     ]
     atomic_write_text(results / "results.md", "\n".join(lines) + "\n")
     return results
+
+
+def _tuning_vs_exploration(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per method and architecture: how many regenerated tuning runs stop and score as in the exploration."""
+    tuning = table[table.split == "tuning"]
+    if tuning.empty or not EXPLORATION_STOPS.is_file():
+        return pd.DataFrame()
+    old = pd.read_csv(EXPLORATION_STOPS)
+    old["method"] = old.method.str.split().str[0]
+    old["run"] = [f"digits-{r}-{a}-baseline-s{s}" for r, a, s in zip(old.regime, old.arch, old.seed)]
+    both = tuning.merge(old[["run", "method", "stop", "outcome"]], on=["run", "method"], suffixes=("", "_explore"))
+    both = both.merge(runs[["run", "arch"]], on="run")
+    if both.empty:
+        return pd.DataFrame()
+    both["same_stop"] = (both.stop == both.stop_explore) | (both.stop.isna() & both.stop_explore.isna())
+    both["same_outcome"] = both.outcome == both.outcome_explore
+    order = {m: i for i, m in enumerate(METHODS)}
+    out = (
+        both.groupby(["method", "arch"])
+        .agg(runs=("run", "size"), same_stop=("same_stop", "mean"), same_outcome=("same_outcome", "mean"))
+        .reset_index()
+    )
+    return out.sort_values(["method", "arch"], key=lambda c: c.map(order) if c.name == "method" else c)
 
 
 def load_results(results: str | Path) -> dict[str, Any]:
