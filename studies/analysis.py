@@ -331,7 +331,7 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
             ),
             "",
         ]
-    agree = _tuning_vs_exploration(table, runs)
+    agree = pd.DataFrame() if quick else _tuning_vs_exploration(table, runs)  # quick runs are not the exploration's
     if not agree.empty:
         agree.to_csv(results / "tuning_vs_exploration.csv", index=False)
         lines += [
