@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from grid import EPOCHS, Job, is_finished, run_dir
 from methods import CANDIDATES, LABELS
-from regularisers import c3, c4
+from regularisers import c3, c4, learning_check
 from scoring import CELL, NO_STOP, decision, method_rows, run_facts, summarise
 
 from xaisparse._io import atomic_write_text
@@ -97,6 +97,7 @@ def _figures(
     """Seaborn figures (object-oriented matplotlib, no pyplot): outcome bars, lead ECDFs, paired differences."""
     import seaborn as sns
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     sns.set_theme(style="whitegrid", palette="colorblind")
     written = []
@@ -121,12 +122,13 @@ def _figures(
     held = held.merge(runs[["run", "dataset"]], on="run")
     if not held.empty:
         datasets = sorted(held.dataset.unique())
+        order = [m for m in METHODS if m in set(held.method)]
         fig = Figure(figsize=(5.2 * len(datasets), 4.2), layout="constrained")
         axes = fig.subplots(1, len(datasets), sharey=True, squeeze=False)[0]
         for ax, d in zip(axes, datasets):
             sub = held[(held.dataset == d) & held.lead.notna()]
             if not sub.empty:
-                sns.ecdfplot(data=sub, x="lead", hue="method", ax=ax)
+                sns.ecdfplot(data=sub, x="lead", hue="method", hue_order=order, ax=ax)  # same colours in every panel
             ax.axvspan(-2, 5, color="#029e73", alpha=0.12, lw=0)
             none = held[(held.dataset == d) & held.lead.isna()].groupby("method").size()
             ax.set_title(
@@ -138,12 +140,29 @@ def _figures(
         fig.savefig(out / "lead_ecdf.png", dpi=110)
         written.append("lead_ecdf.png")
     if not pairs.empty:
-        fig = Figure(figsize=(7, 4), layout="constrained")
-        ax = fig.subplots()
-        sns.stripplot(data=pairs, x="difference", y="comparison", hue="dataset", dodge=True, ax=ax)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_xlabel("last-epoch test loss: condition − baseline (same seed)")
-        ax.set_ylabel("")
+        archs = sorted(pairs.arch.unique())
+        comparisons = list(dict.fromkeys(pairs.comparison))
+        datasets = sorted(pairs.dataset.unique())
+        colors = dict(zip(datasets, sns.color_palette("colorblind", len(datasets))))
+        fig = Figure(figsize=(4.6 * len(archs) + 1.6, 0.9 * len(comparisons) + 1.6), layout="constrained")
+        axes = fig.subplots(1, len(archs), sharey=True, squeeze=False)[0]
+        jitter = np.random.default_rng(0)
+        for ax, arch in zip(axes, archs):
+            for k, comp in enumerate(comparisons):
+                for j, d in enumerate(datasets):
+                    sub = pairs[(pairs.arch == arch) & (pairs.comparison == comp) & (pairs.dataset == d)]
+                    y = k + (j - (len(datasets) - 1) / 2) * 0.3 + jitter.uniform(-0.08, 0.08, len(sub))
+                    for learned, marker in ((True, "o"), (False, "x")):
+                        m = (sub.learned == learned).to_numpy()
+                        ax.scatter(sub.difference[m], y[m], color=colors[d], marker=marker, s=22)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_yticks(range(len(comparisons)), comparisons)
+            ax.set_title(arch)
+            ax.set_xlabel("last-epoch test loss:\ncondition − baseline (same seed)")
+        axes[0].invert_yaxis()  # shared: once for all
+        handles = [Line2D([], [], color=colors[d], marker="o", ls="", label=d) for d in datasets]
+        handles.append(Line2D([], [], color="k", marker="x", ls="", label="condition run never learned"))
+        axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
         fig.savefig(out / "paired_last_loss.png", dpi=110)
         written.append("paired_last_loss.png")
     return written
@@ -299,7 +318,7 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
         works = decided[decided.works].method.tolist()
         worthy = decided[decided.default_worthy].method.tolist()
         lines += [
-            "### Decision (§8) on the held-out runs scored so far",
+            "### Decision (§8) on the held-out runs" + ("" if complete else " scored so far"),
             "",
             _md(
                 decided[
@@ -370,6 +389,32 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
             _md(v3),
             "",
         ]
+    learned = learning_check(reg)
+    if not learned.empty and learned.did_not_learn.any():
+        learned.to_csv(results / "learning_check.csv", index=False)
+        failed = learned[learned.did_not_learn * 2 >= learned.runs]
+        lines += [
+            "### Did the networks learn? (post hoc, not pre-registered)",
+            "",
+            "A run *did not learn* when its best test accuracy over all epochs stays below twice chance "
+            "(2 / classes): its test loss then sits near ln(classes) (2.303 for 10 classes), the loss of uniform "
+            "predictions, so a lower last-epoch test loss than an overfitting baseline is not better generalisation. "
+            "The pre-registered metrics above do not check this; the verdict table shows, beside the pre-registered "
+            "verdict, the same rule counting only supporting cells where most penalised runs learned.",
+            "",
+            _md(learned, ".3f"),
+            "",
+            (
+                "Conditions in which most runs did not learn: "
+                + "; ".join(
+                    f"{r.dataset} {r.arch} {r.condition} ({r.did_not_learn} of {r.runs})" for r in failed.itertuples()
+                )
+                + "."
+            )
+            if len(failed)
+            else "In every condition most runs learned.",
+            "",
+        ]
     t4 = c4(reg, resamples)
     if not t4.empty:
         t4.to_csv(results / "regularisers_paired.csv", index=False)
@@ -384,11 +429,20 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
         ]
     from regularisers import REGULARISERS, pairs
 
+    classes = reg.groupby("dataset").num_classes.first()
     for cond in ("penalty", *REGULARISERS):
         p = pairs(reg, cond, "baseline")
         if len(p):
             pairs_long.append(
-                pd.DataFrame({"comparison": f"{cond} − baseline", "dataset": p.dataset, "difference": p.last_loss_diff})
+                pd.DataFrame(
+                    {
+                        "comparison": f"{cond} − baseline",
+                        "dataset": p.dataset,
+                        "arch": p.arch,
+                        "difference": p.last_loss_diff,
+                        "learned": p[f"best_acc_{cond}"] >= 2.0 / p.dataset.map(classes),
+                    }
+                )
             )
     long = pd.concat(pairs_long, ignore_index=True) if pairs_long else pd.DataFrame()
     figs = _figures(results, summary, table, runs, long)

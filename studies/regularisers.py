@@ -86,20 +86,66 @@ def paired_table(runs: pd.DataFrame, condition: str, reference: str, resamples: 
     return pd.DataFrame(rows)
 
 
+def learning_check(runs: pd.DataFrame) -> pd.DataFrame:
+    """Post hoc (not pre-registered): per noise20 cell and condition, how many runs never learned.
+
+    A run *did not learn* when its best test accuracy over all epochs stays below twice the
+    chance level (``2 / num_classes``): its test loss then sits near ``ln(num_classes)``, the
+    loss of uniform predictions, and a "lower last-epoch test loss" than an overfitting
+    baseline says nothing about generalisation.
+    """
+    r = runs[runs.regime == "noise20"].copy()
+    if r.empty:
+        return pd.DataFrame()
+    r["did_not_learn"] = r.best_acc < 2.0 / r.num_classes
+    out = r.groupby(["dataset", "arch", "condition"], sort=True).agg(
+        runs=("run", "size"),
+        did_not_learn=("did_not_learn", "sum"),
+        median_best_acc=("best_acc", "median"),
+        median_last_loss=("last_loss", "median"),
+    )
+    return out.reset_index()
+
+
+def _verdict_word(n: int, cells: int) -> str:
+    return "supported" if n == cells and n >= 2 else ("partly supported" if n >= 1 else "not supported")
+
+
 def c3(runs: pd.DataFrame, resamples: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Penalty vs baseline: every metric per cell; the verdict per dataset on the primary metric."""
+    """Penalty vs baseline: every metric per cell; the verdict per dataset on the primary metric.
+
+    The verdict is the pre-registered one (§9). Beside it, post hoc: the same rule counting only
+    supporting cells in which most penalised runs learned (:func:`learning_check`).
+    """
     table = paired_table(runs, "penalty", "baseline", resamples)
     if table.empty:
         return table, pd.DataFrame()
     prim = table[table.metric == PRIMARY].copy()
     prim["p_holm"] = holm(prim.wilcoxon_p.tolist())
     prim["supports"] = (prim.median_diff < 0) & (prim.p_holm < ALPHA)
+    learned = learning_check(runs)
+    learned = learned[learned.condition == "penalty"].set_index(["dataset", "arch"])
+    prim["penalty_learned"] = [
+        bool(learned.loc[(d, a), "did_not_learn"] * 2 < learned.loc[(d, a), "runs"])
+        if (d, a) in learned.index
+        else True
+        for d, a in zip(prim.dataset, prim.arch)
+    ]
     table = table.merge(prim[["dataset", "arch", "metric", "p_holm"]], on=["dataset", "arch", "metric"], how="left")
     verdict = []
     for dataset, g in prim.groupby("dataset", sort=True):
         n = int(g.supports.sum())
-        word = "supported" if n == len(g) and n >= 2 else ("partly supported" if n >= 1 else "not supported")
-        verdict.append({"dataset": dataset, "cells": len(g), "cells_supporting": n, "verdict": word})
+        n_learned = int((g.supports & g.penalty_learned).sum())
+        verdict.append(
+            {
+                "dataset": dataset,
+                "cells": len(g),
+                "cells_supporting": n,
+                "verdict": _verdict_word(n, len(g)),
+                "cells_supporting_where_penalty_learned": n_learned,
+                "verdict_learned_only_post_hoc": _verdict_word(n_learned, len(g)),
+            }
+        )
     return table, pd.DataFrame(verdict)
 
 

@@ -49,6 +49,7 @@ def run_facts(history: Any) -> dict[str, Any]:
         "last_acc": float(acc[last]),
         "final_sparsity": float(np.nanmean(final.to_numpy(dtype=float))) if final.notna().any() else math.nan,
         "train_seconds": history.outcome.train_seconds,
+        "num_classes": len(history.config.get("data", {}).get("test_class_counts", [])) or math.nan,
     }
 
 
