@@ -34,8 +34,8 @@ from .attribution import (
 )
 from .channels import DISTRIBUTION_KINDS, channel_maps, distribution
 from .comparison import COMPARISON_KINDS, comparison
+from .datasets import SAMPLE_PARTS, samples
 from .runs import dashboard, heatmap, timeline
-from .samples import SAMPLE_PARTS, samples
 
 __all__ = [
     "ATTRIBUTION_KINDS",

@@ -13,7 +13,7 @@ from .channels import show_image
 
 __all__ = ["SAMPLE_PARTS", "samples"]
 
-#: Which part of a :class:`~xaisparse.data.DatasetSplit` :func:`samples` shows.
+#: Which part of a :class:`~xaisparse.data.DatasetSplit` :func:`~xaisparse.plots.samples` shows.
 SAMPLE_PARTS: tuple[str, ...] = ("train", "test")
 
 
