@@ -19,6 +19,7 @@ import pandas as pd
 from grid import EPOCHS, Job, is_finished, run_dir
 from methods import CANDIDATES, LABELS
 from regularisers import c3, c4, learning_check
+from regularisers import learned as is_learned
 from scoring import CELL, NO_STOP, decision, method_rows, run_facts, summarise
 
 from xaisparse._io import atomic_write_text
@@ -392,7 +393,7 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
     learned = learning_check(reg)
     if not learned.empty and learned.did_not_learn.any():
         learned.to_csv(results / "learning_check.csv", index=False)
-        failed = learned[learned.did_not_learn * 2 >= learned.runs]
+        failed = learned[learned.mostly_did_not_learn]
         lines += [
             "### Did the networks learn? (post hoc, not pre-registered)",
             "",
@@ -440,7 +441,7 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
                         "dataset": p.dataset,
                         "arch": p.arch,
                         "difference": p.last_loss_diff,
-                        "learned": p[f"best_acc_{cond}"] >= 2.0 / p.dataset.map(classes),
+                        "learned": is_learned(p[f"best_acc_{cond}"], p.dataset.map(classes)),
                     }
                 )
             )
