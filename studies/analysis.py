@@ -466,7 +466,7 @@ def _tuning_vs_exploration(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFr
         return pd.DataFrame()
     old = pd.read_csv(EXPLORATION_STOPS)
     old["method"] = old.method.str.split().str[0]
-    old["run"] = [f"digits-{r}-{a}-baseline-s{s}" for r, a, s in zip(old.regime, old.arch, old.seed)]
+    old["run"] = [Job("digits", s, a, r, "baseline", "T", 0).name for r, a, s in zip(old.regime, old.arch, old.seed)]
     both = tuning.merge(old[["run", "method", "stop", "outcome"]], on=["run", "method"], suffixes=("", "_explore"))
     both = both.merge(runs[["run", "arch"]], on="run")
     if both.empty:
