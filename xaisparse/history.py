@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,10 +32,8 @@ import pandas as pd
 from ._errors import HistoryFormatError, UnknownLayerError, closest
 from ._io import jsonable, replace_dir, sha256
 from ._validation import check_split
+from .detection import DetectionResult
 from .histogram_stats import histogram_mean
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .detect.result import DetectionResult
 
 __all__ = [
     "CHANNEL_COLUMNS",
@@ -144,7 +142,7 @@ class History:
     * ``spatial_hist[(split, layer)]``: ``(epochs, channels, bins)`` counts of per-sample map
       sparsity, aligned with ``hist_epochs[(split, layer)]``; ``channel_hist``: ``(epochs, bins)``
     * ``config``: the run's settings (JSON-safe); ``detection``: the detector's
-      :class:`~xaisparse.detect.DetectionResult` (or None); ``outcome``: a :class:`RunOutcome`
+      :class:`~xaisparse.detection.DetectionResult` (or None); ``outcome``: a :class:`RunOutcome`
 
     >>> h = History(config={"model": "demo"})
     >>> h.record_epoch(0, {"train": {"loss": 1.0}, "test": {"loss": 1.2}})
@@ -551,8 +549,6 @@ class History:
         )
         detection = manifest.get("detection")
         if isinstance(detection, Mapping):
-            from .detect.result import DetectionResult
-
             h.detection = DetectionResult.from_dict(detection, evidence)
         for entry in manifest.get("histograms", []):
             key, i = (entry["split"], entry["layer"]), entry["index"]

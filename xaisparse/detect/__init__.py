@@ -14,7 +14,8 @@ from held-out labels): no loss, no accuracy, not even the ``metrics`` table of t
 * :mod:`~xaisparse.detect.config`: :class:`DetectorConfig`, the validated, frozen settings;
 * :mod:`~xaisparse.detect.online`: :class:`OverfitDetector`, fed online (after each epoch) or
   offline (a saved run), with the same answer by construction;
-* :mod:`~xaisparse.detect.result`: :class:`DetectionResult` and its :meth:`~DetectionResult.verdict`;
+* :mod:`~xaisparse.detection` (below the History, which keeps one): :class:`DetectionResult` and its
+  :meth:`~DetectionResult.verdict`;
 * :mod:`~xaisparse.detect.evaluate`: :func:`evaluate`, the only code that reads labels: it
   scores the alarm against the test-loss minimum beside patience early stopping;
 * :mod:`~xaisparse.detect.baselines`: comparison methods that are not detectors (training-loss
@@ -26,12 +27,12 @@ from held-out labels): no loss, no accuracy, not even the ``metrics`` table of t
 (True, True)
 """
 
+from ..detection import EVIDENCE_COLUMNS, EVIDENCE_NOTE, DetectionResult, DetectorState, evidence_frame
 from .baselines import chance_outcomes, fixed_epoch, restored_best_epoch, train_loss_plateau_epoch
 from .config import RULES, SIGNALS, DetectorConfig
 from .evaluate import OUTCOMES, Evaluation, classify, early_stopping_epoch, evaluate, overfits, summarize
 from .online import OverfitDetector, detect, sparsity_matrix
-from .result import EVIDENCE_NOTE, DetectionResult, DetectorState, evidence_frame
-from .rule import EVIDENCE_COLUMNS, LayerTrack, run_rule
+from .rule import LayerTrack, run_rule
 from .signals import divergence, gap, js_divergence, layer_mean, signal_matrix, sparsity, trailing_slope
 from .slope import SlopeTrack, run_slope
 

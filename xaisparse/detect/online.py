@@ -9,10 +9,10 @@ from typing import Any
 import pandas as pd
 
 from .._validation import is_int, select_names
+from ..detection import DetectionResult, DetectorState, Row, evidence_frame
 from . import signals
 from .config import DetectorConfig
-from .result import DetectionResult, DetectorState, evidence_frame
-from .rule import LayerTrack, Row, alarm_facts, step_epoch
+from .rule import LayerTrack, alarm_facts, step_epoch
 from .slope import SlopeTrack, advance_slope
 
 #: The name of the one series the slope rule watches (the mean over the monitored layers).
