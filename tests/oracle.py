@@ -7,6 +7,7 @@ against these functions (``scipy.stats.entropy`` for H; 0 ln 0 = 0; a dead vecto
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +51,22 @@ def perplexity_rows(v: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         h = _entropy(v)
     return np.where(v.sum(-1) > 0, np.exp(h), 1.0)
+
+
+def epochs_by_layers(layers: Any, split: str, statistic: str) -> dict[int, dict[str, float]]:
+    """``{epoch: {layer: value}}`` of one statistic of one split, by a plain loop over a History's tidy
+    ``layers`` rows (the independent reference of every wide table and figure drawn from them)."""
+    out: dict[int, dict[str, float]] = {}
+    for epoch, s, layer, stat, value in layers[["epoch", "split", "layer", "statistic", "value"]].itertuples(
+        index=False
+    ):
+        if s == split and stat == statistic:
+            out.setdefault(int(epoch), {})[str(layer)] = float(value)
+    return out
+
+
+def wide(layers: Any, split: str, statistic: str, names: list[str]) -> tuple[list[int], np.ndarray]:
+    """Epochs (ascending) and the epochs × ``names`` array of :func:`epochs_by_layers` (NaN where missing)."""
+    table = epochs_by_layers(layers, split, statistic)
+    epochs = sorted(e for e, row in table.items() if any(n in row for n in names))
+    return epochs, np.array([[table[e].get(n, math.nan) for n in names] for e in epochs], dtype=np.float64)

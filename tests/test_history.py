@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests import oracle
 from xaisparse import HistoryFormatError
 from xaisparse.detect import OverfitDetector
 from xaisparse.history import History, RunOutcome, load_runs
@@ -59,12 +60,15 @@ def test_round_trip(tmp_path, hist):
 def test_tidy_tables_and_accessors(hist):
     assert list(hist.to_dataframe("channels").columns) == ["epoch", "split", "layer", "channel", "statistic", "value"]
     assert hist.epochs == [0, 1, 2, 3, 4]
-    m = hist.layer_matrix("test")
-    assert list(m.index) == ["a", "b"] and list(m.columns) == [0, 1, 2, 3, 4]
+    m = hist.layer_frame("test")
+    assert list(m.columns) == ["a", "b"] and list(m.index) == [0, 1, 2, 3, 4]
     rows = hist.layers[
         (hist.layers.split == "test") & (hist.layers.layer == "b") & (hist.layers.statistic == "spatial_mean")
     ]
-    assert m.loc["b"].tolist() == rows.value.tolist()
+    assert m["b"].tolist() == rows.value.tolist()
+    with pytest.warns(DeprecationWarning, match="layer_frame"):
+        old = hist.layer_matrix("test")
+    pd.testing.assert_frame_equal(old, m.T, check_names=False)
     assert hist.histogram("test", "a", 2).shape == (3, 20)
     with pytest.raises(KeyError, match="recorded epochs"):
         hist.histogram("test", "a", 99)
@@ -169,8 +173,8 @@ def test_schema_1_runs_load_with_the_new_names(tmp_path, hist):
 
 def test_queries_the_widgets_and_reports_use(hist):
     nan_h = synthetic_history(epochs=5, layers=("a", "b"), channels=3, seed=1, nan_epoch=3)
-    m = nan_h.layer_matrix("test")
-    assert list(m.columns) == [0, 1, 2, 3, 4] and m[3].isna().all()  # an all-NaN epoch keeps its column
+    m = nan_h.layer_frame("test")
+    assert list(m.index) == [0, 1, 2, 3, 4] and m.loc[3].isna().all()  # an all-NaN epoch keeps its row
     loss = hist.metric("test", "loss")
     assert hist.test_loss_minimum() == (int(loss.idxmin()), pytest.approx(loss.min()))
     frame = hist.metric_frame("loss")
@@ -183,3 +187,64 @@ def test_queries_the_widgets_and_reports_use(hist):
         hist.histogram("val", "a", 2)
     with pytest.raises(ValueError, match="closest"):
         hist.check_layer("c")
+
+
+def test_one_value_per_epoch_is_the_one_rule(tmp_path, hist):
+    """Duplicates are refused where tables enter a History, so no reader drops them."""
+    from xaisparse.detect import early_stopping_epoch
+    from xaisparse.detect.baselines import restored_best_epoch, train_loss_plateau_epoch
+    from xaisparse.history import epoch_series
+
+    twice = pd.concat([hist.metrics, hist.metrics.iloc[:1]], ignore_index=True)
+    with pytest.raises(ValueError, match="duplicate row"):
+        History(metrics=twice)
+    with pytest.raises(ValueError, match="duplicate row"):
+        History(layers=pd.concat([hist.layers, hist.layers.iloc[-1:]], ignore_index=True))
+    path = hist.save(tmp_path / "run")
+    twice.to_parquet(path / "metrics.parquet", index=False)
+    manifest = json.loads((path / "history.json").read_text())
+    import hashlib
+
+    manifest["files"]["metrics.parquet"] = hashlib.sha256((path / "metrics.parquet").read_bytes()).hexdigest()
+    (path / "history.json").write_text(json.dumps(manifest))
+    with pytest.raises(HistoryFormatError, match="duplicate row"):
+        History.load(path)
+    doubled = pd.Series([1.0, 0.5, 0.7], index=[0, 1, 1])
+    for use in (
+        epoch_series,
+        early_stopping_epoch,
+        lambda s: restored_best_epoch(s, 1),
+        lambda s: train_loss_plateau_epoch(s, window=1),
+    ):
+        with pytest.raises(ValueError, match=r"epoch\(s\) \[1\] more than once"):
+            use(doubled)
+    assert epoch_series(pd.Series([3.0, 1.0], index=[5, 2])).index.tolist() == [2, 5]  # sorted by epoch
+
+
+def test_loss_minimum_is_the_earliest_finite_argmin():
+    from xaisparse.history import loss_minimum
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        values = rng.choice([0.5, 0.7, 1.0, np.nan, np.inf], size=8)
+        epochs = rng.permutation(np.arange(10, 18))
+        finite = [(e, v) for e, v in zip(epochs, values) if np.isfinite(v)]
+        expected = min(finite, key=lambda ev: (ev[1], ev[0])) if finite else None  # lowest value, then epoch
+        got = loss_minimum(pd.Series(values, index=epochs))
+        assert got == (None if expected is None else (int(expected[0]), float(expected[1])))
+
+
+def test_queries_over_one_epoch_and_the_histogram_keys(hist):
+    metrics = {"train": {"loss": 0.25, "accuracy": 0.5}, "val": {"loss": 0.75}}
+    h = History()
+    h.record_epoch(3, metrics)
+    assert h.epoch_metrics(3) == metrics and h.epoch_metrics(4) == {}
+    assert h.sparsity_epochs == [] and h.epochs == [3]
+    assert hist.sparsity_epochs == [0, 1, 2, 3, 4]
+    for epoch in (0, 4):
+        for stat in ("spatial_mean", "sample_mean"):
+            expected = oracle.epochs_by_layers(hist.layers, "train", stat)[epoch]
+            assert hist.layer_values("train", epoch, stat) == expected
+    assert hist.layer_values("train", 99) == {}
+    assert hist.histogram_splits == ["train", "test"] and hist.histogram_layers == ["a", "b"]
+    assert History().histogram_splits == [] and History().histogram_layers == []

@@ -98,7 +98,7 @@ def test_the_run_is_the_same_as_training_directly(trained):
     )
     for split in ("train", "test"):
         np.testing.assert_allclose(history.metric(split, "loss"), direct.metric(split, "loss"), rtol=1e-6)
-    np.testing.assert_allclose(history.layer_matrix("test"), direct.layer_matrix("test"), rtol=1e-6)
+    np.testing.assert_allclose(history.layer_frame("test"), direct.layer_frame("test"), rtol=1e-6)
 
 
 def test_zero_weight_trains_without_a_penalty():

@@ -155,11 +155,12 @@ def test_channel_order_and_dead_channels_against_the_channel_table():
 def test_timeline_frame_loss_minimum_alarm_and_heatmap(hist):
     frame = hist.layer_frame("test", [L1, L3], "spatial_mean")
     assert list(frame.columns) == [L1, L3] and frame.index.name == "epoch"
-    for layer in (L1, L3):
-        np.testing.assert_array_equal(frame[layer].to_numpy(), hist.layer_series("test", layer).to_numpy())
-        np.testing.assert_array_equal(frame.index.to_numpy(), hist.layer_series("test", layer).index.to_numpy())
-    test_loss = hist.metric("test", "loss")
-    assert hist.test_loss_minimum() == (int(test_loss.idxmin()), pytest.approx(test_loss.min()))
+    epochs, values = oracle.wide(hist.layers, "test", "spatial_mean", [L1, L3])  # a loop over the tidy rows
+    assert frame.index.tolist() == epochs
+    np.testing.assert_array_equal(frame.to_numpy(), values)
+    rows = [(int(e), v) for e, s, m, v in hist.metrics.itertuples(index=False) if (s, m) == ("test", "loss")]
+    low = min(v for _, v in rows)
+    assert hist.test_loss_minimum() == (min(e for e, v in rows if v == low), pytest.approx(low))
     assert History().test_loss_minimum() is None
     assert hist.alarm_epoch == 4
     h = History()
@@ -167,10 +168,10 @@ def test_timeline_frame_loss_minimum_alarm_and_heatmap(hist):
         h.detection = None if alarm is None else detection(alarm)
         assert h.alarm_epoch == alarm
     nan_h = synthetic_history(nan_epoch=3)
-    m = nan_h.layer_matrix("test")
-    assert 3 in m.columns and m[3].isna().all()  # the all-NaN epoch keeps its column
-    assert nonfinite_epochs(m, axis="columns") == [3]
-    assert nonfinite_epochs(nan_h.layer_frame("test")) == [3]
+    m = nan_h.layer_frame("test")
+    assert 3 in m.index and m.loc[3].isna().all()  # the all-NaN epoch keeps its row
+    assert nonfinite_epochs(m.T, axis="columns") == [3]
+    assert nonfinite_epochs(m) == [3]
     with pytest.raises(ValueError, match="closest"):
         hist.layer_frame("test", ["block9.relu"])
 
@@ -357,12 +358,13 @@ def test_timeline_robustness():
         SparsityTimeline(synthetic_history(epochs=1), statistic="bogus")
 
 
-def test_heatmap_equals_layer_matrix(hist):
+def test_heatmap_draws_the_layer_table(hist):
     w = LayerEpochHeatmap(hist)
     fig = w.to_figure()
     ax = fig.axes[0]
     image = ax.get_images()[0].get_array()
-    np.testing.assert_allclose(np.ma.filled(image, np.nan), hist.layer_matrix("test", "spatial_mean").to_numpy())
+    _, expected = oracle.wide(hist.layers, "test", "spatial_mean", [L1, L2, L3])
+    np.testing.assert_allclose(np.ma.filled(image, np.nan), expected.T)
     assert [t.get_text() for t in ax.get_yticklabels()] == [L1, L2, L3]
     assert ax.get_xlabel() == "epoch"
     assert fig.axes[1].get_ylabel() == "spatial sparsity (0 dense – 1 one unit)"  # the colorbar
@@ -370,7 +372,9 @@ def test_heatmap_equals_layer_matrix(hist):
     w.split_buttons.value = "train"
     w.statistic_dropdown.value = "sample_mean"
     image = w.to_figure().axes[0].get_images()[0].get_array()
-    np.testing.assert_allclose(np.ma.filled(image, np.nan), hist.layer_matrix("train", "sample_mean").to_numpy())
+    np.testing.assert_allclose(
+        np.ma.filled(image, np.nan), oracle.wide(hist.layers, "train", "sample_mean", [L1, L2, L3])[1].T
+    )
     assert bytes(w.image.value) != png
     assert "no epochs" in LayerEpochHeatmap(History()).message
     nan = LayerEpochHeatmap(synthetic_history(nan_epoch=3))

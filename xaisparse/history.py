@@ -3,7 +3,7 @@
 A :class:`History` holds the configuration, per-epoch metrics, per-layer and per-channel
 sparsity (tidy pandas tables), the fixed-bin per-channel histograms, the overfitting
 detector's result and the run's outcome. Every consumer — widgets, plots, reports, the CLI,
-the detector's evaluation, notebooks — asks it for what it needs (:meth:`History.layer_matrix`,
+the detector's evaluation, notebooks — asks it for what it needs (:meth:`History.layer_frame`,
 :meth:`History.test_loss_minimum`, :meth:`History.histogram`, …) instead of filtering the
 tables itself.
 
@@ -48,7 +48,9 @@ __all__ = [
     "channel_ordering",
     "check_history",
     "common_layers",
+    "epoch_series",
     "load_runs",
+    "loss_minimum",
     "run_names",
 ]
 
@@ -124,12 +126,53 @@ class RunOutcome:
         )
 
 
+#: What makes a row of each table unique: one value per key (``record_epoch`` refuses a second epoch).
+_KEYS = {
+    "metrics": ["epoch", "split", "metric"],
+    "layers": ["epoch", "split", "layer", "statistic"],
+    "channels": ["epoch", "split", "layer", "channel", "statistic"],
+}
+
+
 def _series(rows: pd.DataFrame, name: str) -> pd.Series:
-    """``value`` by epoch (first of duplicates, ascending)."""
+    """``value`` by epoch, ascending (the rows of one key: no epoch twice, see :data:`_KEYS`)."""
     s = pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=np.int64), name=name)
-    s = s[~s.index.duplicated(keep="first")].sort_index()
+    s = s.sort_index()
     s.index.name = "epoch"
     return s
+
+
+def epoch_series(series: object, what: str = "series") -> pd.Series:
+    """``series`` as floats by epoch, ascending; a ``ValueError`` when an epoch appears twice.
+
+    The one check of a per-epoch series given to the detector's baselines and evaluation (a
+    History's queries never hold an epoch twice: :meth:`History.record_epoch` refuses it).
+
+    >>> epoch_series(pd.Series([0.5, 1.0], index=[2, 1])).tolist()
+    [1.0, 0.5]
+    """
+    if not isinstance(series, pd.Series):
+        raise TypeError(f"{what} must be a pandas Series indexed by epoch, got {type(series).__name__}")
+    twice = series.index[series.index.duplicated()].unique().tolist()
+    if twice:
+        raise ValueError(f"{what} has epoch(s) {twice[:5]} more than once; expected one value per epoch")
+    return series.sort_index().astype(np.float64)
+
+
+def loss_minimum(loss: pd.Series) -> tuple[int, float] | None:
+    """``(epoch, value)`` of the smallest finite value of a per-epoch series (earliest on ties), or None.
+
+    The yardstick of overfitting (:meth:`History.test_loss_minimum` applies it to the test loss).
+
+    >>> loss_minimum(pd.Series([1.0, 0.6, float("nan"), 0.6]))
+    (1, 0.6)
+    """
+    s = epoch_series(loss, "loss")
+    s = s[np.isfinite(s.to_numpy())]
+    if s.empty:
+        return None
+    pos = int(np.argmin(s.to_numpy()))
+    return int(s.index[pos]), float(s.iloc[pos])
 
 
 @dataclass
@@ -162,6 +205,19 @@ class History:
     layer_order: list[str] = field(default_factory=list)
     detection: DetectionResult | None = None
     outcome: RunOutcome = field(default_factory=RunOutcome)
+
+    def __post_init__(self) -> None:
+        for kind, keys in _KEYS.items():
+            table = getattr(self, kind)
+            if kind == "channels" or table.empty:  # channels: written with their layer rows, one per key
+                continue
+            twice = table.duplicated(keys)
+            if twice.any():
+                first = table.loc[twice, keys].iloc[0].to_dict()
+                raise ValueError(
+                    f"the {kind} table holds {int(twice.sum())} duplicate row(s) (e.g. {first}); a History keeps "
+                    "one value per epoch (record_epoch refuses a recorded epoch)"
+                )
 
     # ------------------------------------------------------------------ building
     def record_epoch(
@@ -221,9 +277,27 @@ class History:
         return _split_order(list(dict.fromkeys(self.layers.split.astype(str))))
 
     @property
+    def sparsity_epochs(self) -> list[int]:
+        """Epochs with layer sparsity recorded, ascending (never read from the metrics: no labels)."""
+        return sorted(set(self.layers.epoch.astype(int)))
+
+    @property
     def layer_names(self) -> list[str]:
-        """Recorded layers in network order."""
-        return list(self.layer_order) or list(dict.fromkeys(self.layers.layer.astype(str)))
+        """Recorded layers in network order (then any layer of the tables that the order lacks)."""
+        order = list(self.layer_order)
+        return order + [n for n in dict.fromkeys(self.layers.layer.astype(str)) if n not in order]
+
+    @property
+    def histogram_splits(self) -> list[str]:
+        """Splits with per-channel histograms (same order as :attr:`splits`)."""
+        return _split_order(list(dict.fromkeys(s for s, _ in self.spatial_hist)))
+
+    @property
+    def histogram_layers(self) -> list[str]:
+        """Layers with per-channel histograms, in network order."""
+        have = list(dict.fromkeys(name for _, name in self.spatial_hist))
+        names = self.layer_names
+        return [n for n in names if n in have] + [n for n in have if n not in names]
 
     @property
     def is_empty(self) -> bool:
@@ -258,16 +332,27 @@ class History:
 
     # ------------------------------------------------------------------ metrics
     def metric(self, split: str, name: str = "loss") -> pd.Series:
-        """One metric over epochs (index: epoch)."""
+        """One metric over epochs (index: epoch, ascending)."""
         m = self.metrics
-        rows = m[(m.split == split) & (m.metric == name)]
-        return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=f"{split} {name}")
+        return _series(m[(m.split == split) & (m.metric == name)], f"{split} {name}")
+
+    def epoch_metrics(self, epoch: int) -> dict[str, dict[str, float]]:
+        """What :meth:`record_epoch` got at one epoch: ``metrics[split][name]`` (empty if none).
+
+        >>> h = History()
+        >>> h.record_epoch(0, {"train": {"loss": 1.0}, "test": {"loss": 1.5}})
+        >>> h.epoch_metrics(0)
+        {'train': {'loss': 1.0}, 'test': {'loss': 1.5}}
+        """
+        m = self.metrics[self.metrics.epoch == int(epoch)]
+        out: dict[str, dict[str, float]] = {}
+        for split, name, value in zip(m.split.astype(str), m.metric.astype(str), m.value.astype(float)):
+            out.setdefault(split, {})[name] = float(value)
+        return out
 
     def metric_frame(self, metric: str = "loss") -> pd.DataFrame:
         """Epochs × splits table of one metric (``train``/``test`` loss by default)."""
-        series = [
-            _series(self.metrics[(self.metrics.split == s) & (self.metrics.metric == metric)], s) for s in self.splits
-        ]
+        series = [self.metric(s, metric).rename(s) for s in self.splits]
         series = [s for s in series if not s.empty]
         if not series:
             return pd.DataFrame(index=pd.Index([], dtype=np.int64, name="epoch"))
@@ -287,13 +372,7 @@ class History:
         >>> h.test_loss_minimum()
         (1, 0.6)
         """
-        ser = self.metric(split, metric)
-        ser = ser[np.isfinite(ser.to_numpy(dtype=np.float64))]
-        if ser.empty:
-            return None
-        ser = ser.sort_index()
-        pos = int(np.argmin(ser.to_numpy()))
-        return int(ser.index[pos]), float(ser.iloc[pos])
+        return loss_minimum(self.metric(split, metric))
 
     @property
     def alarm_epoch(self) -> int | None:
@@ -302,45 +381,57 @@ class History:
 
     # ------------------------------------------------------------------ layer statistics
     def layer_series(self, split: str, layer: str, statistic: str = "spatial_mean") -> pd.Series:
-        """One layer statistic over epochs (index: epoch)."""
+        """One layer statistic over epochs (index: epoch, ascending)."""
         t = self.layers
-        rows = t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)]
-        return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=layer)
+        return _series(t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)], layer)
 
     def layer_frame(
         self, split: str, layers: Sequence[str] | None = None, statistic: str = "spatial_mean"
     ) -> pd.DataFrame:
-        """Epochs × layers table of one layer statistic (columns in the order given; default network order).
+        """Epochs × layers table of one layer statistic: the one wide table of a run's layer sparsity.
 
-        NaN where a value is missing or not finite.
+        Columns in the order given (default: every layer with this statistic in this split, in
+        network order), epochs ascending; every epoch with a value of these layers keeps its row,
+        also when all its values are NaN (they stay visible as gaps). NaN where a value is missing
+        or not finite; empty when nothing matches.
+
+        >>> from xaisparse.testing import synthetic_history
+        >>> synthetic_history(epochs=4, layers=("a", "b")).layer_frame("test").shape
+        (4, 2)
         """
-        names = self.layer_names if layers is None else [self.check_layer(n) for n in layers]
         t = self.layers
         t = t[(t.split == split) & (t.statistic == statistic)]
-        series = [_series(t[t.layer == name], name) for name in names]
-        frame = pd.concat(series, axis=1) if series else pd.DataFrame()
-        frame = frame.reindex(columns=names).sort_index()
-        frame.index = frame.index.astype(np.int64) if len(frame.index) else pd.Index([], dtype=np.int64)
-        frame.index.name = "epoch"
+        if layers is None:
+            present = set(t.layer.astype(str))
+            names = [n for n in self.layer_names if n in present]
+        else:
+            names = [self.check_layer(n) for n in layers]
+            t = t[t.layer.isin(names)]
+        wide = t.pivot(index="epoch", columns="layer", values="value") if not t.empty else pd.DataFrame()
+        frame = wide.reindex(columns=names).sort_index()
+        frame.index = pd.Index(frame.index.to_numpy(dtype=np.int64), name="epoch")
+        frame.columns = pd.Index([str(c) for c in frame.columns], dtype=object)
         return frame.astype(np.float64)
 
-    def layer_matrix(self, split: str, statistic: str = "spatial_mean") -> pd.DataFrame:
-        """Layers × epochs table of one statistic (rows in network order, epochs ascending).
+    def layer_values(self, split: str, epoch: int, statistic: str = "spatial_mean") -> dict[str, float]:
+        """One epoch's row of :meth:`layer_frame`: ``{layer: value}`` in network order (empty if none)."""
+        frame = self.layer_frame(split, statistic=statistic)
+        if int(epoch) not in frame.index:
+            return {}
+        row = frame.loc[int(epoch)]
+        return {str(name): float(value) for name, value in zip(row.index, row.to_numpy(dtype=np.float64))}
 
-        Every epoch with rows for this split and statistic keeps its column, also when all its
-        values are NaN (they stay visible as gaps). Empty when nothing matches.
-        """
-        t = self.layers[(self.layers.split == split) & (self.layers.statistic == statistic)]
-        if t.empty:
-            return pd.DataFrame()
-        t = t.assign(epoch=t.epoch.astype(np.int64), layer=t.layer.astype(str), value=t.value.astype(np.float64))
-        t = t.drop_duplicates(["layer", "epoch"], keep="first")
-        wide = t.pivot(index="layer", columns="epoch", values="value")
-        order = [name for name in self.layer_names if name in wide.index]
-        order += [name for name in wide.index if name not in order]
-        wide = wide.reindex(index=order, columns=sorted(wide.columns))
+    def layer_matrix(self, split: str, statistic: str = "spatial_mean") -> pd.DataFrame:
+        """Deprecated: ``layer_frame(split, statistic=statistic).T`` (layers × epochs)."""
+        warnings.warn(
+            "History.layer_matrix(split, statistic) is deprecated: use History.layer_frame(split, "
+            "statistic=statistic) (epochs × layers; .T for layers × epochs)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        wide = self.layer_frame(split, statistic=statistic).T
         wide.index.name, wide.columns.name = "layer", "epoch"
-        return wide.astype(np.float64)
+        return wide
 
     # ------------------------------------------------------------------ histograms and channels
     def histogram_epochs(self, split: str, layer: str) -> list[int]:
@@ -538,15 +629,18 @@ class History:
         config = dict(manifest.get("config") or {})
         if version == 1:
             _upgrade_v1(tables, config, manifest)
-        h = cls(
-            config=config,
-            metrics=tables["metrics"],
-            layers=tables["layers"],
-            channels=tables["channels"],
-            bin_edges=arrays.get("bin_edges", np.linspace(0, 1, 21)),
-            layer_order=list(manifest.get("layer_order") or []),
-            outcome=RunOutcome.from_dict(manifest.get("outcome")),
-        )
+        try:
+            h = cls(
+                config=config,
+                metrics=tables["metrics"],
+                layers=tables["layers"],
+                channels=tables["channels"],
+                bin_edges=arrays.get("bin_edges", np.linspace(0, 1, 21)),
+                layer_order=list(manifest.get("layer_order") or []),
+                outcome=RunOutcome.from_dict(manifest.get("outcome")),
+            )
+        except ValueError as exc:
+            raise HistoryFormatError(f"run directory {root} is inconsistent: {exc}") from None
         detection = manifest.get("detection")
         if isinstance(detection, Mapping):
             h.detection = DetectionResult.from_dict(detection, evidence)

@@ -7,16 +7,18 @@ each method's stop epoch is compared with it. The detector itself never sees the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .._validation import check_bool, is_int, is_number
-from ..history import History, as_runs, run_names
+from ..history import History, as_runs, epoch_series, loss_minimum, run_names
 from .online import OverfitDetector
+
+#: One run or several: a History, a list of them, or a dict name -> History.
+Runs = History | Sequence[History] | Mapping[str, History]
 
 __all__ = ["OUTCOMES", "Evaluation", "classify", "early_stopping_epoch", "evaluate", "overfits", "summarize"]
 
@@ -32,8 +34,9 @@ def early_stopping_epoch(loss: pd.Series, patience: int = 2, min_delta: float = 
     """
     if not is_int(patience) or patience < 1:
         raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+    loss = epoch_series(loss, "loss")
     best, waited = math.inf, 0
-    for epoch, value in zip(loss.index, loss.to_numpy(dtype=float)):
+    for epoch, value in zip(loss.index, loss.to_numpy()):
         if math.isfinite(value) and value < best - min_delta:
             best, waited = value, 0
         else:
@@ -63,7 +66,7 @@ class Evaluation:
 OUTCOMES = ("hit", "false_alarm", "miss", "correct_rejection")
 
 
-def _runs(histories: Any) -> dict[str, History]:
+def _runs(histories: Runs) -> dict[str, History]:
     if isinstance(histories, History):
         return dict(zip(run_names([histories]), [histories]))
     if isinstance(histories, (list, tuple, Mapping)):
@@ -102,21 +105,24 @@ def overfits(loss: pd.Series, min_rise: float = 0.0, relative: bool = False) -> 
     >>> overfits(loss, 0.05, relative=True), overfits(loss, 0.2, relative=True)
     ((1, True), (1, False))
     """
-    s = loss[~loss.index.duplicated(keep="last")].sort_index()
-    finite = s[np.isfinite(s.to_numpy(dtype=float))]
-    if finite.empty:
+    best = loss_minimum(loss)
+    if best is None:
         raise ValueError("the loss has no finite value")
-    pos = int(np.argmin(finite.to_numpy(dtype=float)))
-    e_star, best = int(finite.index[pos]), float(finite.iloc[pos])
-    after = finite[finite.index > e_star]
+    return best[0], _rises(loss, best, min_rise, relative)
+
+
+def _rises(loss: pd.Series, best: tuple[int, float], min_rise: float, relative: bool) -> bool:
+    """Whether the finite loss after the minimum ``best = (e*, value)`` exceeds it by more than ``min_rise``."""
+    e_star, low = best
+    after = loss[(loss.index > e_star) & np.isfinite(loss.to_numpy(dtype=float))]
     if after.empty:
-        return e_star, False
+        return False
     top = float(after.max())
-    return e_star, (top > (1 + min_rise) * best) if relative else (top - best > min_rise)
+    return (top > (1 + min_rise) * low) if relative else (top - low > min_rise)
 
 
 def evaluate(
-    histories: Any,
+    histories: Runs,
     detector: OverfitDetector | None = None,
     *,
     max_lead: int = 5,
@@ -171,11 +177,8 @@ def evaluate(
             raise ValueError(
                 f"run {run!r} has no finite {loss_split!r} loss to evaluate against (splits with metrics: {h.splits})"
             )
-        loss = h.metric(loss_split, "loss")
-        loss = loss[~loss.index.duplicated(keep="last")].sort_index()
-        e_star, overfit = overfits(loss, min_rise, relative_rise)
-        acc = h.metric(loss_split, "accuracy")
-        acc = acc[~acc.index.duplicated(keep="last")]
+        loss, acc = h.metric(loss_split, "loss"), h.metric(loss_split, "accuracy")
+        e_star, overfit = best[0], _rises(loss, best, min_rise, relative_rise)
         last = int(loss.index.max())
         result = det.detect(h)
         stops = {

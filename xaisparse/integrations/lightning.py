@@ -336,9 +336,11 @@ class SparsityCallback(pl.Callback):
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, to_loggers: bool) -> None:
         if self.log_statistic is None or not trainer.loggers:
             return
-        layers = self.history.layers
-        rows = layers[(layers.epoch == epoch) & (layers.statistic == self.log_statistic)]
-        values = {f"{self.log_prefix}/{s}/{name}": float(v) for s, name, v in zip(rows.split, rows.layer, rows.value)}
+        values = {
+            f"{self.log_prefix}/{split}/{name}": value
+            for split in self.history.sparsity_splits
+            for name, value in self.history.layer_values(split, epoch, self.log_statistic).items()
+        }
         if self.detector is not None:
             values[f"{self.log_prefix}/alarm"] = float(self.history.alarm_epoch is not None)
         if not values:

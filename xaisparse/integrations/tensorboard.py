@@ -84,13 +84,14 @@ def write_epoch(
         writer.add_scalar(tag, float(value), global_step=int(epoch))
         tags.append(tag)
 
-    m = history.metrics[history.metrics.epoch == epoch]
-    for split, name, value in zip(m.split, m.metric, m.value):
-        scalar(f"{split}/{name}", value)
-    rows = history.layers[(history.layers.epoch == epoch) & history.layers.statistic.isin(stats)]
-    for split, layer, stat, value in zip(rows.split, rows.layer, rows.statistic, rows.value):
-        if np.isfinite(value):
-            scalar(f"{prefix}/{stat}/{split}/{layer}", value)
+    for split, metrics in history.epoch_metrics(epoch).items():
+        for name, value in metrics.items():
+            scalar(f"{split}/{name}", value)
+    for split in history.sparsity_splits:
+        for stat in stats:
+            for layer, value in history.layer_values(split, epoch, stat).items():
+                if np.isfinite(value):
+                    scalar(f"{prefix}/{stat}/{split}/{layer}", value)
     for split in history.sparsity_splits:
         for layer in history.layer_names:
             for stat in channel_stats:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,16 +27,23 @@ _ORDER_TEXT = {
 
 
 def histogram_splits(history: History) -> list[str]:
-    """Splits with per-channel histograms, ``train`` first."""
-    found = list(dict.fromkeys(s for s, _ in history.spatial_hist))
-    rank = {"train": 0, "val": 1, "test": 2}
-    return sorted(found, key=lambda s: (rank.get(s, 3), found.index(s)))
+    """Deprecated: :attr:`History.histogram_splits <xaisparse.history.History.histogram_splits>`."""
+    warnings.warn(
+        "xaisparse.plots.channels.histogram_splits(history) is deprecated: use history.histogram_splits",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return history.histogram_splits
 
 
 def histogram_layers(history: History) -> list[str]:
-    """Layers with per-channel histograms, in network order."""
-    layers = [name for name in history.layer_names if any(name == n for _, n in history.spatial_hist)]
-    return layers + [n for _, n in history.spatial_hist if n not in layers]
+    """Deprecated: :attr:`History.histogram_layers <xaisparse.history.History.histogram_layers>`."""
+    warnings.warn(
+        "xaisparse.plots.channels.histogram_layers(history) is deprecated: use history.histogram_layers",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return history.histogram_layers
 
 
 def shown_splits(split: str) -> list[str]:
@@ -87,12 +95,10 @@ def distribution(
     h = history
     if h.is_empty:
         raise NoData("This run has no epochs yet: nothing to show.")
-    if not h.spatial_hist:
-        raise NoData(
-            "This run has no per-channel histograms (spatial_hist is empty): record it with a SparsityMonitor."
-        )
+    if not h.histogram_layers:
+        raise NoData("This run has no per-channel histograms: record it with a SparsityMonitor.")
     if layer is None:
-        layer = histogram_layers(h)[0]
+        layer = h.histogram_layers[0]
     epochs = distribution_epochs(h, layer, split)
     if not epochs:
         raise NoData(f"Layer {layer!r} has no histograms for split {split!r}.")

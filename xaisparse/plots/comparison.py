@@ -125,7 +125,6 @@ def comparison(
         if ser.empty:
             no_split.append(name)
             continue
-        ser = ser[~ser.index.duplicated(keep="first")].sort_index()
         data["series"][name] = ser
         ax_layer.plot(
             ser.index.to_numpy(),

@@ -32,7 +32,7 @@ def _layer_history(history: History) -> History:
         raise TypeError(f"history must be an xaisparse History, got {type(history).__name__}")
     if history.is_empty:
         raise NoData("This run has no epochs yet: nothing to show.")
-    if history.layers.empty:
+    if not history.sparsity_splits:
         raise NoData("This run records no layer sparsity (only metrics).")
     return history
 
@@ -143,7 +143,7 @@ def draw_timeline(
 
 def draw_heatmap(ax: Axes, history: History, split: str, statistic: str, notes: list[str]) -> dict[str, Any]:
     """Layers × epochs image of one statistic with a colorbar; NaN cells grey."""
-    matrix = history.layer_matrix(split, statistic)
+    matrix = history.layer_frame(split, statistic=statistic).T
     if matrix.empty:
         raise NoData(f"No {statistic!r} values for split {split!r}.")
     values = matrix.to_numpy(dtype=np.float64)
@@ -241,7 +241,7 @@ def heatmap(
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> Figure:
-    """Layers × epochs heatmap of one layer statistic (:meth:`~xaisparse.history.History.layer_matrix`), with a colorbar.
+    """Layers × epochs heatmap of one layer statistic (:meth:`~xaisparse.history.History.layer_frame`), with a colorbar.
 
     NaN cells are grey; the test-loss minimum (green dashed) and the alarm epoch (blue dotted)
     are marked.
@@ -269,7 +269,7 @@ def dashboard(
     """The timeline above the heatmap, titled with the latest epoch (the live training view)."""
     if not isinstance(history, History) or history.is_empty:
         raise NoData("waiting for the first epoch…")
-    if history.layers.empty:
+    if not history.sparsity_splits:
         raise NoData(f"epoch {history.epochs[-1]} recorded metrics only: no layer sparsity to show yet.")
     check_statistic(statistic)
     notes = [] if notes is None else notes

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from .. import plots
 from ..history import CHANNEL_ORDERINGS, DEAD_THRESHOLD, channel_ordering, check_history
-from ..plots.channels import distribution_epochs, histogram_layers, histogram_splits
+from ..plots.channels import distribution_epochs
 from ._base import FigureWidget, split_buttons
 
 __all__ = ["KINDS", "PerplexityDistribution"]
@@ -51,8 +51,8 @@ class PerplexityDistribution(FigureWidget):
             raise TypeError(f"epoch must be an int or None, got {type(epoch).__name__}")
         self.dead_threshold = float(dead_threshold)
         sticky: list[str] = []
-        splits = histogram_splits(h)
-        layers = histogram_layers(h)
+        splits = h.histogram_splits
+        layers = h.histogram_layers
         if layer is not None:
             if layer not in layers:
                 h.check_layer(layer)  # UnknownLayerError with the closest names

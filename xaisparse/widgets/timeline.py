@@ -73,7 +73,7 @@ class SparsityTimeline(FigureWidget):
 
 
 class LayerEpochHeatmap(FigureWidget):
-    """Layers × epochs heatmap of one layer statistic (:meth:`~xaisparse.history.History.layer_matrix`), with a colorbar.
+    """Layers × epochs heatmap of one layer statistic (:meth:`~xaisparse.history.History.layer_frame`), with a colorbar.
 
     Controls bound to :func:`xaisparse.plots.heatmap`: ``split_buttons`` and
     ``statistic_dropdown``. NaN cells are grey; the test-loss minimum (green dashed) and the
