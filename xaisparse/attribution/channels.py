@@ -124,18 +124,23 @@ class _LayerProbe:
         self.shapes.setdefault(site, tuple(tensor.shape))
 
     def shape(self, name: str) -> tuple[int, ...]:
-        if len(self.shapes) > 1:
-            raise ValueError(
-                f"layer {name!r} is called {len(self.shapes)} times per forward (call sites {list(self.shapes)}); "
-                "Captum's layer attributions need a module that runs once per forward: pick another layer (e.g. "
-                "the convolution or block output) or give each use its own module"
-            )
-        if not self.shapes:
-            raise ValueError(f"layer {name!r} did not run in the model's forward")
-        shape = self.shapes[name]
-        if len(shape) < 2:
-            raise ValueError(f"layer {name!r} outputs shape {shape}; a channel table needs (N, C, ...)")
-        return shape
+        return _one_site_shape(name, self.shapes)
+
+
+def _one_site_shape(name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """The output shape of a layer that ran once per forward (``shapes``: by call site), or a ``ValueError``."""
+    if len(shapes) > 1:
+        raise ValueError(
+            f"layer {name!r} is called {len(shapes)} times per forward (call sites {list(shapes)}); "
+            "Captum's layer attributions need a module that runs once per forward: pick another layer (e.g. "
+            "the convolution or block output) or give each use its own module"
+        )
+    if not shapes:
+        raise ValueError(f"layer {name!r} did not run in the model's forward")
+    shape = shapes[name]
+    if len(shape) < 2:
+        raise ValueError(f"layer {name!r} outputs shape {shape}; a channel table needs (N, C, ...)")
+    return shape
 
 
 def channel_attributions(
@@ -167,7 +172,7 @@ def channel_attributions(
     >>> {k: tuple(v.shape) for k, v in scores.items()}
     {'gradcam': (5, 3), 'conductance': (5, 3), 'ablation': (5, 3)}
     """
-    from ..recording import ActivationRecorder
+    from ..recording import capture_layer
 
     check_model(model)
     inputs = check_inputs(inputs)
@@ -177,12 +182,11 @@ def channel_attributions(
         baselines, n_steps, method, internal_batch_size, layer_baselines, perturbations_per_eval, device
     )
     x = inputs.to(device)
-    probe = _LayerProbe()
     with modes([model], eval_mode):
-        with ActivationRecorder(model, name, callback=probe), torch.no_grad():
-            logits = model(x)
+        logits, sites = capture_layer(model, x, name, eval_mode=False)  # modes() set the mode
         checked = check_target(target, logits.shape, x.shape[0], device)
-        return _scores(model, module, x, checked, probe.shape(name), kw)
+        shape = _one_site_shape(name, {site: tuple(t.shape) for site, t in sites.items()})
+        return _scores(model, module, x, checked, shape, kw)
 
 
 @dataclass

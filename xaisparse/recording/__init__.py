@@ -6,11 +6,15 @@ pass and stores nothing; ``select_layers`` / ``default_activation_layers`` /
 ``find_functional_activations`` locates ``F.relu``-style calls with ``torch.fx`` so that the
 recorder can take them on the model itself; ``expose_functional_activations`` makes them
 modules of a traced copy instead. ``call_site_name`` / ``call_site_base`` write and read the
-call-site names (``"layer1.0.relu#2"``).
+call-site names (``"layer1.0.relu#2"``). ``evaluating`` / ``restoring_modes`` run a model in
+eval mode and put every submodule's training flag back; ``capture_layer`` keeps one layer's
+outputs of one forward pass.
 """
 
+from xaisparse.recording.capture import capture_layer
 from xaisparse.recording.expose import expose_functional_activations
 from xaisparse.recording.functional import FunctionalActivation, find_functional_activations
+from xaisparse.recording.modes import evaluating, restoring_modes
 from xaisparse.recording.recorder import ActivationRecorder, Callback
 from xaisparse.recording.selection import (
     ACTIVATION_TYPES,
@@ -31,9 +35,12 @@ __all__ = [
     "LayerSelector",
     "call_site_base",
     "call_site_name",
+    "capture_layer",
     "default_activation_layers",
+    "evaluating",
     "expose_functional_activations",
     "find_functional_activations",
     "positionwise_activation_layers",
+    "restoring_modes",
     "select_layers",
 ]

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from xaisparse.recording.modes import evaluating
+
 __all__ = ["expose_functional_activations"]
 
 # target -> (module class, names of the positional parameters after the input)
@@ -163,16 +165,9 @@ def expose_functional_activations(model: nn.Module, example_input: Any = None) -
 
 def _check_same_output(model: nn.Module, exposed: nn.Module, example_input: Any) -> None:
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    flags = {m: m.training for m in (*model.modules(), *exposed.modules())}
-    try:
-        model.eval()
-        exposed.eval()
-        with torch.no_grad():
-            expected = model(*args)
-            got = exposed(*args)
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    with evaluating(model, exposed), torch.no_grad():
+        expected = model(*args)
+        got = exposed(*args)
     try:
         torch.testing.assert_close(got, expected)
     except AssertionError as err:
