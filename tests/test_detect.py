@@ -420,10 +420,10 @@ def test_layer_selection_names_and_globs():
     assert OverfitDetector().detect(h).monitored == ["block1.relu", "block2.relu", "head.relu"]
     assert OverfitDetector(layers="block*").detect(h).monitored == ["block1.relu", "block2.relu"]
     det = OverfitDetector(layers=["head.relu", "block[12].*"])
-    assert det.detect(h).monitored == ["head.relu", "block1.relu", "block2.relu"]
-    with pytest.raises(ValueError, match=r"block3\.relu.*available.*block1\.relu"):
+    assert det.detect(h).monitored == ["block1.relu", "block2.relu", "head.relu"]  # network order, as select_layers
+    with pytest.raises(ValueError, match=r"block3\.relu.*closest valid names.*block1\.relu"):
         OverfitDetector(layers=["block3.relu"]).detect(h)
-    with pytest.raises(ValueError, match="matches none"):
+    with pytest.raises(ValueError, match="matches no layer of the run"):
         OverfitDetector(layers=["conv*"]).detect(h)
     with pytest.raises(ValueError, match="exceeds"):
         OverfitDetector(min_layers=4).detect(h)

@@ -847,11 +847,13 @@ def test_wrong_shape_is_a_value_error_with_expected_and_got(shape):
     assert "(N, 3, ...)" in msg and f"got shape {tuple(shape)}" in msg, msg
 
 
-@pytest.mark.parametrize("bad", [0, -2, 2.5, "3", None])
-def test_bad_num_channels_or_bins_is_a_value_error(bad):
-    with pytest.raises(ValueError, match="num_channels"):
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "3", None, True])
+def test_bad_num_channels_or_bins_is_a_clear_error(bad):
+    """A wrong kind of value is a TypeError, an int below 1 a ValueError (the _validation rule)."""
+    error = ValueError if isinstance(bad, int) and not isinstance(bad, bool) else TypeError
+    with pytest.raises(error, match="num_channels"):
         LayerSparsity(bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="bins"):
+    with pytest.raises(error, match="bins"):
         LayerSparsity(3, bins=bad)  # type: ignore[arg-type]
 
 

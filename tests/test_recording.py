@@ -714,3 +714,23 @@ def test_capture_layer_equals_the_slice_of_the_model_and_leaves_it_as_it_was() -
     with pytest.raises(UnknownLayerError, match="closest"):
         capture_layer(net, x, "3x")
     assert count_hooks(net) == 0
+
+
+def test_layer_names_and_globs_follow_one_rule_for_models_and_runs(cnn: SmallCNN) -> None:
+    """select_layers (a model) and select_names (a run's recorded names): same order, same errors."""
+    from xaisparse._validation import select_names
+
+    names = [n for n, _ in cnn.named_modules() if n]
+    for patterns in (["classifier.*", "features.1"], ["features.[13]", "classifier.2"], ["*.0"]):
+        chosen = select_layers(cnn, patterns)
+        assert select_names(patterns, names) == chosen
+        assert chosen == [n for n in names if n in chosen]  # registration (network) order, not pattern order
+    for bad, message in (
+        ("features.9", "no layer named 'features.9'; closest valid names"),
+        ("head.*", "matches no layer"),
+    ):
+        with pytest.raises(UnknownLayerError, match=message) as on_model:
+            select_layers(cnn, [bad])
+        with pytest.raises(UnknownLayerError, match=message) as on_run:
+            select_names([bad], names)
+        assert str(on_model.value).replace("SmallCNN", "the run") == str(on_run.value)

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_split
+from ._validation import check_int, check_split
 from .estimators import LayerSparsity
 from .recording import ActivationRecorder, LayerSelector
 
@@ -149,9 +149,7 @@ class SparsityMonitor:
     """
 
     def __init__(self, model: nn.Module, layers: LayerSelector = None, *, bins: int = 20) -> None:
-        if not isinstance(bins, int) or bins < 1:
-            raise ValueError(f"bins must be a positive int, got {bins!r}")
-        self.bins = bins
+        self.bins = check_int("bins", bins, minimum=1)
         self.recorder = ActivationRecorder(model, layers, callback=self._on_activation)
         self._split: str | None = None
         self._estimators: dict[tuple[str, str], LayerSparsity] = {}

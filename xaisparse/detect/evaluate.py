@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .._validation import check_bool, is_int, is_number
+from .._validation import check_bool, check_int, check_number
 from ..history import History, as_runs, epoch_series, loss_minimum, run_names
 from .online import OverfitDetector
 
@@ -32,8 +32,7 @@ def early_stopping_epoch(loss: pd.Series, patience: int = 2, min_delta: float = 
     >>> early_stopping_epoch(pd.Series([1.0, 0.8, 0.9, 0.85, 0.95]), patience=2)
     3
     """
-    if not is_int(patience) or patience < 1:
-        raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+    patience = check_int("patience", patience, minimum=1)
     loss = epoch_series(loss, "loss")
     best, waited = math.inf, 0
     for epoch, value in zip(loss.index, loss.to_numpy()):
@@ -159,13 +158,9 @@ def evaluate(
     (late) hit whenever the loss rises for two epochs, so a hit is a real comparison
     rather than an impossible bar. ``min_delta`` is early stopping's improvement margin.
     """
-    for name, val in (("max_lead", max_lead), ("late", late)):
-        if not is_int(val) or val < 0:
-            raise ValueError(f"{name} must be an int >= 0 (epochs), got {val!r}")
-    if not is_int(patience) or patience < 1:
-        raise ValueError(f"patience must be an int >= 1, got {patience!r}")
-    if not is_number(min_rise) or not min_rise >= 0:
-        raise ValueError(f"min_rise must be a number >= 0, got {min_rise!r}")
+    max_lead, late = check_int("max_lead", max_lead, minimum=0), check_int("late", late, minimum=0)
+    patience = check_int("patience", patience, minimum=1)
+    min_rise = check_number("min_rise", min_rise, minimum=0)
     relative_rise = check_bool("relative_rise", relative_rise)
     if detector is not None and not isinstance(detector, OverfitDetector):
         raise TypeError(f"detector must be an OverfitDetector or None, got {type(detector).__name__}")

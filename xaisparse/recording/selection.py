@@ -6,12 +6,12 @@ registers nothing and changes nothing.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from xaisparse._errors import UnknownLayerError, closest
+from xaisparse._errors import UnknownLayerError
+from xaisparse._validation import match_name, short_names
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -68,13 +68,6 @@ _OTHER_WEIGHTED: tuple[type[nn.Module], ...] = (
 _Single = str | type | nn.Module | Callable[[str, nn.Module], bool]
 #: What ``layers=`` accepts: one selector or a list/tuple of them (their union).
 LayerSelector = _Single | Sequence[_Single] | None
-
-_GLOB_CHARS = "*?["
-
-
-def _short(names: Sequence[str], n: int = 12) -> str:
-    shown = ", ".join(repr(x) for x in names[:n])
-    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -164,7 +157,7 @@ def default_activation_layers(model: nn.Module) -> list[str]:
             f"position-wise MLPs on channels-last tensors (as in ConvNeXt, Swin or ViT blocks) or a "
             f"classifier head. ActivationRecorder, SparsityMonitor and SparsityPenalty with layers=None "
             f"record those that act on a spatial or token grid, over the last (channel) axis; "
-            f"positionwise_activation_layers(model) lists them: {_short(after_linear, 4)}"
+            f"positionwise_activation_layers(model) lists them: {short_names(after_linear, 4)}"
         )
     raise ValueError(
         f"{type(model).__name__} has {n_conv} convolution layer(s) but no activation module "
@@ -179,20 +172,8 @@ def default_activation_layers(model: nn.Module) -> list[str]:
 
 
 def _match_one(sel: object, cands: list[tuple[str, nn.Module]], model: nn.Module) -> list[str]:
-    names = [n for n, _ in cands]
     if isinstance(sel, str):
-        if sel in names:
-            return [sel]
-        if any(c in sel for c in _GLOB_CHARS):
-            hits = [n for n in names if fnmatch.fnmatchcase(n, sel)]
-            if hits:
-                return hits
-            raise UnknownLayerError(
-                f"the pattern {sel!r} matches no layer of {type(model).__name__}; layers are: {_short(names)}"
-            )
-        raise UnknownLayerError(
-            f"{type(model).__name__} has no layer named {sel!r}; closest valid names: {_short(closest(sel, names))}"
-        )
+        return match_name(sel, [n for n, _ in cands], "layer", type(model).__name__)
     if isinstance(sel, nn.Module):
         hits = [n for n, m in cands if m is sel]
         if not hits:
@@ -244,6 +225,6 @@ def select_layers(model: nn.Module, layers: LayerSelector = None) -> list[str]:
     if not chosen:
         raise ValueError(
             f"layers={layers!r} selects no layer of {type(model).__name__}; layers are: "
-            f"{_short([f'{n} ({type(m).__name__})' for n, m in cands])}"
+            f"{short_names([f'{n} ({type(m).__name__})' for n, m in cands])}"
         )
     return [n for n, _ in cands if n in chosen]
