@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerActivation
 from torch import nn
-from torchvision.models import resnet18
 
 from tests import oracle
 from xaisparse.monitor import CHANNEL_STATISTICS, LAYER_STATISTICS, SparsityMonitor, SparsityReport
@@ -26,38 +25,6 @@ BINS = 10
 ATOL = 2e-5  # float32 activations and float32 maths inside the estimator vs float64 reference
 
 
-# -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------
-def reference(acts: torch.Tensor) -> dict[str, np.ndarray | float]:
-    """DESIGN §1 statistics of one layer's activations ``(N, C, H, W)``, all data at once."""
-    a = np.abs(acts.detach().double().cpu().numpy())
-    n, c = a.shape[:2]
-    flat = a.reshape(n, c, -1)
-    finite = np.isfinite(flat).all(-1)  # (N, C) maps free of NaN/Inf
-    clean = np.where(np.isfinite(flat), flat, 0.0)
-    means = clean.mean(-1)  # (N, C) spatial means of |a|
-    out: dict[str, np.ndarray | float] = {"finite": finite, "nonfinite": (~finite).sum(0).astype(float)}
-    if flat.shape[-1] > 1:
-        s = np.where(finite, oracle.sparsity_rows(clean), np.nan)  # (N, C) per-map sparsity
-        dead = finite & (clean.sum(-1) == 0)
-        count = finite.sum(0)
-        out.update(
-            maps=s,
-            spatial_mean=np.nanmean(s, axis=0),
-            dead_fraction=dead.sum(0) / count,
-            count=count.astype(float),
-            layer_spatial_mean=float(np.nanmean(s)),
-            layer_dead_fraction=float(dead.sum() / finite.sum()),
-        )
-    # lifetime: one channel's spatial means over all finite samples
-    out["sample_sparsity"] = oracle.sparsity_rows(np.where(finite, means, 0.0).T, finite.sum(0))
-    # population: per sample, the vector of channel means (rows with any non-finite map excluded)
-    rows = finite.all(1)
-    pop = oracle.sparsity_rows(means[rows])
-    out["population"] = pop
-    out["channel_mean"] = float(pop.mean())
-    return out
-
-
 def channel_values(report: SparsityReport, split: str, layer: str, statistic: str) -> np.ndarray:
     t = report.channels
     rows = t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)].sort_values("channel")
@@ -65,46 +32,23 @@ def channel_values(report: SparsityReport, split: str, layer: str, statistic: st
     return rows.value.to_numpy()
 
 
-def assert_hist_matches(got: np.ndarray, values: np.ndarray, bins: int, tol: float = 1e-5) -> int:
-    """``got`` equals ``np.histogram(values, np.linspace(0, 1, bins + 1))``.
-
-    A value within ``tol`` of an interior bin edge may legitimately land on either side
-    (float32 inside the estimator vs float64 here); such values get that freedom and nothing
-    else. Returns how many values were that close (0 means the comparison was exact).
-    """
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    values = values[np.isfinite(values)]
-    ref, _ = np.histogram(values, bins=edges)
-    inner = edges[1:-1]
-    near = np.abs(values[:, None] - inner[None, :]).min(1) < tol if inner.size else np.zeros(len(values), bool)
-    assert got.sum() == len(values)
-    if not near.any():
-        np.testing.assert_array_equal(got, ref)
-        return 0
-    sure, _ = np.histogram(values[~near], bins=edges)
-    lo = np.histogram(np.clip(values[near] - tol, 0, 1), bins=edges)[0]
-    hi = np.histogram(np.clip(values[near] + tol, 0, 1), bins=edges)[0]
-    assert np.all(got >= sure) and np.all(got <= sure + lo + hi)
-    return int(near.sum())
-
-
 def check_layer(report: SparsityReport, split: str, layer: str, acts: torch.Tensor) -> None:
-    """All per-channel, per-layer and histogram outputs of one (split, layer) vs the reference."""
-    ref = reference(acts)
+    """All per-channel, per-layer and histogram outputs of one (split, layer) vs the oracle."""
+    ref = oracle.layer_reference(acts, BINS)
     c = acts.shape[1]
     close = dict(rtol=0, atol=ATOL)
     np.testing.assert_allclose(channel_values(report, split, layer, "sample_sparsity"), ref["sample_sparsity"], **close)
-    np.testing.assert_array_equal(channel_values(report, split, layer, "nonfinite"), ref["nonfinite"])
+    np.testing.assert_array_equal(channel_values(report, split, layer, "nonfinite"), ref["sample_nonfinite"])
     np.testing.assert_allclose(report.layer_value(split, layer, "channel_mean"), ref["channel_mean"], **close)
     assert report.layer_value(split, layer, "num_channels") == c
-    assert report.layer_value(split, layer, "samples") == ref["finite"].sum(0).max()
-    assert_hist_matches(report.channel_hist[(split, layer)], ref["population"], BINS)
-    if "maps" in ref:
+    assert report.layer_value(split, layer, "samples") == ref["sample_count"].max()
+    oracle.hist_matches(report.channel_hist[(split, layer)], ref["_channel_values"], BINS)
+    if int(np.prod(acts.shape[2:])) > 1:  # maps of more than one value: spatial statistics
         np.testing.assert_allclose(channel_values(report, split, layer, "spatial_mean"), ref["spatial_mean"], **close)
         np.testing.assert_allclose(
             channel_values(report, split, layer, "dead_fraction"), ref["dead_fraction"], rtol=0, atol=1e-12
         )
-        np.testing.assert_array_equal(channel_values(report, split, layer, "count"), ref["count"])
+        np.testing.assert_array_equal(channel_values(report, split, layer, "count"), ref["spatial_count"])
         np.testing.assert_allclose(report.layer_value(split, layer, "spatial_mean"), ref["layer_spatial_mean"], **close)
         np.testing.assert_allclose(
             report.layer_value(split, layer, "dead_fraction"), ref["layer_dead_fraction"], atol=1e-12
@@ -112,7 +56,7 @@ def check_layer(report: SparsityReport, split: str, layer: str, acts: torch.Tens
         hist = report.spatial_hist[(split, layer)]
         assert hist.shape == (c, BINS)
         for ch in range(c):
-            assert_hist_matches(hist[ch], ref["maps"][:, ch], BINS)
+            oracle.hist_matches(hist[ch], ref["_spatial_values"][ch], BINS)
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -169,12 +113,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def cnn() -> SmallCNN:
     torch.manual_seed(0)
     return SmallCNN().eval()
-
-
-@pytest.fixture(scope="module")
-def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return resnet18(num_classes=10).eval()
 
 
 # -- agreement with the reference ------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerActivation
 from torch import nn
-from torchvision.models import resnet18, vgg11
+from torchvision.models import vgg11
 
 from xaisparse._errors import UnknownLayerError
 from xaisparse.recording import (
@@ -57,12 +57,6 @@ class Collect:
     def __call__(self, name: str, a: torch.Tensor) -> None:
         self.order.append(name)
         self.seen[name] = a.detach().clone()
-
-
-@pytest.fixture(scope="module")
-def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return resnet18(num_classes=10).eval()
 
 
 @pytest.fixture
