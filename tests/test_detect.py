@@ -591,3 +591,24 @@ def test_evaluate_synthetic_runs(synth_runs):
     # 0.01), after k it rises by 0.12 (e - k)^1.3: the minimum is at 6 and patience 2 stops at 8.
     assert t.loc[("k6", "early_stopping"), ["best_epoch", "stop_epoch", "lead"]].tolist() == [6, 8, -2]
     assert set(ev.summary.method) == {"sparsity", "early_stopping"}
+
+
+def test_old_names_still_work_for_one_release_with_a_warning():
+    import xaisparse
+    import xaisparse.detect as det
+    from xaisparse.detect import scoring, signals
+
+    with pytest.warns(DeprecationWarning, match="evaluate_detector"):
+        assert det.evaluate is scoring.evaluate_detector
+    with pytest.warns(DeprecationWarning, match="evaluate_detector"):
+        assert xaisparse.evaluate is scoring.evaluate_detector
+    for name, module in (("classify", scoring), ("js_divergence", signals), ("EVIDENCE_COLUMNS", xaisparse.detection)):
+        with pytest.warns(DeprecationWarning, match=f"import it from {module.__name__}"):
+            assert getattr(det, name) is getattr(module, name)
+    assert "classify" not in det.__all__ and len(det.__all__) == 12
+    with pytest.raises(AttributeError):
+        det.no_such_name  # noqa: B018
+    h = synthetic_history(epochs=6, seed=0)
+    with pytest.warns(DeprecationWarning, match="layer_frame"):
+        old = signals.sparsity(h)
+    pd.testing.assert_frame_equal(old, h.layer_frame("test"))

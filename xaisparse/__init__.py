@@ -9,6 +9,7 @@ widgets: :mod:`xaisparse.widgets` (the only module that imports ipywidgets).
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 from ._version import __version__
@@ -40,7 +41,7 @@ _EXPORTS: dict[str, str] = {
     "RunOutcome": "xaisparse.history",
     "load_weights": "xaisparse.checkpoint",
     "DetectionResult": "xaisparse.detect",
-    "evaluate": "xaisparse.detect",
+    "evaluate_detector": "xaisparse.detect",
     # Captum attributions beside activation sparsity
     "attribute": "xaisparse.attribution",
     "attribution_sparsity": "xaisparse.attribution",
@@ -52,10 +53,19 @@ _EXPORTS: dict[str, str] = {
     "HistoryFormatError": "xaisparse._errors",
 }
 
+#: Old names that still work for one release, with a ``DeprecationWarning``: old -> (module, new).
+_DEPRECATED: dict[str, tuple[str, str]] = {
+    "evaluate": ("xaisparse.detect", "evaluate_detector"),
+}
+
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        old_home, new = _DEPRECATED[name]
+        warnings.warn(f"xaisparse.{name} is deprecated: use xaisparse.{new}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(old_home), new)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'xaisparse' has no attribute {name!r}")

@@ -159,7 +159,7 @@ def _train(args: argparse.Namespace, out: Path):
 
 
 def _verdict(history) -> str:
-    from .detect import EVIDENCE_NOTE, evaluate
+    from .detect import EVIDENCE_NOTE, evaluate_detector
     from .report import run_verdict
 
     best = history.test_loss_minimum()
@@ -172,7 +172,7 @@ def _verdict(history) -> str:
         f"note: {EVIDENCE_NOTE}",
     ]
     if best is not None and history.detection is not None:
-        rows, _ = evaluate(history)
+        rows, _ = evaluate_detector(history)
         cols = ["method", "stop_epoch", "lead", "outcome", "loss_at_stop", "accuracy_at_stop"]
         lines.append(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return "\n".join(lines)

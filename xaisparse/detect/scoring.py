@@ -20,7 +20,7 @@ from .online import OverfitDetector
 #: One run or several: a History, a list of them, or a dict name -> History.
 Runs = History | Sequence[History] | Mapping[str, History]
 
-__all__ = ["OUTCOMES", "Evaluation", "classify", "early_stopping_epoch", "evaluate", "overfits", "summarize"]
+__all__ = ["OUTCOMES", "Evaluation", "classify", "early_stopping_epoch", "evaluate_detector", "overfits", "summarize"]
 
 
 def early_stopping_epoch(loss: pd.Series, patience: int = 2, min_delta: float = 0.0) -> int | None:
@@ -47,9 +47,9 @@ def early_stopping_epoch(loss: pd.Series, patience: int = 2, min_delta: float = 
 
 @dataclass
 class Evaluation:
-    """What :func:`evaluate` returns: ``runs`` (one row per run × method) and ``summary``.
+    """What :func:`evaluate_detector` returns: ``runs`` (one row per run × method) and ``summary``.
 
-    Unpacks as ``runs, summary = evaluate(...)``.
+    Unpacks as ``runs, summary = evaluate_detector(...)``.
     """
 
     runs: pd.DataFrame
@@ -120,7 +120,7 @@ def _rises(loss: pd.Series, best: tuple[int, float], min_rise: float, relative: 
     return (top > (1 + min_rise) * low) if relative else (top - low > min_rise)
 
 
-def evaluate(
+def evaluate_detector(
     histories: Runs,
     detector: OverfitDetector | None = None,
     *,
@@ -214,7 +214,7 @@ def evaluate(
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per-method summary of :func:`evaluate`'s ``runs`` table."""
+    """Per-method summary of :func:`evaluate_detector`'s ``runs`` table."""
     cols = ["method", "runs", "overfitting_runs", "stops", "median_lead", "lead_q25", "lead_q75", "lead_iqr"]
     cols += [f"{o}_rate" for o in OUTCOMES] + ["mean_avoided_fraction", "median_loss_gap"]
     if runs.empty:
