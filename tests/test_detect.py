@@ -18,13 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xaisparse.detect import (
-    EVIDENCE_COLUMNS,
-    DetectionResult,
-    OverfitDetector,
-    early_stopping_epoch,
-    evaluate,
-)
+from xaisparse.detect import DetectionResult, OverfitDetector, early_stopping_epoch, evaluate_detector
+from xaisparse.detection import EVIDENCE_COLUMNS
 from xaisparse.history import LAYER_COLUMNS, History
 from xaisparse.testing import synthetic_history
 
@@ -510,7 +505,7 @@ def test_evaluate_classifies_by_hand():
         "no_overfit_quiet": make_history({"x": [0.3] * 10}, [1 - 0.05 * e for e in range(10)]),
         "no_overfit_alarm": make_history({"x": step_at(6)}, [1 - 0.05 * e for e in range(10)]),
     }
-    ev = evaluate(runs, OverfitDetector(**HAND), max_lead=3, late=2, patience=2)
+    ev = evaluate_detector(runs, OverfitDetector(**HAND), max_lead=3, late=2, patience=2)
     t = ev.runs.set_index(["run", "method"])
     sp = t.xs("sparsity", level="method")
     assert sp["outcome"].to_dict() == {
@@ -561,24 +556,24 @@ def test_evaluate_classifies_by_hand():
 def test_evaluate_min_rise_and_inputs():
     plateau = [1.0, 0.6, 0.5, 0.501, 0.502]  # e* = 2, then a rise of only 0.002
     h = make_history({"x": [0.3] * 5}, plateau)
-    strict = evaluate(h, OverfitDetector(**HAND)).runs
+    strict = evaluate_detector(h, OverfitDetector(**HAND)).runs
     assert strict.overfits.all() and (strict.set_index("method").loc["sparsity", "outcome"] == "miss")
-    lenient = evaluate(h, OverfitDetector(**HAND), min_rise=0.01).runs.set_index("method")
+    lenient = evaluate_detector(h, OverfitDetector(**HAND), min_rise=0.01).runs.set_index("method")
     assert not lenient.overfits.any()
     assert lenient.loc["sparsity", "outcome"] == "correct_rejection"
     assert lenient.loc["early_stopping", "outcome"] == "false_alarm"  # stops at e4
     # a list of runs with clashing names is made unique
-    lst = evaluate([h, h], OverfitDetector(**HAND)).runs
+    lst = evaluate_detector([h, h], OverfitDetector(**HAND)).runs
     assert lst.run.nunique() == 2
     with pytest.raises(ValueError, match="no finite"):
-        evaluate(make_history({"x": [0.3] * 3}), OverfitDetector(**HAND))
+        evaluate_detector(make_history({"x": [0.3] * 3}), OverfitDetector(**HAND))
     with pytest.raises(ValueError):
-        evaluate(h, max_lead=-1)
+        evaluate_detector(h, max_lead=-1)
 
 
 def test_evaluate_synthetic_runs(synth_runs):
     runs = {f"k{k}": h for (k, _), h in synth_runs.items()}
-    ev = evaluate(runs)
+    ev = evaluate_detector(runs)
     t = ev.runs.set_index(["run", "method"])
     for (k, _), h in synth_runs.items():
         loss = h.metric("test", "loss")

@@ -23,25 +23,12 @@ from scipy.spatial.distance import jensenshannon
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from xaisparse.detect import (
-    OverfitDetector,
-    chance_outcomes,
-    classify,
-    divergence,
-    early_stopping_epoch,
-    evaluate,
-    fixed_epoch,
-    gap,
-    js_divergence,
-    layer_mean,
-    overfits,
-    restored_best_epoch,
-    run_slope,
-    trailing_slope,
-    train_loss_plateau_epoch,
-)
+from xaisparse.detect import OverfitDetector, early_stopping_epoch, evaluate_detector
+from xaisparse.detect.baselines import chance_outcomes, fixed_epoch, restored_best_epoch, train_loss_plateau_epoch
 from xaisparse.detect.config import DetectorConfig
-from xaisparse.detect.signals import least_squares_slope
+from xaisparse.detect.scoring import classify, overfits
+from xaisparse.detect.signals import divergence, gap, js_divergence, layer_mean, least_squares_slope, trailing_slope
+from xaisparse.detect.slope import run_slope
 from xaisparse.history import LAYER_COLUMNS, History
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -353,7 +340,7 @@ def test_relative_rise_by_hand():
     rows = [(e, "test", "c", "spatial_mean", 0.3) for e in range(4)]
     h.layers = pd.DataFrame(rows, columns=LAYER_COLUMNS)
     h.layer_order = ["c"]
-    assert not evaluate(h, min_rise=0.05, relative_rise=True).runs.overfits.any()
-    assert evaluate(h, min_rise=0.03, relative_rise=True).runs.overfits.all()
+    assert not evaluate_detector(h, min_rise=0.05, relative_rise=True).runs.overfits.any()
+    assert evaluate_detector(h, min_rise=0.03, relative_rise=True).runs.overfits.all()
     with pytest.raises(TypeError, match="relative_rise"):
-        evaluate(h, relative_rise="yes")
+        evaluate_detector(h, relative_rise="yes")
