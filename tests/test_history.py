@@ -28,7 +28,7 @@ def _same(h1: History, h2: History) -> None:
     assert sorted(h1.spatial_hist) == sorted(h2.spatial_hist)
     for key in h1.spatial_hist:
         np.testing.assert_array_equal(h1.spatial_hist[key], h2.spatial_hist[key])
-        np.testing.assert_array_equal(h1.channel_hist[key], h2.channel_hist[key])
+        np.testing.assert_array_equal(h1.population_hist[key], h2.population_hist[key])
         assert h1.hist_epochs[key] == h2.hist_epochs[key]
     assert h1.config == h2.config and h1.layer_names == h2.layer_names
 
@@ -248,3 +248,58 @@ def test_queries_over_one_epoch_and_the_histogram_keys(hist):
     assert hist.layer_values("train", 99) == {}
     assert hist.histogram_splits == ["train", "test"] and hist.histogram_layers == ["a", "b"]
     assert History().histogram_splits == [] and History().histogram_layers == []
+
+
+def _rewrite_manifest(path, manifest) -> None:
+    import hashlib
+
+    manifest["files"] = {n: hashlib.sha256((path / n).read_bytes()).hexdigest() for n in manifest["files"]}
+    (path / "history.json").write_text(json.dumps(manifest))
+
+
+def test_schema_2_runs_load_with_the_population_names(tmp_path, hist):
+    """Schema 2 called the population (channel-axis) statistics channel_*: they load as population_*."""
+    hist.detection = OverfitDetector(signal="gap", statistic="population_mean").detect(hist)
+    hist.config["detector"] = {"statistic": "population_mean", "signal": "gap"}
+    path = hist.save(tmp_path / "v2")
+    manifest = json.loads((path / "history.json").read_text())
+    t = pd.read_parquet(path / "layers.parquet")
+    t["statistic"] = t["statistic"].replace({"population_mean": "channel_mean", "population_std": "channel_std"})
+    t.to_parquet(path / "layers.parquet", index=False)
+    with np.load(path / "histograms.npz") as npz:
+        arrays = {k.replace("population_", "channel_"): npz[k] for k in npz.files}
+    np.savez_compressed(path / "histograms.npz", **arrays)
+    manifest["schema_version"] = 2
+    manifest["config"]["detector"]["statistic"] = "channel_mean"
+    manifest["detection"]["params"]["statistic"] = "channel_mean"
+    _rewrite_manifest(path, manifest)
+    old = History.load(path)
+    assert "channel_mean" not in old.statistics() and {"population_mean", "population_std"} <= set(old.statistics())
+    _same(hist, old)
+    assert old.config["detector"]["statistic"] == old.detection.params["statistic"] == "population_mean"
+    saved = old.save(tmp_path / "v3")
+    assert json.loads((saved / "history.json").read_text())["schema_version"] == 3
+
+
+def test_the_old_statistic_names_still_work_with_a_warning(hist):
+    from xaisparse import plots
+    from xaisparse.detect import DetectorConfig
+
+    with pytest.warns(DeprecationWarning, match="population_mean"):
+        old = hist.layer_frame("test", statistic="channel_mean")
+    pd.testing.assert_frame_equal(old, hist.layer_frame("test", statistic="population_mean"))
+    with pytest.warns(DeprecationWarning, match="population_std"):
+        assert DetectorConfig(statistic="channel_std").statistic == "population_std"
+    with pytest.warns(DeprecationWarning, match="population_mean"):
+        plots.timeline(hist, statistic="channel_mean")
+    with pytest.warns(DeprecationWarning, match="population_hist"):
+        assert hist.channel_hist is hist.population_hist
+
+
+def test_the_saved_study_runs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parent / "data" / "explore").iterdir()):
+        h = History.load(path)  # schema 2 on disk
+        assert "population_mean" in h.statistics() and "channel_mean" not in h.statistics()
+        assert set(h.population_hist) == set(h.spatial_hist) and h.layer_frame("test").shape[0] == len(h.epochs)

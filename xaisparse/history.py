@@ -11,7 +11,8 @@ Saved as a directory of Parquet tables, one NPZ of histograms (loaded with
 ``allow_pickle=False``) and a JSON manifest holding the schema version and a SHA-256 of every
 data file. Writes are atomic (a temporary directory renamed into place), so a failed save never
 leaves a half-written run; a corrupt, truncated or foreign directory gets a clear
-:class:`~xaisparse.HistoryFormatError`. Runs saved by earlier versions (schema 1) load too.
+:class:`~xaisparse.HistoryFormatError`. Runs saved by earlier versions (schemas 1 and 2) load
+too, upgraded to the current names.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "History",
     "RunOutcome",
     "as_runs",
+    "canonical_statistic",
     "channel_ordering",
     "check_history",
     "common_layers",
@@ -54,7 +56,7 @@ __all__ = [
     "run_names",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FORMAT = "xaisparse.history"
 MANIFEST = "history.json"
 METRIC_COLUMNS = ["epoch", "split", "metric", "value"]
@@ -68,6 +70,28 @@ _V1_STATISTICS = {
     "lifetime_perplexity": "sample_perplexity",
     "lifetime_mean": "sample_mean",
 }
+#: Schema 2 named the population (channel-axis) layer statistics ``channel_*``, which read as
+#: per-channel values; schema 3 calls them ``population_*``. The old names still work, with a warning.
+RENAMED_STATISTICS = {"channel_mean": "population_mean", "channel_std": "population_std"}
+
+
+def canonical_statistic(statistic: str) -> str:
+    """A layer statistic's current name: an old one (``"channel_mean"``) warns and is translated.
+
+    >>> canonical_statistic("spatial_mean")
+    'spatial_mean'
+    """
+    new = RENAMED_STATISTICS.get(statistic) if isinstance(statistic, str) else None
+    if new is None:
+        return statistic
+    warnings.warn(
+        f"the layer statistic {statistic!r} is now called {new!r} (the population, i.e. channel-axis, "
+        "sparsity: not a per-channel value); the old name works for one release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return new
+
 
 #: A channel whose ``dead_fraction`` is at least this counts as dead in plots and tables.
 DEAD_THRESHOLD = 0.5
@@ -183,7 +207,8 @@ class History:
     * ``layers``: ``epoch, split, layer, statistic, value`` (see ``monitor.LAYER_STATISTICS``)
     * ``channels``: ``epoch, split, layer, channel, statistic, value``
     * ``spatial_hist[(split, layer)]``: ``(epochs, channels, bins)`` counts of per-sample map
-      sparsity, aligned with ``hist_epochs[(split, layer)]``; ``channel_hist``: ``(epochs, bins)``
+      sparsity (one histogram per channel), aligned with ``hist_epochs[(split, layer)]``;
+      ``population_hist``: ``(epochs, bins)`` counts of per-sample population sparsity
     * ``config``: the run's settings (JSON-safe); ``detection``: the detector's
       :class:`~xaisparse.detection.DetectionResult` (or None); ``outcome``: a :class:`RunOutcome`
 
@@ -199,7 +224,7 @@ class History:
     layers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LAYER_COLUMNS))
     channels: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CHANNEL_COLUMNS))
     spatial_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    channel_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    population_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     hist_epochs: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     bin_edges: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 21))
     layer_order: list[str] = field(default_factory=list)
@@ -246,16 +271,16 @@ class History:
             self.channels = _append(self.channels, report.channels.assign(epoch=epoch)[CHANNEL_COLUMNS])
             self.bin_edges = np.asarray(report.bin_edges, dtype=np.float64)
             for key, hist in report.spatial_hist.items():
-                self._push_hist(key, epoch, hist, report.channel_hist[key])
+                self._push_hist(key, epoch, hist, report.population_hist[key])
             for layer in report.layers.layer.unique():
                 if layer not in self.layer_order:
                     self.layer_order.append(str(layer))
 
-    def _push_hist(self, key: tuple[str, str], epoch: int, spatial: np.ndarray, channel: np.ndarray) -> None:
+    def _push_hist(self, key: tuple[str, str], epoch: int, spatial: np.ndarray, population: np.ndarray) -> None:
         prev = self.spatial_hist.get(key)
         self.spatial_hist[key] = spatial[None] if prev is None else np.concatenate([prev, spatial[None]])
-        prev_c = self.channel_hist.get(key)
-        self.channel_hist[key] = channel[None] if prev_c is None else np.concatenate([prev_c, channel[None]])
+        prev_p = self.population_hist.get(key)
+        self.population_hist[key] = population[None] if prev_p is None else np.concatenate([prev_p, population[None]])
         self.hist_epochs.setdefault(key, []).append(epoch)
 
     # ------------------------------------------------------------------ what is recorded
@@ -382,6 +407,7 @@ class History:
     # ------------------------------------------------------------------ layer statistics
     def layer_series(self, split: str, layer: str, statistic: str = "spatial_mean") -> pd.Series:
         """One layer statistic over epochs (index: epoch, ascending)."""
+        statistic = canonical_statistic(statistic)
         t = self.layers
         return _series(t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)], layer)
 
@@ -399,6 +425,7 @@ class History:
         >>> synthetic_history(epochs=4, layers=("a", "b")).layer_frame("test").shape
         (4, 2)
         """
+        statistic = canonical_statistic(statistic)
         t = self.layers
         t = t[(t.split == split) & (t.statistic == statistic)]
         if layers is None:
@@ -415,7 +442,7 @@ class History:
 
     def layer_values(self, split: str, epoch: int, statistic: str = "spatial_mean") -> dict[str, float]:
         """One epoch's row of :meth:`layer_frame`: ``{layer: value}`` in network order (empty if none)."""
-        frame = self.layer_frame(split, statistic=statistic)
+        frame = self.layer_frame(split, statistic=canonical_statistic(statistic))
         if int(epoch) not in frame.index:
             return {}
         row = frame.loc[int(epoch)]
@@ -429,7 +456,7 @@ class History:
             DeprecationWarning,
             stacklevel=2,
         )
-        wide = self.layer_frame(split, statistic=statistic).T
+        wide = self.layer_frame(split, statistic=canonical_statistic(statistic)).T
         wide.index.name, wide.columns.name = "layer", "epoch"
         return wide
 
@@ -521,6 +548,17 @@ class History:
 
     # ------------------------------------------------------------------ deprecated
     @property
+    def channel_hist(self) -> dict[tuple[str, str], np.ndarray]:
+        """Deprecated: :attr:`population_hist` (the population-sparsity histograms, not per channel)."""
+        warnings.warn(
+            "History.channel_hist is deprecated: it is History.population_hist (per-channel histograms are "
+            "History.spatial_hist)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.population_hist
+
+    @property
     def detector(self) -> dict[str, Any] | None:
         """Deprecated: the detector's result as a dict; use :attr:`detection`."""
         warnings.warn(
@@ -553,7 +591,7 @@ class History:
             arrays: dict[str, np.ndarray] = {"bin_edges": np.asarray(self.bin_edges, dtype=np.float64)}
             for i, key in enumerate(keys):
                 arrays[f"spatial_{i}"] = np.asarray(self.spatial_hist[key], dtype=np.int64)
-                arrays[f"channel_{i}"] = np.asarray(self.channel_hist[key], dtype=np.int64)
+                arrays[f"population_{i}"] = np.asarray(self.population_hist[key], dtype=np.int64)
             np.savez_compressed(tmp / "histograms.npz", **arrays)  # type: ignore[arg-type]
             files.append("histograms.npz")
             if self.detection is not None:
@@ -629,6 +667,8 @@ class History:
         config = dict(manifest.get("config") or {})
         if version == 1:
             _upgrade_v1(tables, config, manifest)
+        if version <= 2:
+            _upgrade_v2(tables, config, manifest, arrays)
         try:
             h = cls(
                 config=config,
@@ -647,7 +687,7 @@ class History:
         for entry in manifest.get("histograms", []):
             key, i = (entry["split"], entry["layer"]), entry["index"]
             h.spatial_hist[key] = arrays[f"spatial_{i}"]
-            h.channel_hist[key] = arrays[f"channel_{i}"]
+            h.population_hist[key] = arrays[f"population_{i}"]
             h.hist_epochs[key] = [int(e) for e in entry["epochs"]]
         return h
 
@@ -667,6 +707,19 @@ def _upgrade_v1(tables: dict[str, pd.DataFrame], config: dict[str, Any], manifes
     old = manifest.get("detector")
     if isinstance(old, Mapping) and "alarm_epoch" in old:
         manifest["detection"] = {**old, "epochs": old.get("epochs") or []}
+
+
+def _upgrade_v2(
+    tables: dict[str, pd.DataFrame], config: dict[str, Any], manifest: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> None:
+    """Schema 2 -> 3: ``channel_mean``/``channel_std`` renamed ``population_*`` (also in the detector's
+    settings); the population histograms stored as ``population_{i}`` (were ``channel_{i}``)."""
+    tables["layers"]["statistic"] = tables["layers"]["statistic"].replace(RENAMED_STATISTICS)
+    for settings in (config.get("detector"), (manifest.get("detection") or {}).get("params")):
+        if isinstance(settings, dict) and settings.get("statistic") in RENAMED_STATISTICS:
+            settings["statistic"] = RENAMED_STATISTICS[settings["statistic"]]
+    for key in [k for k in arrays if k.startswith("channel_")]:
+        arrays["population_" + key.removeprefix("channel_")] = arrays.pop(key)
 
 
 def _split_order(found: list[str]) -> list[str]:

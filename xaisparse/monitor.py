@@ -28,13 +28,16 @@ CHANNEL_STATISTICS = (
     "sample_sparsity",  # sparsity of the channel's spatial means over all samples seen
     "sample_perplexity",
 )
-#: Per-layer statistics in :attr:`SparsityReport.layers`.
+#: Per-layer statistics in :attr:`SparsityReport.layers`. The prefix says which vector's
+#: sparsity it summarises: ``spatial_`` a channel's map, ``population_`` a sample's channel means
+#: (the ``channel`` axis of :func:`~xaisparse.functional.perplexity_sparsity`), ``sample_`` a
+#: channel's means over the samples (the ``sample`` axis, lifetime).
 LAYER_STATISTICS = (
     "spatial_mean",  # mean map sparsity over all channels and samples
     "dead_fraction",
     "nonfinite",
-    "channel_mean",  # population sparsity: mean over samples of sparsity across channels
-    "channel_std",
+    "population_mean",  # population sparsity: mean over samples of sparsity across channels
+    "population_std",
     "sample_mean",  # mean over channels of the sample-axis (lifetime) sparsity
     "num_channels",
     "samples",
@@ -48,15 +51,25 @@ class SparsityReport:
     ``channels``: columns ``split, layer, channel, statistic, value`` (see
     :data:`CHANNEL_STATISTICS`). ``layers``: ``split, layer, statistic, value`` (see
     :data:`LAYER_STATISTICS`). ``spatial_hist[(split, layer)]``: ``(channels, bins)`` counts of
-    per-sample map sparsity; ``channel_hist[(split, layer)]``: ``(bins,)`` counts of per-sample
-    population sparsity; both on ``bin_edges``.
+    per-sample map sparsity, one histogram per channel; ``population_hist[(split, layer)]``:
+    ``(bins,)`` counts of per-sample population sparsity; both on ``bin_edges``.
     """
 
     channels: pd.DataFrame
     layers: pd.DataFrame
     spatial_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    channel_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    population_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     bin_edges: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 21))
+
+    @property
+    def channel_hist(self) -> dict[tuple[str, str], np.ndarray]:
+        """Deprecated: :attr:`population_hist`."""
+        warnings.warn(
+            "SparsityReport.channel_hist is deprecated: it is SparsityReport.population_hist",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.population_hist
 
     def layer_value(self, split: str, layer: str, statistic: str = "spatial_mean") -> float:
         """One layer-level number, e.g. ``report.layer_value("test", "block1.relu")``."""
@@ -98,8 +111,8 @@ def _frames(out: dict[str, Tensor]) -> tuple[dict[str, np.ndarray], dict[str, fl
             "spatial_mean": spatial_mean,
             "dead_fraction": float(dead.sum() / total) if total else np.nan,
             "nonfinite": float(np_out["sample_nonfinite"].sum()),  # non-finite maps, like per channel
-            "channel_mean": float(np_out["channel_mean"]),
-            "channel_std": float(np_out["channel_std"]),
+            "population_mean": float(np_out["channel_mean"]),  # the estimator's channel axis
+            "population_std": float(np_out["channel_std"]),
             "sample_mean": float(np.nanmean(lifetime)) if np.isfinite(lifetime).any() else np.nan,
             "num_channels": float(c),
             "samples": float(np_out["sample_count"].max(initial=0)),
@@ -263,7 +276,7 @@ class SparsityMonitor:
             )
         tables: list[dict[str, np.ndarray]] = []
         rows: list[dict[str, object]] = []
-        spatial_hist, channel_hist = {}, {}
+        spatial_hist, population_hist = {}, {}
         for (split, layer), est in measured.items():
             with warnings.catch_warnings():
                 if not est.update_count:  # another rank's data only: no "before any update" warning
@@ -273,14 +286,14 @@ class SparsityMonitor:
             tables.append(table)
             rows.extend({"split": split, "layer": layer, "statistic": k, "value": v} for k, v in layer_stats.items())
             spatial_hist[(split, layer)] = out["spatial_hist"].cpu().numpy()
-            channel_hist[(split, layer)] = out["channel_hist"].cpu().numpy()
+            population_hist[(split, layer)] = out["channel_hist"].cpu().numpy()
         channels = _channel_table(list(measured), tables)
         layers = pd.DataFrame(rows, columns=["split", "layer", "statistic", "value"])
         return SparsityReport(
             channels=channels,
             layers=layers,
             spatial_hist=spatial_hist,
-            channel_hist=channel_hist,
+            population_hist=population_hist,
             bin_edges=np.linspace(0.0, 1.0, self.bins + 1),
         )
 

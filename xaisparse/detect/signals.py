@@ -76,7 +76,9 @@ def sparsity(history: History, split: str = "test", statistic: str = "spatial_me
     return layer_statistic(history, split, statistic)
 
 
-def gap(history: History, statistic: str = "channel_mean", first: str = "train", second: str = "test") -> pd.DataFrame:
+def gap(
+    history: History, statistic: str = "population_mean", first: str = "train", second: str = "test"
+) -> pd.DataFrame:
     """``first`` minus ``second`` probe value of a layer statistic, epochs × layers (the epochs both have)."""
     a, b = layer_statistic(history, first, statistic), layer_statistic(history, second, statistic)
     if a.empty or b.empty:

@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .._validation import check_choice, check_int, check_str
 from ..epoch import EpochStep, measure_epoch
-from ..history import History
+from ..history import History, canonical_statistic
 from ..monitor import LAYER_STATISTICS, SparsityMonitor
 from ..penalty import SparsityPenalty
 
@@ -205,7 +205,7 @@ class SparsityCallback(pl.Callback):
         if history is not None and not isinstance(history, History):
             raise TypeError(f"history must be a History or None, got {type(history).__name__}")
         if log_statistic is not None:
-            check_choice("log_statistic", log_statistic, LAYER_STATISTICS)
+            log_statistic = check_choice("log_statistic", canonical_statistic(log_statistic), LAYER_STATISTICS)
         self.monitor = monitor
         self.penalty = penalty
         self.detector = detector

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_choice, check_str
-from ..history import History, check_history
+from ..history import History, canonical_statistic, check_history
 from ..monitor import CHANNEL_STATISTICS, LAYER_STATISTICS
 from ..train import Callback, TrainState
 
@@ -59,7 +59,7 @@ def _writer(writer_or_logdir: Writer | str | os.PathLike[str]) -> tuple[Writer, 
 def _checked(name: str, values: Iterable[str], choices: Sequence[str]) -> tuple[str, ...]:
     if isinstance(values, str):
         values = (values,)
-    return tuple(check_choice(name, check_str(name, v), choices) for v in values)
+    return tuple(check_choice(name, canonical_statistic(check_str(name, v)), choices) for v in values)
 
 
 def write_epoch(
@@ -67,7 +67,7 @@ def write_epoch(
     writer: Writer,
     epoch: int,
     *,
-    statistics: Iterable[str] = ("spatial_mean", "channel_mean", "sample_mean"),
+    statistics: Iterable[str] = ("spatial_mean", "population_mean", "sample_mean"),
     channel_statistics: Iterable[str] = ("spatial_mean", "sample_sparsity"),
     prefix: str = "sparsity",
 ) -> list[str]:
