@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._deprecation import renamed_keyword
 from ._errors import HistoryFormatError, UnknownLayerError, closest
 from ._io import jsonable, replace_dir, sha256
 from ._validation import check_split
@@ -199,6 +200,7 @@ def loss_minimum(loss: pd.Series) -> tuple[int, float] | None:
     return int(s.index[pos]), float(s.iloc[pos])
 
 
+@renamed_keyword("channel_hist", "population_hist")
 @dataclass
 class History:
     """Everything a run produced, epoch by epoch.

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ._deprecation import renamed_keyword
 from ._validation import check_int, check_split
 from .estimators import LayerSparsity
 from .recording import ActivationRecorder, LayerSelector
@@ -44,6 +45,7 @@ LAYER_STATISTICS = (
 )
 
 
+@renamed_keyword("channel_hist", "population_hist")
 @dataclass
 class SparsityReport:
     """What a :class:`SparsityMonitor` measured, as tidy tables plus fixed-bin histograms.
