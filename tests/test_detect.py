@@ -200,7 +200,7 @@ def test_history_built_with_record_epoch_and_report_objects():
             layers=layers,
             channels=pd.DataFrame(columns=["split", "layer", "channel", "statistic", "value"]),
             spatial_hist={},
-            channel_hist={},
+            population_hist={},
             bin_edges=np.linspace(0, 1, 21),
         )
 

@@ -112,7 +112,7 @@ def assert_matches(history: Any, split: str, epoch: int, ref: dict[str, dict[str
         np.testing.assert_allclose(got, want["sample_sparsity"], rtol=1e-5, atol=1e-6)
         for stat, key in (
             ("spatial_mean", "layer_spatial_mean"),
-            ("channel_mean", "channel_mean"),
+            ("population_mean", "channel_mean"),  # History name, oracle (estimator) key
             ("dead_fraction", "layer_dead_fraction"),
         ):
             got = history.layer_series(split, layer, stat).loc[epoch]

@@ -39,10 +39,10 @@ def check_layer(report: SparsityReport, split: str, layer: str, acts: torch.Tens
     close = dict(rtol=0, atol=ATOL)
     np.testing.assert_allclose(channel_values(report, split, layer, "sample_sparsity"), ref["sample_sparsity"], **close)
     np.testing.assert_array_equal(channel_values(report, split, layer, "nonfinite"), ref["sample_nonfinite"])
-    np.testing.assert_allclose(report.layer_value(split, layer, "channel_mean"), ref["channel_mean"], **close)
+    np.testing.assert_allclose(report.layer_value(split, layer, "population_mean"), ref["channel_mean"], **close)
     assert report.layer_value(split, layer, "num_channels") == c
     assert report.layer_value(split, layer, "samples") == ref["sample_count"].max()
-    oracle.hist_matches(report.channel_hist[(split, layer)], ref["_channel_values"], BINS)
+    oracle.hist_matches(report.population_hist[(split, layer)], ref["_channel_values"], BINS)
     if int(np.prod(acts.shape[2:])) > 1:  # maps of more than one value: spatial statistics
         np.testing.assert_allclose(channel_values(report, split, layer, "spatial_mean"), ref["spatial_mean"], **close)
         np.testing.assert_allclose(
@@ -162,7 +162,7 @@ def test_resnet18_matches_captum_numpy_reference(resnet: nn.Module) -> None:
         assert np.isnan(channel_values(report, "test", site, "spatial_mean")).all()
         assert (channel_values(report, "test", site, "count") == 0).all()
         assert np.isfinite(channel_values(report, "test", site, "sample_sparsity")).all()
-        assert np.isfinite(report.layer_value("test", site, "channel_mean"))
+        assert np.isfinite(report.layer_value("test", site, "population_mean"))
 
 
 def test_one_by_one_maps_warn_once_and_report_channel_and_lifetime() -> None:
@@ -221,10 +221,10 @@ def test_nan_activations_counted_and_excluded() -> None:
     assert report.layer_value("test", "2", "nonfinite") == 6
     for stat in ("spatial_mean", "spatial_std", "sample_sparsity", "sample_perplexity"):
         assert np.isfinite(channel_values(report, "test", "2", stat)).all(), stat
-    for stat in ("spatial_mean", "dead_fraction", "channel_mean", "sample_mean"):
+    for stat in ("spatial_mean", "dead_fraction", "population_mean", "sample_mean"):
         assert np.isfinite(report.layer_value("test", "2", stat)), stat
     assert report.spatial_hist[("test", "2")].sum(1).tolist() == [8, 4, 6, 8]
-    assert report.channel_hist[("test", "2")].sum() == 8 - 6  # samples 0, 2, 3 of each batch dropped
+    assert report.population_hist[("test", "2")].sum() == 8 - 6  # samples 0, 2, 3 of each batch dropped
 
 
 def test_nan_in_one_by_one_maps_counted() -> None:
@@ -387,7 +387,7 @@ def test_compute_before_data_warns_and_returns_empty_tables(cnn: SmallCNN) -> No
     assert list(report.channels.columns) == ["split", "layer", "channel", "statistic", "value"]
     assert list(report.layers.columns) == ["split", "layer", "statistic", "value"]
     assert report.channels.empty and report.layers.empty
-    assert report.spatial_hist == {} and report.channel_hist == {}
+    assert report.spatial_hist == {} and report.population_hist == {}
     with pytest.raises(KeyError):
         report.layer_value("test", "relu1")
 
@@ -439,10 +439,12 @@ def test_report_tables_are_tidy(cnn: SmallCNN) -> None:
     assert pd.api.types.is_integer_dtype(ch.channel) and pd.api.types.is_float_dtype(ch.value)
     assert pd.api.types.is_float_dtype(ly.value)
     assert (
-        set(report.spatial_hist) == set(report.channel_hist) == {(s, l) for s in ("train", "test") for l in n_channels}
+        set(report.spatial_hist)
+        == set(report.population_hist)
+        == {(s, l) for s in ("train", "test") for l in n_channels}
     )
     assert report.spatial_hist[("train", "relu2")].shape == (8, BINS)
-    assert report.channel_hist[("test", "relu1")].shape == (BINS,)
+    assert report.population_hist[("test", "relu1")].shape == (BINS,)
     np.testing.assert_array_equal(report.bin_edges, np.linspace(0, 1, BINS + 1))
 
 

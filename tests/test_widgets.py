@@ -412,13 +412,13 @@ def test_run_comparison_curves_per_run_and_missing_layer():
     w.epoch_slider.value = 3
     assert w.message == ""
     w.layer_dropdown.value = L2
-    w.statistic_dropdown.value = "channel_mean"
+    w.statistic_dropdown.value = "population_mean"
     w.kind_dropdown.value = "box"
     fig = w.to_figure()
     assert fig.axes[1].get_ylabel().startswith("population sparsity")
     assert "block2.relu · epoch 3" in fig.axes[2].get_title()
     np.testing.assert_array_equal(
-        line_by_gid(fig, "layer:a").get_ydata(), a.layer_series("test", L2, "channel_mean").to_numpy()
+        line_by_gid(fig, "layer:a").get_ydata(), a.layer_series("test", L2, "population_mean").to_numpy()
     )
 
     missing = RunComparison([a, b], layer=L3)

@@ -20,7 +20,7 @@ class SparsityTimeline(FigureWidget):
 
     Controls bound to :func:`xaisparse.plots.timeline`: ``layers_select``
     (``SelectMultiple``), ``split_buttons``, ``statistic_dropdown`` (spatial_mean,
-    dead_fraction, channel_mean, sample_mean). The dotted red line is the detector's alarm
+    dead_fraction, population_mean, sample_mean). The dotted red line is the detector's alarm
     (``history.detection``), the dashed green one the test-loss minimum.
     """
 
