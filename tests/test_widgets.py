@@ -602,3 +602,11 @@ def test_imports_stay_light():
         "'ChannelInspector', 'RunComparison', 'LiveDashboard'}"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_old_widget_name_still_works_with_a_warning():
+    from xaisparse.widgets import SparsityDistribution
+
+    with pytest.warns(DeprecationWarning, match="SparsityDistribution"):
+        w = PerplexityDistribution(synthetic_history(epochs=2))
+    assert isinstance(w, SparsityDistribution) and w._describe().startswith("PerplexityDistribution(")

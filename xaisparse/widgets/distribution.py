@@ -1,4 +1,4 @@
-"""``PerplexityDistribution``: per-channel distributions of one layer's spatial sparsity."""
+"""``SparsityDistribution``: per-channel distributions of one layer's spatial sparsity."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from ..history import CHANNEL_ORDERINGS, DEAD_THRESHOLD, channel_ordering, check
 from ..plots.channels import distribution_epochs
 from ._base import FigureWidget, split_buttons
 
-__all__ = ["KINDS", "PerplexityDistribution"]
+__all__ = ["KINDS", "PerplexityDistribution", "SparsityDistribution"]
 
-#: Plot kinds of :class:`PerplexityDistribution`.
+#: Plot kinds of :class:`SparsityDistribution`.
 KINDS: tuple[str, ...] = plots.DISTRIBUTION_KINDS
 
 
-class PerplexityDistribution(FigureWidget):
+class SparsityDistribution(FigureWidget):
     """Per-channel distributions of one layer's per-sample spatial sparsity at one epoch.
 
     Drawn by :func:`xaisparse.plots.distribution` from the History's fixed-bin histograms:
@@ -94,7 +94,7 @@ class PerplexityDistribution(FigureWidget):
 
     def _describe(self) -> str:
         return (
-            f"PerplexityDistribution(layer={self.layer_dropdown.value!r}, epoch={self.epoch_slider.value}, "
+            f"{type(self).__name__}(layer={self.layer_dropdown.value!r}, epoch={self.epoch_slider.value}, "
             f"split={self.split_buttons.value!r}, kind={self.kind_dropdown.value!r}, "
             f"order={self.order_dropdown.value!r})"
         )
@@ -112,3 +112,17 @@ class PerplexityDistribution(FigureWidget):
             notes=notes,
             data=self.data,
         )
+
+
+class PerplexityDistribution(SparsityDistribution):
+    """Deprecated name of :class:`SparsityDistribution` (it draws sparsity, not perplexity)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import warnings
+
+        warnings.warn(
+            "PerplexityDistribution is deprecated: it is called SparsityDistribution (it draws sparsity)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
