@@ -31,8 +31,8 @@ from xaisparse.widgets import (
     ChannelInspector,
     LayerEpochHeatmap,
     LiveDashboard,
-    PerplexityDistribution,
     RunComparison,
+    SparsityDistribution,
     SparsityTimeline,
 )
 
@@ -189,9 +189,9 @@ def test_runs_helpers():
         as_runs(a)
 
 
-# ================================================================== PerplexityDistribution
+# ================================================================== SparsityDistribution
 def test_distribution_follows_the_controls(hist):
-    w = PerplexityDistribution(hist, layer=L2)
+    w = SparsityDistribution(hist, layer=L2)
     assert w.epoch_slider.min == 0 and w.epoch_slider.max == 11 and w.epoch_slider.value == 11
     assert w.message == ""
     fig = w.to_figure()
@@ -240,7 +240,7 @@ def test_distribution_follows_the_controls(hist):
 
 def test_distribution_marks_dead_channels_in_every_kind():
     h = with_dead(synthetic_history(epochs=4), L2, [2, 5])
-    w = PerplexityDistribution(h, layer=L2, order="index")
+    w = SparsityDistribution(h, layer=L2, order="index")
     fig = w.to_figure()
     ax = fig.axes[0]
     assert "2 dead channels" in ax.get_title()
@@ -270,35 +270,35 @@ def test_distribution_marks_dead_channels_in_every_kind():
 
 
 def test_distribution_robustness_messages():
-    w = PerplexityDistribution(History())
+    w = SparsityDistribution(History())
     assert "no epochs" in w.message and bytes(w.image.value) == b"" and w._repr_png_().startswith(PNG)
 
-    one = PerplexityDistribution(synthetic_history(epochs=1))
+    one = SparsityDistribution(synthetic_history(epochs=1))
     assert one.epoch_slider.value == 0 and one.message == "" and bytes(one.image.value).startswith(PNG)
 
-    nan = PerplexityDistribution(synthetic_history(nan_epoch=3), epoch=3)
+    nan = SparsityDistribution(synthetic_history(nan_epoch=3), epoch=3)
     assert "No finite sparsity values" in nan.message
     nan.epoch_slider.value = 4
     assert nan.message == "" and bytes(nan.image.value).startswith(PNG)
 
-    single = PerplexityDistribution(synthetic_history(epochs=3, layers=("only",), channels=1))
+    single = SparsityDistribution(synthetic_history(epochs=3, layers=("only",), channels=1))
     assert single.layer_dropdown.options == ("only",) and single.message == ""
 
-    train_only = PerplexityDistribution(synthetic_history(epochs=3, splits=("train",)))
+    train_only = SparsityDistribution(synthetic_history(epochs=3, splits=("train",)))
     assert "'test' is not recorded" in train_only.message and train_only.split_buttons.value == "train"
     assert bytes(train_only.image.value).startswith(PNG)
 
     with pytest.raises(TypeError, match="History"):
-        PerplexityDistribution({"not": "a history"})
+        SparsityDistribution({"not": "a history"})
     with pytest.raises(ValueError, match="kind"):
-        PerplexityDistribution(synthetic_history(epochs=1), kind="pie")
+        SparsityDistribution(synthetic_history(epochs=1), kind="pie")
     with pytest.raises(ValueError, match="closest"):
-        PerplexityDistribution(synthetic_history(epochs=1), layer="block9.relu")
+        SparsityDistribution(synthetic_history(epochs=1), layer="block9.relu")
 
 
 def test_callbacks_route_errors_into_the_message():
     h = synthetic_history(epochs=3)
-    w = PerplexityDistribution(h)
+    w = SparsityDistribution(h)
     h.spatial_hist[("test", L1)] = np.ones((3, 8, 7))  # corrupt: 7 bins against 21 edges
     w.epoch_slider.value = 1  # must not raise
     assert w.message_level == "error" and "could not draw" in w.message
@@ -581,7 +581,7 @@ def test_live_dashboard_follows_the_fit_callback_protocol():
 # ================================================================== static forms, imports
 def test_static_forms_and_mimebundle(hist):
     before = plt.get_fignums()
-    for w in (PerplexityDistribution(hist), SparsityTimeline(History())):
+    for w in (SparsityDistribution(hist), SparsityTimeline(History())):
         assert isinstance(w.to_figure(), Figure)
         png = w._repr_png_()
         assert png.startswith(PNG)
@@ -598,14 +598,14 @@ def test_imports_stay_light():
     code = (
         "import sys, xaisparse; assert 'ipywidgets' not in sys.modules and 'matplotlib' not in sys.modules; "
         "import xaisparse.widgets as w; assert 'torch' not in sys.modules, 'widgets imported torch'; "
-        "assert set(w.__all__) >= {'PerplexityDistribution', 'SparsityTimeline', 'LayerEpochHeatmap', "
+        "assert set(w.__all__) >= {'SparsityDistribution', 'SparsityTimeline', 'LayerEpochHeatmap', "
         "'ChannelInspector', 'RunComparison', 'LiveDashboard'}"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_the_old_widget_name_still_works_with_a_warning():
-    from xaisparse.widgets import SparsityDistribution
+    from xaisparse.widgets import PerplexityDistribution
 
     with pytest.warns(DeprecationWarning, match="SparsityDistribution"):
         w = PerplexityDistribution(synthetic_history(epochs=2))
