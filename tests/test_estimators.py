@@ -1,10 +1,10 @@
 """Tests of the streaming estimator ``xaisparse.estimators.LayerSparsity``.
 
-Every expected value comes from :func:`reference`, a plain NumPy/SciPy computation of DESIGN §1
+Every expected value comes from ``tests.oracle.layer_reference``, a plain NumPy/SciPy computation of docs/measure.md
 on *all* the data at once (``scipy.stats.entropy`` for H, ``np.histogram`` on
 ``np.linspace(0, 1, bins + 1)`` for the histograms) — never from the code under test.
 
-Semantics pinned here (read from DESIGN §1 and ``layer.py``):
+Semantics pinned here (read from docs/measure.md and ``layer.py``):
 
 * values are ``|x|``; a dead (all-zero) vector has sparsity 1 and is also counted as dead;
 * ``spatial``: one vector per (sample, channel) map; a map holding NaN/Inf is excluded and

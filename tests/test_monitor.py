@@ -1,7 +1,7 @@
 """Tests of xaisparse.monitor.SparsityMonitor against independent references.
 
 Every number the monitor reports is compared with a one-shot NumPy/SciPy computation of
-DESIGN §1 on *all* the data at once, on activations captured independently with Captum's
+docs/measure.md on *all* the data at once, on activations captured independently with Captum's
 ``LayerActivation`` (never with the project's own recorder, estimator or functional code).
 """
 

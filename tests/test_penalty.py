@@ -1,6 +1,6 @@
 """Tests of xaisparse.penalty.SparsityPenalty: gradients, value, layer weights, lifecycle, effect.
 
-Penalty values are compared with an independent NumPy/SciPy computation of DESIGN §1 on
+Penalty values are compared with an independent NumPy/SciPy computation of docs/measure.md on
 activations captured with Captum's ``LayerActivation`` (or a manual forward of a Sequential),
 never with the project's own recorder or functional code.
 """
@@ -26,7 +26,7 @@ from xaisparse.testing import count_hooks
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------
+# -- independent reference (NumPy + SciPy, docs/measure.md) ---------------------------------------------
 def ref_layer_mean(acts: torch.Tensor) -> float:
     """Mean sparsity of one layer: over (sample, channel) maps, or over samples for 1x1 maps."""
     ref = oracle.layer_reference(acts)

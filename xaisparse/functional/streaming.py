@@ -6,7 +6,7 @@ state (the sum of any number of increments, over batches and DDP ranks) to the s
 :class:`~xaisparse.estimators.LayerSparsity` only adds increments up, and the one-shot
 :func:`layer_statistics` is ``compute(update(x))``: streaming and one-shot agree by construction.
 
-The state (DESIGN §1), every entry a sum over samples:
+The state (docs/measure.md), every entry a sum over samples:
 
 * ``spatial_*`` per channel: fixed-bin histogram of the per-sample map sparsity, its sum and
   sum of squares, the number of finite maps, of dead (all-zero) maps and of maps with NaN/Inf;
