@@ -109,7 +109,7 @@ def test_distribution_heatmap_shares_in_the_hand_computed_order(run):
 def test_distribution_of_both_splits_and_of_a_missing_epoch(run):
     notes: list[str] = []
     data: dict = {}
-    fig = plots.distribution(run, L1, 99, "both", kind="box", notes=notes, data=data)
+    fig = plots.distribution(run, L1, 99, ("train", "test"), kind="box", notes=notes, data=data)
     assert data["epoch"] == 9 and any("nearest recorded epoch 9" in n for n in notes)  # epochs 0..9
     assert data["splits"] == ["train", "test"]
     for s in ("train", "test"):
@@ -142,3 +142,16 @@ def test_nothing_to_draw_is_said():
     metrics_only.record_epoch(0, {"test": {"loss": 1.0}})
     with pytest.raises(plots.NoData, match="no layer sparsity"):
         plots.heatmap(metrics_only)
+
+
+def test_the_pseudo_split_both_still_works_with_a_warning(run):
+    old: dict = {}
+    with pytest.warns(DeprecationWarning, match=r'split=\("train", "test"\)'):
+        plots.distribution(run, L1, 4, "both", data=old)
+    new: dict = {}
+    plots.distribution(run, L1, 4, ("train", "test"), data=new)
+    assert old["splits"] == new["splits"] == ["train", "test"]
+    for s in ("train", "test"):
+        np.testing.assert_array_equal(old["counts"][s], new["counts"][s])
+    with pytest.raises(ValueError, match="split must be one of"):
+        plots.distribution(run, L1, 4, ("train", "holdout"))

@@ -260,7 +260,8 @@ def test_distribution_marks_dead_channels_in_every_kind():
     counts = h.histogram("test", L2, 3)
     share = counts / counts.sum(1, keepdims=True)
     np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(counts.shape), share)
-    w.split_buttons.value = "both"
+    assert ("train + test", ("train", "test")) in w.split_buttons.options
+    w.split_buttons.value = ("train", "test")
     fig = w.to_figure()
     assert len([a for a in fig.axes if a.get_title() in ("train", "test")]) == 2
     w.kind_dropdown.value = "violin"

@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from .._validation import check_split
 from ..history import DEAD_THRESHOLD, History, channel_ordering
 from ._draw import channel_ticks, dead_legend, draw_boxes, draw_ridge, draw_violins
 from ._style import DEAD_COLOR, NoData, new_figure, split_color, statistic_label
@@ -46,12 +47,34 @@ def histogram_layers(history: History) -> list[str]:
     return history.histogram_layers
 
 
-def shown_splits(split: str) -> list[str]:
-    """The splits a ``split`` choice draws (``"both"`` is train and test)."""
-    return ["train", "test"] if split == "both" else [split]
+#: The two probes overlaid by ``split=OVERLAY`` (train and test).
+OVERLAY: tuple[str, ...] = ("train", "test")
 
 
-def distribution_epochs(history: History, layer: str, split: str) -> list[int]:
+def shown_splits(split: str | Sequence[str]) -> list[str]:
+    """The data splits a ``split`` choice draws: one split, or several overlaid (e.g. :data:`OVERLAY`).
+
+    ``"both"``, the pseudo-split of earlier versions, still means ``("train", "test")`` for one
+    release, with a ``DeprecationWarning``.
+
+    >>> shown_splits("test"), shown_splits(("train", "test"))
+    (['test'], ['train', 'test'])
+    """
+    if split == "both":
+        warnings.warn(
+            'split="both" is deprecated: pass split=("train", "test") (a split is always a data split)',
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return list(OVERLAY)
+    if isinstance(split, str):
+        return [check_split(split)]
+    if not isinstance(split, (list, tuple)) or not split:
+        raise TypeError(f"split must be a data split ('train', 'val', 'test') or a tuple of them, got {split!r}")
+    return [check_split(s) for s in dict.fromkeys(split)]
+
+
+def distribution_epochs(history: History, layer: str, split: str | Sequence[str]) -> list[int]:
     """Epochs with a histogram of ``layer`` in any of the splits ``split`` shows."""
     found: set[int] = set()
     for s in shown_splits(split):
@@ -63,7 +86,7 @@ def distribution(
     history: History,
     layer: str | None = None,
     epoch: int | None = None,
-    split: str = "test",
+    split: str | Sequence[str] = "test",
     kind: str = "violin",
     order: str = "mean sparsity",
     *,
@@ -76,7 +99,7 @@ def distribution(
     Drawn from the fixed-bin histograms of the History, never from raw samples: ``kind`` is
     ``"violin"`` (bin densities), ``"box"`` (quantiles from the histogram), ``"ridge"`` (stacked
     densities) or ``"heatmap"`` (channels × bins, share of each channel's samples).
-    ``split="both"`` overlays train and test. Channels whose ``dead_fraction`` is at least
+    ``split=("train", "test")`` overlays train and test. Channels whose ``dead_fraction`` is at least
     ``dead_threshold`` are drawn in red and counted in the title and legend. ``layer`` defaults
     to the first layer with histograms, ``epoch`` to the last recorded one (an epoch without a
     histogram shows the nearest one, with a note).
@@ -99,7 +122,8 @@ def distribution(
         raise NoData("This run has no per-channel histograms: record it with a SparsityMonitor.")
     if layer is None:
         layer = h.histogram_layers[0]
-    epochs = distribution_epochs(h, layer, split)
+    shown = shown_splits(split)
+    epochs = distribution_epochs(h, layer, shown)
     if not epochs:
         raise NoData(f"Layer {layer!r} has no histograms for split {split!r}.")
     if epoch is None:
@@ -112,7 +136,7 @@ def distribution(
     epoch = int(epoch)
     edges = np.asarray(h.bin_edges, dtype=np.float64)
     counts: dict[str, np.ndarray] = {}
-    for s in shown_splits(split):
+    for s in shown:
         try:
             counts[s] = h.histogram(s, layer, epoch)
         except KeyError as exc:

@@ -23,8 +23,8 @@ class SparsityDistribution(FigureWidget):
     """Per-channel distributions of one layer's per-sample spatial sparsity at one epoch.
 
     Drawn by :func:`xaisparse.plots.distribution` from the History's fixed-bin histograms:
-    ``kind="violin"``, ``"box"``, ``"ridge"`` or ``"heatmap"``; ``split="both"`` overlays train
-    and test; channels whose ``dead_fraction`` is at least ``dead_threshold`` are red.
+    ``kind="violin"``, ``"box"``, ``"ridge"`` or ``"heatmap"``; ``split=("train", "test")`` (the
+    "train + test" button) overlays train and test; channels whose ``dead_fraction`` is at least ``dead_threshold`` are red.
 
     Controls: ``layer_dropdown``, ``epoch_slider`` (epochs with histograms), ``split_buttons``,
     ``kind_dropdown``, ``order_dropdown``. ``data`` holds what the last drawing showed.
@@ -37,7 +37,7 @@ class SparsityDistribution(FigureWidget):
         history: Any,
         layer: str | None = None,
         epoch: int | None = None,
-        split: str = "test",
+        split: str | tuple[str, ...] = "test",
         kind: str = "violin",
         order: str = "mean",
         *,
@@ -58,8 +58,7 @@ class SparsityDistribution(FigureWidget):
                 h.check_layer(layer)  # UnknownLayerError with the closest names
                 sticky.append(f"layer {layer!r} has no per-channel histograms in this run.")
                 layers = [layer, *layers]
-        options = splits + (["both"] if {"train", "test"} <= set(splits) else [])
-        self.split_buttons = split_buttons(split, options, sticky)
+        self.split_buttons = split_buttons(split, splits, sticky, overlay=True)
         self.layer_dropdown = widgets.Dropdown(
             options=layers, value=layer if layer is not None else (layers[0] if layers else None), description="layer"
         )
