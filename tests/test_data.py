@@ -323,7 +323,7 @@ def test_make_loaders_seeded_shuffle_and_unshuffled_test(digits: DatasetSplit) -
     assert torch.equal(y, _xy(digits.test)[1][:64])
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         make_loaders(digits, batch_size=0)
-    with pytest.raises(TypeError, match="DatasetSplit"):
+    with pytest.raises(TypeError, match="TrainTestData"):
         make_loaders(digits.train)  # type: ignore[arg-type]
 
 
@@ -626,3 +626,18 @@ def test_samples_figure_rejects_bad_input(kwargs: dict, exc: type, fragment: str
     assert fragment in str(info.value)
     with pytest.raises(TypeError, match="DatasetSplit"):
         plots.samples([(torch.zeros(1, 8, 8), 0)])
+
+
+def test_the_old_dataset_names_still_work_with_a_warning(digits) -> None:
+    import xaisparse.data as data_module
+    from xaisparse import plots
+    from xaisparse.data import TrainTestData
+
+    with pytest.warns(DeprecationWarning, match="TrainTestData"):
+        assert data_module.DatasetSplit is TrainTestData
+    with pytest.warns(DeprecationWarning, match=r"make_loaders\(data=...\)"):
+        train, _ = make_loaders(split=digits, batch_size=8, seed=1)
+    assert torch.equal(next(iter(train))[1], next(iter(make_loaders(digits, batch_size=8, seed=1)[0]))[1])
+    with pytest.warns(DeprecationWarning, match=r"samples\(dataset=...\)"):
+        fig = plots.samples(split=digits, per_class=1)
+    assert len(fig.axes) == digits.num_classes

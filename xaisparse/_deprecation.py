@@ -1,18 +1,16 @@
-"""One way to keep an old keyword of a class working for one release, with a warning."""
+"""One way to keep an old keyword of a class or function working for one release, with a warning."""
 
 from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, TypeVar
+from typing import Any
 
 __all__ = ["renamed_keyword"]
 
-T = TypeVar("T", bound=type)
-
 
 def renamed_keyword(old: str, new: str) -> Any:
-    """Class decorator: ``cls(..., old=x)`` still works as ``cls(..., new=x)``, with a ``DeprecationWarning``.
+    """Decorator of a class or function: ``f(..., old=x)`` still works as ``f(..., new=x)``, with a ``DeprecationWarning``.
 
     >>> import dataclasses
     >>> @renamed_keyword("colour", "color")
@@ -26,23 +24,30 @@ def renamed_keyword(old: str, new: str) -> Any:
     'red'
     """
 
-    def wrap(cls: T) -> T:
-        init = cls.__init__  # type: ignore[misc]
+    def translate(name: str, kwargs: dict[str, Any]) -> None:
+        if old in kwargs:
+            warnings.warn(f"{name}({old}=...) is deprecated: use {name}({new}=...)", DeprecationWarning, stacklevel=3)
+            if new in kwargs:
+                raise TypeError(f"{name}() got both {old}= and {new}=; pass only {new}=")
+            kwargs[new] = kwargs.pop(old)
 
-        @functools.wraps(init)
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            if old in kwargs:
-                warnings.warn(
-                    f"{cls.__name__}({old}=...) is deprecated: use {cls.__name__}({new}=...)",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
-                if new in kwargs:
-                    raise TypeError(f"{cls.__name__}() got both {old}= and {new}=; pass only {new}=")
-                kwargs[new] = kwargs.pop(old)
-            init(self, *args, **kwargs)
+    def wrap(obj: Any) -> Any:
+        if isinstance(obj, type):
+            init = obj.__init__  # type: ignore[misc]
 
-        cls.__init__ = __init__  # type: ignore[misc]
-        return cls
+            @functools.wraps(init)
+            def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+                translate(obj.__name__, kwargs)
+                init(self, *args, **kwargs)
+
+            obj.__init__ = __init__  # type: ignore[misc]
+            return obj
+
+        @functools.wraps(obj)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            translate(obj.__name__, kwargs)
+            return obj(*args, **kwargs)
+
+        return call
 
     return wrap
