@@ -221,10 +221,10 @@ def test_build_mnist_embedded_takes_the_image_size():
         width=4,
         depth=2,
     )
-    split, model = _build(args)[:2]
-    assert model(split.train[0][0][None]).shape == (1, 10)
-    x, _ = split.train[0]
-    assert split.name == "mnist_embedded" and tuple(x.shape) == (1, 12, 12) and len(split.train) == 50
+    data, model = _build(args)[:2]
+    assert model(data.train[0][0][None]).shape == (1, 10)
+    x, _ = data.train[0]
+    assert data.name == "mnist_embedded" and tuple(x.shape) == (1, 12, 12) and len(data.train) == 50
 
 
 def test_the_epoch_step_leaves_a_mixed_mode_model_as_it_was():

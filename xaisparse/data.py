@@ -133,7 +133,7 @@ DATASET_NAMES: tuple[str, ...] = ("digits", "mnist_embedded", *_TV_SPECS)
 class TrainTestData:
     """A train/test pair plus what a model and a run record need to know about it.
 
-    (Called ``DatasetSplit`` before: that name still works for one release, with a warning; it
+    (Called ``TrainTestData`` before: that name still works for one release, with a warning; it
     is not a data split but both of them.)
 
     Attributes:
@@ -144,8 +144,8 @@ class TrainTestData:
         flipped_indices: indices into ``train`` whose label was replaced (sorted, int64).
         clean_train_targets: the training labels before noise (int64), aligned with ``train``.
 
-    >>> split = load_digits_dataset(size=8)
-    >>> split.name, split.num_classes, split.in_channels, split.image_size
+    >>> data = load_digits_dataset(size=8)
+    >>> data.name, data.num_classes, data.in_channels, data.image_size
     ('digits', 10, 1, 8)
     """
 
@@ -420,10 +420,10 @@ def load_digits_dataset(
         label_noise: fraction of training labels to replace by another class, in [0, 1).
         normalize: standardise with the training mean/std.
 
-    >>> split = load_digits_dataset(size=16, seed=0)
-    >>> len(split.train), len(split.test)
+    >>> data = load_digits_dataset(size=16, seed=0)
+    >>> len(data.train), len(data.test)
     (1257, 540)
-    >>> x, y = split.train[0]
+    >>> x, y = data.train[0]
     >>> tuple(x.shape), x.dtype
     ((1, 16, 16), torch.float32)
     >>> noisy = load_digits_dataset(train_subset=100, label_noise=0.2)
@@ -457,10 +457,10 @@ def load_mnist_embedded_dataset(
         size: output side length in pixels, >= 1 (default 28, the native size).
         test_fraction, seed, train_subset, label_noise, normalize: as for :func:`load_digits_dataset`.
 
-    >>> split = load_mnist_embedded_dataset(size=16, train_subset=300, label_noise=0.2)
-    >>> split.name, len(split.train), len(split.test), tuple(split.train[0][0].shape)
+    >>> data = load_mnist_embedded_dataset(size=16, train_subset=300, label_noise=0.2)
+    >>> data.name, len(data.train), len(data.test), tuple(data.train[0][0].shape)
     ('mnist_embedded', 300, 1500, (1, 16, 16))
-    >>> split.info["flipped_count"], split.info["test_class_counts"]
+    >>> data.info["flipped_count"], data.info["test_class_counts"]
     (60, [150, 150, 150, 150, 150, 150, 150, 150, 150, 150])
     """
     size = check_int("size", size, minimum=1)
@@ -759,11 +759,11 @@ def probe_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DatasetSplit":
+    if name == "TrainTestData":
         import warnings
 
         warnings.warn(
-            "xaisparse.data.DatasetSplit is deprecated: it is called TrainTestData (a train/test pair)",
+            "xaisparse.data.TrainTestData is deprecated: it is called TrainTestData (a train/test pair)",
             DeprecationWarning,
             stacklevel=2,
         )
