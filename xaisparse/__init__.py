@@ -9,9 +9,9 @@ widgets: :mod:`xaisparse.widgets` (the only module that imports ipywidgets).
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Any
 
+from ._deprecation import deprecated
 from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
@@ -64,7 +64,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 def __getattr__(name: str) -> Any:
     if name in _DEPRECATED:
         old_home, new = _DEPRECATED[name]
-        warnings.warn(f"xaisparse.{name} is deprecated: use xaisparse.{new}", DeprecationWarning, stacklevel=2)
+        deprecated(f"xaisparse.{name} is deprecated: use xaisparse.{new}", stacklevel=2)
         return getattr(importlib.import_module(old_home), new)
     module = _EXPORTS.get(name)
     if module is None:

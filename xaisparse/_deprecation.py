@@ -6,7 +6,13 @@ import functools
 import warnings
 from typing import Any
 
-__all__ = ["renamed_keyword"]
+__all__ = ["deprecated", "renamed_keyword"]
+
+
+def deprecated(message: str, stacklevel: int = 2) -> None:
+    """Warn that an old name or use works for one release only (``stacklevel`` as for ``warnings.warn``,
+    counted from the caller of this function)."""
+    warnings.warn(message, DeprecationWarning, stacklevel=stacklevel + 1)
 
 
 def renamed_keyword(old: str, new: str) -> Any:
@@ -26,7 +32,7 @@ def renamed_keyword(old: str, new: str) -> Any:
 
     def translate(name: str, kwargs: dict[str, Any]) -> None:
         if old in kwargs:
-            warnings.warn(f"{name}({old}=...) is deprecated: use {name}({new}=...)", DeprecationWarning, stacklevel=3)
+            deprecated(f"{name}({old}=...) is deprecated: use {name}({new}=...)", stacklevel=3)
             if new in kwargs:
                 raise TypeError(f"{name}() got both {old}= and {new}=; pass only {new}=")
             kwargs[new] = kwargs.pop(old)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from ._deprecation import renamed_keyword
+from ._deprecation import deprecated, renamed_keyword
 from ._errors import XaisparseError
 from ._validation import check_bool, check_fraction, check_int
 
@@ -760,12 +760,8 @@ def probe_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
 
 def __getattr__(name: str) -> Any:
     if name == "TrainTestData":
-        import warnings
-
-        warnings.warn(
-            "xaisparse.data.TrainTestData is deprecated: it is called TrainTestData (a train/test pair)",
-            DeprecationWarning,
-            stacklevel=2,
+        deprecated(
+            "xaisparse.data.TrainTestData is deprecated: it is called TrainTestData (a train/test pair)", stacklevel=2
         )
         return TrainTestData
     raise AttributeError(f"module 'xaisparse.data' has no attribute {name!r}")

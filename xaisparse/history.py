@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._deprecation import renamed_keyword
+from ._deprecation import deprecated, renamed_keyword
 from ._errors import HistoryFormatError, UnknownLayerError, closest
 from ._io import jsonable, replace_dir, sha256
 from ._validation import check_split
@@ -85,10 +84,9 @@ def canonical_statistic(statistic: str) -> str:
     new = RENAMED_STATISTICS.get(statistic) if isinstance(statistic, str) else None
     if new is None:
         return statistic
-    warnings.warn(
+    deprecated(
         f"the layer statistic {statistic!r} is now called {new!r} (the population, i.e. channel-axis, "
         "sparsity: not a per-channel value); the old name works for one release",
-        DeprecationWarning,
         stacklevel=3,
     )
     return new
@@ -452,10 +450,9 @@ class History:
 
     def layer_matrix(self, split: str, statistic: str = "spatial_mean") -> pd.DataFrame:
         """Deprecated: ``layer_frame(split, statistic=statistic).T`` (layers × epochs)."""
-        warnings.warn(
+        deprecated(
             "History.layer_matrix(split, statistic) is deprecated: use History.layer_frame(split, "
             "statistic=statistic) (epochs × layers; .T for layers × epochs)",
-            DeprecationWarning,
             stacklevel=2,
         )
         wide = self.layer_frame(split, statistic=canonical_statistic(statistic)).T
@@ -552,10 +549,9 @@ class History:
     @property
     def channel_hist(self) -> dict[tuple[str, str], np.ndarray]:
         """Deprecated: :attr:`population_hist` (the population-sparsity histograms, not per channel)."""
-        warnings.warn(
+        deprecated(
             "History.channel_hist is deprecated: it is History.population_hist (per-channel histograms are "
             "History.spatial_hist)",
-            DeprecationWarning,
             stacklevel=2,
         )
         return self.population_hist
@@ -563,11 +559,7 @@ class History:
     @property
     def detector(self) -> dict[str, Any] | None:
         """Deprecated: the detector's result as a dict; use :attr:`detection`."""
-        warnings.warn(
-            "History.detector is deprecated; use History.detection (a DetectionResult)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        deprecated("History.detector is deprecated; use History.detection (a DetectionResult)", stacklevel=2)
         return None if self.detection is None else self.detection.to_dict()
 
     # ------------------------------------------------------------------ persistence

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ._deprecation import renamed_keyword
+from ._deprecation import deprecated, renamed_keyword
 from ._validation import check_int, check_split
 from .estimators import LayerSparsity
 from .recording import ActivationRecorder, LayerSelector
@@ -66,11 +66,7 @@ class SparsityReport:
     @property
     def channel_hist(self) -> dict[tuple[str, str], np.ndarray]:
         """Deprecated: :attr:`population_hist`."""
-        warnings.warn(
-            "SparsityReport.channel_hist is deprecated: it is SparsityReport.population_hist",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        deprecated("SparsityReport.channel_hist is deprecated: it is SparsityReport.population_hist", stacklevel=2)
         return self.population_hist
 
     def layer_value(self, split: str, layer: str, statistic: str = "spatial_mean") -> float:

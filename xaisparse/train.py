@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._deprecation import deprecated
 from ._io import atomic_write_bytes
 from ._validation import check_int
 from .checkpoint import CHECKPOINT, load_checkpoint
@@ -126,11 +127,7 @@ def evaluate_split(
     loss_fn: LossFn = nn.functional.cross_entropy,
 ) -> dict[str, float]:
     """Deprecated: :func:`xaisparse.epoch.measure_split` (mean loss and accuracy on a probe set)."""
-    warnings.warn(
-        "xaisparse.train.evaluate_split is deprecated: use xaisparse.epoch.measure_split (same arguments)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
+    deprecated("xaisparse.train.evaluate_split is deprecated: use xaisparse.epoch.measure_split (same arguments)")
     return measure_split(model, loader, device, monitor, split, loss_fn)
 
 

@@ -33,9 +33,9 @@ with a ``DeprecationWarning`` naming the module, and so does the old name ``eval
 """
 
 import importlib
-import warnings
 from typing import Any
 
+from .._deprecation import deprecated
 from ..detection import EVIDENCE_NOTE, DetectionResult, DetectorState
 from . import baselines, rule, scoring, signals, slope  # noqa: F401  (xaisparse.detect.<module> works)
 from .config import RULES, SIGNALS, DetectorConfig
@@ -85,18 +85,13 @@ _MOVED = {
 
 def __getattr__(name: str) -> Any:
     if name == "evaluate":
-        warnings.warn(
+        deprecated(
             "xaisparse.detect.evaluate is deprecated: use xaisparse.detect.evaluate_detector (same arguments)",
-            DeprecationWarning,
             stacklevel=2,
         )
         return evaluate_detector
     module = _MOVED.get(name)
     if module is None:
         raise AttributeError(f"module 'xaisparse.detect' has no attribute {name!r}")
-    warnings.warn(
-        f"importing {name} from xaisparse.detect is deprecated: import it from {module}",
-        DeprecationWarning,
-        stacklevel=2,
-    )
+    deprecated(f"importing {name} from xaisparse.detect is deprecated: import it from {module}", stacklevel=2)
     return getattr(importlib.import_module(module), name)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
+from .._deprecation import deprecated
 from .._validation import is_int, select_names
 from ..detection import DetectionResult, DetectorState, Row, evidence_frame
 from ..history import History, check_history
@@ -25,10 +25,9 @@ __all__ = ["OverfitDetector", "detect", "sparsity_matrix"]
 
 def sparsity_matrix(history: History, split: str, statistic: str) -> tuple[pd.DataFrame, list[str]]:
     """Deprecated: ``history.layer_frame(split, statistic=statistic)`` and its columns."""
-    warnings.warn(
+    deprecated(
         "xaisparse.detect.sparsity_matrix(history, split, statistic) is deprecated: use "
         "history.layer_frame(split, statistic=statistic) (its columns are the layers)",
-        DeprecationWarning,
         stacklevel=2,
     )
     wide = signals.layer_statistic(history, split, statistic)
@@ -126,12 +125,9 @@ class OverfitDetector:
         record: bool | None = None,
     ) -> None:
         if record is not None:
-            import warnings
-
-            warnings.warn(
+            deprecated(
                 "OverfitDetector(record=...) is deprecated and ignored: fit() stores the detector's result "
                 "in history.detection; the detector no longer writes into the History",
-                DeprecationWarning,
                 stacklevel=2,
             )
         self.config = DetectorConfig(

@@ -26,12 +26,12 @@ is undefined, e.g. the spatial sparsity of a 1×1 map).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
+from .._deprecation import deprecated
 from .._validation import check_int
 from ..history import History, check_history
 from .config import DetectorConfig
@@ -67,10 +67,9 @@ def layer_statistic(history: History, split: str = "test", statistic: str = "spa
 
 def sparsity(history: History, split: str = "test", statistic: str = "spatial_mean") -> pd.DataFrame:
     """Deprecated: :func:`layer_statistic` (the History's :meth:`~xaisparse.history.History.layer_frame`)."""
-    warnings.warn(
+    deprecated(
         "xaisparse.detect.signals.sparsity(history, split, statistic) is deprecated: use "
         "history.layer_frame(split, statistic=statistic)",
-        DeprecationWarning,
         stacklevel=2,
     )
     return layer_statistic(history, split, statistic)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from .._deprecation import deprecated
 from .._validation import check_split
 from ..history import DEAD_THRESHOLD, History, channel_ordering
 from ._draw import channel_ticks, dead_legend, draw_boxes, draw_ridge, draw_violins
@@ -29,20 +29,16 @@ _ORDER_TEXT = {
 
 def histogram_splits(history: History) -> list[str]:
     """Deprecated: :attr:`History.histogram_splits <xaisparse.history.History.histogram_splits>`."""
-    warnings.warn(
-        "xaisparse.plots.channels.histogram_splits(history) is deprecated: use history.histogram_splits",
-        DeprecationWarning,
-        stacklevel=2,
+    deprecated(
+        "xaisparse.plots.channels.histogram_splits(history) is deprecated: use history.histogram_splits", stacklevel=2
     )
     return history.histogram_splits
 
 
 def histogram_layers(history: History) -> list[str]:
     """Deprecated: :attr:`History.histogram_layers <xaisparse.history.History.histogram_layers>`."""
-    warnings.warn(
-        "xaisparse.plots.channels.histogram_layers(history) is deprecated: use history.histogram_layers",
-        DeprecationWarning,
-        stacklevel=2,
+    deprecated(
+        "xaisparse.plots.channels.histogram_layers(history) is deprecated: use history.histogram_layers", stacklevel=2
     )
     return history.histogram_layers
 
@@ -61,10 +57,8 @@ def shown_splits(split: str | Sequence[str]) -> list[str]:
     (['test'], ['train', 'test'])
     """
     if split == "both":
-        warnings.warn(
-            'split="both" is deprecated: pass split=("train", "test") (a split is always a data split)',
-            DeprecationWarning,
-            stacklevel=3,
+        deprecated(
+            'split="both" is deprecated: pass split=("train", "test") (a split is always a data split)', stacklevel=3
         )
         return list(OVERLAY)
     if isinstance(split, str):

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .. import plots
+from .._deprecation import deprecated
 from ..history import CHANNEL_ORDERINGS, DEAD_THRESHOLD, channel_ordering, check_history
 from ..plots.channels import distribution_epochs
 from ._base import FigureWidget, split_buttons
@@ -117,11 +118,8 @@ class PerplexityDistribution(SparsityDistribution):
     """Deprecated name of :class:`SparsityDistribution` (it draws sparsity, not perplexity)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        import warnings
 
-        warnings.warn(
-            "PerplexityDistribution is deprecated: it is called SparsityDistribution (it draws sparsity)",
-            DeprecationWarning,
-            stacklevel=2,
+        deprecated(
+            "PerplexityDistribution is deprecated: it is called SparsityDistribution (it draws sparsity)", stacklevel=2
         )
         super().__init__(*args, **kwargs)
