@@ -634,10 +634,10 @@ def test_the_old_dataset_names_still_work_with_a_warning(digits) -> None:
     from xaisparse.data import TrainTestData
 
     with pytest.warns(DeprecationWarning, match="TrainTestData"):
-        assert data_module.TrainTestData is TrainTestData
+        assert data_module.DatasetSplit is TrainTestData
     with pytest.warns(DeprecationWarning, match=r"make_loaders\(data=...\)"):
-        train, _ = make_loaders(data=digits, batch_size=8, seed=1)
+        train, _ = make_loaders(split=digits, batch_size=8, seed=1)
     assert torch.equal(next(iter(train))[1], next(iter(make_loaders(digits, batch_size=8, seed=1)[0]))[1])
     with pytest.warns(DeprecationWarning, match=r"samples\(dataset=...\)"):
-        fig = plots.samples(data=digits, per_class=1)
+        fig = plots.samples(split=digits, per_class=1)
     assert len(fig.axes) == digits.num_classes

@@ -133,7 +133,7 @@ DATASET_NAMES: tuple[str, ...] = ("digits", "mnist_embedded", *_TV_SPECS)
 class TrainTestData:
     """A train/test pair plus what a model and a run record need to know about it.
 
-    (Called ``TrainTestData`` before: that name still works for one release, with a warning; it
+    (Called ``DatasetSplit`` before: that name still works for one release, with a warning; it
     is not a data split but both of them.)
 
     Attributes:
@@ -759,9 +759,9 @@ def probe_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "TrainTestData":
+    if name == "DatasetSplit":
         deprecated(
-            "xaisparse.data.TrainTestData is deprecated: it is called TrainTestData (a train/test pair)", stacklevel=2
+            "xaisparse.data.DatasetSplit is deprecated: it is called TrainTestData (a train/test pair)", stacklevel=2
         )
         return TrainTestData
     raise AttributeError(f"module 'xaisparse.data' has no attribute {name!r}")
