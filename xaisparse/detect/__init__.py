@@ -21,7 +21,7 @@ from held-out labels): no loss, no accuracy, not even the ``metrics`` table of t
 * :mod:`~xaisparse.detect.baselines`: comparison methods that are not detectors (training-loss
   plateau, a fixed epoch, chance, early stopping with the best epoch restored).
 
-This package exports what a user of the detector needs (:data:`__all__`); the building blocks
+This package exports what a user of the detector needs (its ``__all__``); the building blocks
 (the rule's tracks, the signals, the study's baselines and outcome helpers) are imported from
 their modules. Importing them from ``xaisparse.detect`` itself still works for one release,
 with a ``DeprecationWarning`` naming the module, and so does the old name ``evaluate``.
