@@ -96,7 +96,7 @@ def samples(
     noise = dataset.info.get("label_noise") if part == "train" else None
     title = f"{dataset.name}, {part} part: {len(labels)} images at {size}, {per_class} per label"
     if noise:
-        title += f"\n{n_noisy} of the part_data carry a wrong label (red frame; label noise {noise:g})"
+        title += f"\n{n_noisy} of the shown carry a wrong label (red frame; label noise {noise:g})"
     fig.suptitle(title, fontsize=9)
     if data is not None:
         data.update(
