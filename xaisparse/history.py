@@ -297,6 +297,15 @@ class History:
         pos = int(np.argmin(ser.to_numpy()))
         return int(ser.index[pos]), float(ser.iloc[pos])
 
+    def summary(self, name: str | None = None, split: str = "test") -> pd.DataFrame:
+        """The run's facts in one row (best/last accuracy and loss, epoch of the loss minimum, rise
+        after it, final sparsity per layer, alarm epoch, training seconds): see
+        :func:`xaisparse.summary.run_summary`, and :func:`~xaisparse.summary.compare_runs` for
+        several runs side by side."""
+        from .summary import run_summary
+
+        return run_summary(self, name, split)
+
     @property
     def alarm_epoch(self) -> int | None:
         """The detector's alarm epoch, or None (no detector, or no alarm)."""
