@@ -394,6 +394,12 @@ class History:
         out[idx[keep]] = rows.value.to_numpy(dtype=np.float64)[keep]
         return out
 
+    def channel_series(self, split: str, layer: str, channel: int, statistic: str = "spatial_mean") -> pd.Series:
+        """One channel's statistic over epochs (index: epoch; empty when not recorded)."""
+        t = self.channels
+        rows = t[(t.split == split) & (t.layer == layer) & (t.channel == int(channel)) & (t.statistic == statistic)]
+        return _series(rows, f"{layer}[{channel}]")
+
     def dead_channels(
         self,
         split: str | Iterable[str],
