@@ -173,6 +173,8 @@ def test_learning_curves_draw_the_run_and_earlier_runs_faintly():
     earlier = line_by_gid(fig, "earlier:loss")
     np.testing.assert_array_equal(earlier.get_ydata(), old.metric("test", "loss").to_numpy())
     assert earlier.get_alpha() < 1 and line_by_gid(fig, "change:2").get_xdata()[0] == 2.5
-    assert fig.axes[0].get_xlim()[1] == 10.5 and drawn["earlier"] == 1
+    assert fig.axes[0].get_xlim()[1] == 10.5 and drawn["earlier"] == 1  # epochs 0..5: room up to 10
+    wide = plots.learning_curves(synthetic_history(epochs=41), total_epochs=200)
+    assert wide.axes[0].get_xlim()[1] == 50.5  # 1.25 × 40, not all 200 epochs
     with pytest.raises(NoData):
         plots.learning_curves(type(h)())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -62,8 +63,9 @@ def learning_curves(
     (``spatial_mean``) of each layer. ``previous`` runs are thin grey lines behind (their
     ``split`` loss, accuracy and sparsity). ``changes``: ``(epoch, text)`` pairs drawn as dotted
     purple lines between that epoch and the next (the next epoch trained with the change).
-    The test-loss minimum (green) and the detector's alarm (red) are marked; ``total_epochs``
-    fixes the x range (for a run in progress).
+    The test-loss minimum (green) and the detector's alarm (red) are marked. ``total_epochs``
+    (for a run in progress) leaves room on the x axis: a quarter more than the epochs so far
+    (at least 10), never past the run's last epoch.
 
     >>> from xaisparse.testing import synthetic_history
     >>> fig = learning_curves(synthetic_history(epochs=8), [synthetic_history(seed=1)], [(3, "λ 0→1")])
@@ -128,8 +130,9 @@ def learning_curves(
         if alarm is not None:
             ax.axvline(alarm, color=ALARM_COLOR, ls=":", lw=1.6, gid="alarm")
         _mark_changes(ax, changes, label=ax is ax_loss)
-        if total_epochs is not None:
-            ax.set_xlim(-0.5, max(int(total_epochs), h.epochs[-1]) + 0.5)
+        if total_epochs is not None:  # room to grow into, up to the last epoch of the run
+            right = min(int(total_epochs), max(10, int(np.ceil(1.25 * h.epochs[-1]))))
+            ax.set_xlim(-0.5, max(right, h.epochs[-1]) + 0.5)
     for ax in (ax_loss, ax_sp):
         ax.legend(fontsize=7, frameon=False, loc="best")
     last = h.epochs[-1]

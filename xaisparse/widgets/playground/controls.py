@@ -91,7 +91,7 @@ def build_knobs(settings: PlaygroundSettings) -> dict[str, widgets.Widget]:
         value=settings.seed, min=0, max=2**31 - 1, description=LABELS["seed"], style=_STYLE, layout=_narrow()
     )
     knobs["blocks"] = widgets.ToggleButtons(
-        options=[("1", (1,)), ("2", (2,)), ("3", (3,)), ("1+2+3", BLOCKS), ("2+3", (2, 3))],
+        options=[("all", BLOCKS), ("1", (1,)), ("2", (2,)), ("3", (3,)), ("2+3", (2, 3))],
         value=_block_option(settings.blocks),
         description=LABELS["blocks"],
         tooltips=[TIPS["blocks"]] * 5,

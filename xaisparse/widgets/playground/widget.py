@@ -70,10 +70,11 @@ _TABLE_COLUMNS = [
 class _Painter(threading.Thread):
     """Draws the newest snapshot of a run each time one arrives, until the run has ended."""
 
-    def __init__(self, paint: Callable[[], None], live: bool = True) -> None:
+    def __init__(self, paint: Callable[[], None], live: bool = True, done: Callable[[], None] | None = None) -> None:
         super().__init__(name="xaisparse-playground-painter", daemon=True)
         self._paint = paint
         self.live = live
+        self._on_done = done
         self._cv = threading.Condition()
         self._dirty = False
         self._done = False
@@ -99,7 +100,9 @@ class _Painter(threading.Thread):
                 self._paint()
             with self._cv:
                 if done and not self._dirty:
-                    return
+                    break
+        if self._on_done is not None:
+            self._on_done()
 
 
 class OverfittingPlayground(FigureWidget):
@@ -228,12 +231,12 @@ class OverfittingPlayground(FigureWidget):
         share = widgets.HBox([self.settings_text, self.copy_html, self.load_button])
         picks = widgets.HBox([self.image_choice, self.layer_choice, self.channel_choice])
         picks.layout.flex_flow = "row wrap"
-        inside = widgets.HBox(
+        below = widgets.HBox(
             [
-                widgets.VBox([self.images["maps"], self.notes["maps"]], layout=widgets.Layout(max_width="62%")),
                 widgets.VBox(
-                    [self.images["distribution"], self.notes["distribution"]], layout=widgets.Layout(max_width="38%")
+                    [self.images["distribution"], self.notes["distribution"]], layout=widgets.Layout(width="38%")
                 ),
+                widgets.VBox([self.images["channel"], self.notes["channel"]], layout=widgets.Layout(width="62%")),
             ],
             layout=widgets.Layout(align_items="flex-start"),
         )
@@ -248,13 +251,14 @@ class OverfittingPlayground(FigureWidget):
             self.notes["curves"],
             widgets.HTML(value="<b>Inside the network</b> — pick a test image, a layer and one of its channels:"),
             picks,
-            inside,
-            self.images["channel"],
-            self.notes["channel"],
+            self.images["maps"],
+            self.notes["maps"],
+            below,
             widgets.HTML(value="<b>Runs so far</b> (copy a settings string to repeat a run exactly):"),
             self.table_html,
         ]
         self.add_class("xaisparse-playground")
+        self.add_class("xaisparse-idle")  # no run, or the last one ended and is drawn
 
     # ------------------------------------------------------------------ settings
     @property
@@ -315,7 +319,9 @@ class OverfittingPlayground(FigureWidget):
         settings = self.settings
         run = PlaygroundRun(settings, f"run {len(self.runs) + 1}", self.n_images, listener=self._on_run)
         self.run = run
-        self._painter = _Painter(lambda: self._guard(self._paint_all), live)
+        self._painter = _Painter(lambda: self._guard(self._paint_all), live, self._painted_last)
+        with self._ui_lock:
+            self.remove_class("xaisparse-idle")
         self._painter.start()
         self._status_extra = ""
         self._show([])
@@ -499,10 +505,21 @@ class OverfittingPlayground(FigureWidget):
         if snap is not None and "curves" in names:
             self._png = bytes(self.images["curves"].value)
 
+    def _painted_last(self) -> None:
+        """The run has ended and its last epoch is drawn (the class tells browser tests so)."""
+        with self._ui_lock:
+            self.add_class("xaisparse-idle")
+
     def _paint_all(self) -> None:
-        self._paint(VIEWS)
-        self.updates += 1
-        self._sync_all()
+        with self._ui_lock:
+            self.add_class("xaisparse-busy")  # for tests and styling: the views are being redrawn
+        try:
+            self._paint(VIEWS)
+            self.updates += 1
+            self._sync_all()
+        finally:
+            with self._ui_lock:
+                self.remove_class("xaisparse-busy")
 
     def refresh(self) -> None:
         """Redraw every view from the newest snapshot (never raises)."""
@@ -636,8 +653,10 @@ class OverfittingPlayground(FigureWidget):
             if shown[col].dtype.kind == "f":
                 shown[col] = shown[col].map(lambda v: "–" if not math.isfinite(v) else f"{v:.3g}")
         shown["settings"] = [f"<code>{html.escape(s)}</code>" for s in table["settings"]]
-        body = shown.to_html(escape=False, na_rep="–", border=0, classes="xaisparse-runs")
-        return f"<div style='font-size:12px;overflow-x:auto'>{body}</div>"
+        shown.insert(0, "run", table.index)
+        body = shown.to_html(escape=False, na_rep="–", border=0, classes="xaisparse-runs", index=False)
+        style = ".xaisparse-runs td, .xaisparse-runs th {white-space: nowrap; padding: 2px 8px; text-align: right}"
+        return f"<style>{style}</style><div style='font-size:12px;overflow-x:auto'>{body}</div>"
 
     def _describe(self) -> str:
         state = self.run.state if self.run is not None else "idle"
