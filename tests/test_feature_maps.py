@@ -85,7 +85,9 @@ def test_the_titles_show_the_sparsity_of_each_map(model_and_images):
     assert drawn["dead"]["features.block1.relu"][5]  # the silenced channel, titled in red
     texts = {t.get_text(): t.get_color() for ax in fig.axes for t in ax.texts}
     assert texts["5: dead"] == "#d62728"
-    assert sum(len(v) for v in drawn["titles"].values()) == sum(1 for ax in fig.axes for t in ax.texts if ":" in t.get_text())
+    assert sum(len(v) for v in drawn["titles"].values()) == sum(
+        1 for ax in fig.axes for t in ax.texts if ":" in t.get_text()
+    )
 
 
 def test_captured_maps_and_maps_from_a_dict_agree(model_and_images):

@@ -146,7 +146,12 @@ def test_the_views_show_the_runs_own_numbers(trained):
     assert maps.layers == history.layer_names and maps.maps[maps.layers[0]].shape[0] == pg.n_images
     assert pg.run.snapshot.map_epochs == history.epochs
     assert pg.channel_choice.max == maps.maps[pg.layer_choice.value].shape[1] - 1
-    assert pg.figure("maps").get_suptitle().startswith("epoch 2: feature maps of test image")
+    assert pg.figure("maps").get_suptitle().startswith("epoch 2: feature maps of a test image of digit 0")
+    test = load_digits_dataset(size=16, seed=0, train_subset=40, label_noise=0.25).test
+    labels = test.tensors[1].tolist()
+    assert [labels[i] for i in pg.run.image_index] == [0, 1, 2, 3]  # "digit k" is a test image of digit k
+    assert pg.run.image_index == [labels.index(k) for k in range(4)]  # the first of each
+    np.testing.assert_array_equal(maps.images, torch.stack([test[i][0] for i in pg.run.image_index]).numpy())
 
 
 def test_the_run_is_the_same_as_training_directly(trained):

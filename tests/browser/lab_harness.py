@@ -768,3 +768,16 @@ def run_extra_cell(page: Any, notebook_path: str, source: str, timeout: float = 
     )
     assert not state["error"], f"the extra cell raised: {state['text']}"
     return state["text"]
+
+
+def save_tall_screenshot(page: Any, path: Path, max_height: int = 8000) -> None:
+    """Screenshot of a page whose content scrolls inside an element (Voilà's lab template): the
+    viewport is stretched to the tallest scroll height for the shot, then restored."""
+    vp = page.viewport_size
+    height = page.evaluate("() => Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
+    page.set_viewport_size({"width": vp["width"], "height": min(max_height, max(vp["height"], int(height) + 40))})
+    try:
+        page.wait_for_timeout(400)
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(vp)

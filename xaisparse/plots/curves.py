@@ -84,7 +84,9 @@ def learning_curves(
         label = "earlier runs" if k == 0 else None
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             line = old.metric(split, metric)
-            ax.plot(line.index, line.to_numpy(), color=_EARLIER, lw=1.0, alpha=0.55, label=label, gid=f"earlier:{metric}")
+            ax.plot(
+                line.index, line.to_numpy(), color=_EARLIER, lw=1.0, alpha=0.55, label=label, gid=f"earlier:{metric}"
+            )
         if old.layer_names:
             frame = old.layer_frame(split)
             for name in frame.columns:

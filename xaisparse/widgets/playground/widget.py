@@ -196,11 +196,12 @@ class OverfittingPlayground(FigureWidget):
         self.load_button.layout.width = "90px"
         self.load_button.on_click(lambda _b: self._guard(lambda: self.load(self.settings_text.value)))
         self.loss_html = widgets.HTML(value="")
-        self.image_choice = widgets.ToggleButtons(
-            options=[(f"image {i}", i) for i in range(self.n_images)],
+        self.image_choice = widgets.ToggleButtons(  # the first test image of each class 0, 1, …
+            options=[(f"digit {i}", i) for i in range(self.n_images)],
             value=0,
             description="test image",
-            style={"button_width": "70px"},
+            tooltips=[f"the first test image of digit {i}" for i in range(self.n_images)],
+            style={"button_width": "64px"},
         )
         self.layer_choice = widgets.Dropdown(options=["features.block1.relu"], description="layer")
         self.channel_choice = widgets.IntSlider(value=0, min=0, max=7, description="channel", continuous_update=False)
@@ -210,6 +211,8 @@ class OverfittingPlayground(FigureWidget):
             if name != "curves"
         }
         self.images["curves"] = self.image
+        for image in self.images.values():  # hidden until there is a picture (no broken-image icons)
+            image.layout.display = "none"
         self.notes = {name: widgets.HTML(value="") for name in VIEWS}
         self.table_html = widgets.HTML(value="")
         self.image_choice.observe(lambda _c: self._guard(lambda: self._paint(("maps",))), names="value")
@@ -467,9 +470,8 @@ class OverfittingPlayground(FigureWidget):
             raise plots.NoData("no feature maps yet")
         if name == "maps":
             k = int(self.image_choice.value)
-            label = self.run.image_index[k] if self.run is not None and k < len(self.run.image_index) else k
             title = (
-                f"epoch {snap.epoch}: feature maps of test image {label}, "
+                f"epoch {snap.epoch}: feature maps of a test image of digit {k}, "
                 "each titled channel: spatial sparsity (0 dense – 1 one unit)"
             )
             return plots.feature_maps(snap.maps, image=k, max_channels=16, title=title, notes=notes)
@@ -483,10 +485,14 @@ class OverfittingPlayground(FigureWidget):
         )
 
     def _paint(self, names: tuple[str, ...] = VIEWS) -> None:
-        """Draw ``names`` from the newest snapshot (placeholders before the first epoch)."""
+        """Draw ``names`` from the newest snapshot (placeholders before the first epoch).
+
+        All pictures are rendered first and shown together, so the views always show the same epoch.
+        """
         snap = self._snapshot()
         if snap is not None:
             self._sync_layers(snap)
+        drawn: dict[str, tuple[bytes, list[str]]] = {}
         for name in names:
             notes: list[str] = []
             png = b""
@@ -498,7 +504,9 @@ class OverfittingPlayground(FigureWidget):
                     notes.append(str(exc))
                 except Exception as exc:
                     notes.append(f"could not draw this view: {type(exc).__name__}: {exc}")
-            with self._ui_lock:
+            drawn[name] = (png, notes)
+        with self._ui_lock:
+            for name, (png, notes) in drawn.items():
                 self.images[name].value = png
                 self.images[name].layout.display = None if png else "none"
                 self.notes[name].value = _note_html(notes)
@@ -539,12 +547,6 @@ class OverfittingPlayground(FigureWidget):
             top = snap.maps.maps[self.layer_choice.value].shape[1] - 1
             if self.channel_choice.max != top:
                 self.channel_choice.max = top
-        n = 0 if snap.maps.images is None else snap.maps.images.shape[0]
-        labels = self.run.image_index if self.run is not None else list(range(n))
-        options = [(f"#{labels[i]}", i) for i in range(n)]
-        with self._ui_lock, self._hold():
-            if list(self.image_choice.options) != options:
-                self.image_choice.options = options
 
     def _on_layer(self) -> None:
         snap = self._snapshot()
@@ -597,7 +599,7 @@ class OverfittingPlayground(FigureWidget):
 
     def _status_line(self, run: PlaygroundRun | None) -> str:
         if run is None:
-            return _mono("ready: press <b>Train</b> (or <b>Step</b> for one epoch)")
+            return _mono("ready")
         parts = [f"<b>{html.escape(run.state)}</b>"]
         epoch, batch, batches = run.position
         total = run.settings.epochs
