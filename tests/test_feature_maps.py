@@ -116,6 +116,11 @@ def test_channel_limit_order_and_layer_choice(model_and_images):
     assert drawn["layers"] == ["features.block2.relu"]
     np.testing.assert_array_equal(drawn["channels"]["features.block2.relu"], np.argsort(-values, kind="stable")[:4])
     assert notes == ["features.block2.relu: showing 4 of 12 channels (sparsity order)."]
+    wrapped: dict = {}
+    fig = plots.feature_maps(fm, columns=5, data=wrapped)  # 6 and 12 maps, five to a row
+    mosaic = fig.axes[2].get_images()[0].get_array()
+    # 12 tiles of 12 px, five to a row: 3 rows of 12 × 1.55 px (title room), 5 columns of 12 × 1.12 px
+    assert wrapped["channels"]["features.block2.relu"].size == 12 and mosaic.shape == (56, 68)
     with pytest.raises(ValueError, match=r"no feature maps of layer 'block9'; layers with maps: \['features"):
         plots.feature_maps(fm, layers=["block9"])
     with pytest.raises(ValueError, match=r"image must be an int in \[0, 2\] \(there are 3 images\), got 3"):

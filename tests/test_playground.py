@@ -432,3 +432,41 @@ def test_a_live_change_is_checked_like_the_settings():
         run.change("weight", 6.0)
     pg.stop()
     assert pg.wait(WAIT)
+
+
+# ---------------------------------------------------------------------------- the classroom app
+def test_the_app_notebook_holds_the_how_to_and_the_playground():
+    from xaisparse.widgets.playground.app import HOW_TO, app_notebook, voila_command
+
+    nb = app_notebook("pg1&noise=0.4&seed=1", threads=2)
+    assert [c["cell_type"] for c in nb["cells"]] == ["markdown", "code"] and nb["cells"][0]["source"] == HOW_TO
+    code = nb["cells"][1]["source"]
+    assert "torch.set_num_threads(2)" in code and code.endswith(
+        "OverfittingPlayground.from_settings('pg1&noise=0.4&seed=1')"
+    )
+    cmd = voila_command("app.ipynb", 9000)
+    assert "--Voila.ip=127.0.0.1" in cmd and "--port=9000" in cmd and "--no-browser" in cmd
+    assert "--VoilaConfiguration.strip_sources=True" in cmd
+    with pytest.raises(ValueError, match="label_noise must be in"):
+        app_notebook("pg1&noise=2")
+
+
+def test_the_playground_command_rejects_bad_input_before_serving(capsys, monkeypatch):
+    import builtins
+
+    from xaisparse.cli import main
+
+    assert main(["playground", "--settings", "pg1&noise=2"]) == 2
+    assert "label_noise must be in [0, 0.9], got 2.0" in capsys.readouterr().err
+    assert main(["playground", "--port", "0"]) == 2
+    assert "port must be an int in [1, 65535], got 0" in capsys.readouterr().err
+    real_import = builtins.__import__
+
+    def no_voila(name, *args, **kwargs):
+        if name == "voila":
+            raise ImportError("No module named 'voila'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_voila)
+    assert main(["playground"]) == 2
+    assert "needs Voilà, which is not installed: pip install 'xaisparse[teach]'" in capsys.readouterr().err

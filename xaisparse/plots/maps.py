@@ -104,6 +104,7 @@ def feature_maps(
     *,
     image: int = 0,
     max_channels: int = 16,
+    columns: int = 16,
     order: str = "index",
     title: str | None = None,
     notes: list[str] | None = None,
@@ -116,7 +117,7 @@ def feature_maps(
     ``images`` (then ``layers`` selects as :class:`~xaisparse.recording.ActivationRecorder`
     does). ``layers`` also picks and orders the layers drawn. ``image`` indexes the images;
     each layer shows at most ``max_channels`` maps (by index, or sparsest first with
-    ``order="sparsity"``), with a note saying how many were left out. Each map is scaled to
+    ``order="sparsity"``), ``columns`` to a row, with a note saying how many were left out. Each map is scaled to
     its own range (black = its lowest value); a dead (all-zero) map is titled "dead" in red.
     ``data`` receives the shown channels, sparsity values, dead flags and title texts per layer.
 
@@ -129,8 +130,9 @@ def feature_maps(
     """
     if order not in MAP_ORDERS:
         raise ValueError(f"order must be one of {list(MAP_ORDERS)}, got {order!r}")
-    if not isinstance(max_channels, int) or isinstance(max_channels, bool) or max_channels < 1:
-        raise ValueError(f"max_channels must be an int >= 1, got {max_channels!r}")
+    for name, value in (("max_channels", max_channels), ("columns", columns)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     fm = _as_feature_maps(source, images, layers)
     if layers is None or not isinstance(source, (Mapping, FeatureMaps)):  # a model: layers chose what was captured
         shown_layers = fm.layers
@@ -163,7 +165,7 @@ def feature_maps(
         drawn["dead"][name] = dead[channels]
         drawn["titles"][name] = [t for t, _ in titles]
         per_layer.append((name, channels, titles))
-    cols = max(len(ch) for _, ch, _ in per_layer)
+    cols = min(columns, max(len(ch) for _, ch, _ in per_layer))
     rows = [max(1, math.ceil(len(ch) / cols)) for _, ch, _ in per_layer]
     width = 1.9 + cols * 0.62
     fig = new_figure(max(width, 5.0), 0.75 + sum(r * 0.78 for r in rows))
@@ -221,7 +223,8 @@ def channel_over_epochs(
     if fm.images is not None:
         ax_in = fig.add_subplot(grid[0, 0])
         inputs = [np.asarray(fm.images[i]).mean(axis=0) for i in range(n)]
-        draw_tiles(ax_in, inputs, [("", "black")] * n, n, tile, cmap="gray")
+        side = int(np.clip(max(inputs[0].shape), 8, 32))
+        draw_tiles(ax_in, inputs, [("", "black")] * n, n, side, cmap="gray")
         ax_in.set_ylabel("input", fontsize=8)
     ax_maps = fig.add_subplot(grid[1, 0])
     draw_tiles(ax_maps, [fm.maps[layer][i, channel] for i in range(n)], titles, n, tile)

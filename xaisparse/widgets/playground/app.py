@@ -145,15 +145,16 @@ def serve(
     Prints the URL once the server answers (``ready(url)`` is called too, when given).
     Returns the server's exit status (0 after Ctrl+C). Needs Voilà (the ``teach`` extra).
     """
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be an int in [1, 65535], got {port!r}")
+    text = settings_from(settings if settings is not None else PlaygroundSettings()).to_string()
+    app_notebook(text, threads)  # checks threads
     try:
         import voila  # noqa: F401
     except ImportError:
         raise ImportError(
             "xaisparse playground needs Voilà, which is not installed: pip install 'xaisparse[teach]'"
         ) from None
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise ValueError(f"port must be an int in [1, 65535], got {port!r}")
-    text = settings_from(settings if settings is not None else PlaygroundSettings()).to_string()
     folder = Path(tempfile.mkdtemp(prefix="xaisparse-playground-"))
     proc: subprocess.Popen | None = None
     previous = None

@@ -14,6 +14,7 @@ import html
 import json
 import math
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -68,7 +69,12 @@ _TABLE_COLUMNS = [
 
 
 class _Painter(threading.Thread):
-    """Draws the newest snapshot of a run each time one arrives, until the run has ended."""
+    """Draws the newest snapshot of a run each time one arrives, until the run has ended.
+
+    After each drawing it waits as long as the drawing took (at most 2 s) before the next, so
+    that drawing never takes more than about half of the time (matplotlib holds the GIL); the
+    end of the run is drawn at once.
+    """
 
     def __init__(self, paint: Callable[[], None], live: bool = True, done: Callable[[], None] | None = None) -> None:
         super().__init__(name="xaisparse-playground-painter", daemon=True)
@@ -97,7 +103,11 @@ class _Painter(threading.Thread):
                 self._cv.wait_for(lambda: self._dirty or self._done)
                 dirty, self._dirty, done = self._dirty, False, self._done
             if dirty:
+                started = time.perf_counter()
                 self._paint()
+                if not done:  # leave training at least as much time as drawing took (at most 2 s)
+                    with self._cv:
+                        self._cv.wait_for(lambda: self._done, min(time.perf_counter() - started, 2.0))
             with self._cv:
                 if done and not self._dirty:
                     break
@@ -474,7 +484,7 @@ class OverfittingPlayground(FigureWidget):
                 f"epoch {snap.epoch}: feature maps of a test image of digit {k}, "
                 "each titled channel: spatial sparsity (0 dense – 1 one unit)"
             )
-            return plots.feature_maps(snap.maps, image=k, max_channels=16, title=title, notes=notes)
+            return plots.feature_maps(snap.maps, image=k, max_channels=32, title=title, notes=notes)
         layer = self.layer_choice.value
         if name == "distribution":
             return plots.distribution(snap.history, layer, None, "test", kind="box", notes=notes)
