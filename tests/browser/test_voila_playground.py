@@ -100,6 +100,9 @@ def test_the_app_serves_the_playground_without_code_and_trains(app, voila_browse
         assert _status(view).strip() == "ready" and "Set the knobs and press Train." in view.inner_text()
         assert view.locator("img.widget-image:visible").count() == 0  # no empty (broken) pictures before a run
         assert view.locator("input[type=text]").first.input_value() == SETTINGS
+        voila_browser.grant_permissions(["clipboard-read", "clipboard-write"], origin=url.rstrip("/"))
+        view.locator("button.xaisparse-copy").click()  # Copy puts the settings string on the clipboard
+        assert page.evaluate("() => navigator.clipboard.readText()") == SETTINGS
         lh.save_tall_screenshot(page, art / "voila-loaded.png")
 
         view.locator("button", has_text="Train").click()
