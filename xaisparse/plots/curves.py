@@ -59,7 +59,7 @@ def learning_curves(
     """Loss, accuracy and each layer's sparsity over epochs, earlier runs drawn faintly behind.
 
     Three panels: train (dashed) and ``split`` (solid) loss — the task loss as ``fit`` records
-    it, see :data:`LOSS_NOTE` —, the same for accuracy, and the ``split`` sparsity
+    it, see :data:`~xaisparse.plots.curves.LOSS_NOTE` —, the same for accuracy, and the ``split`` sparsity
     (``spatial_mean``) of each layer. ``previous`` runs are thin grey lines behind (their
     ``split`` loss, accuracy and sparsity). ``changes``: ``(epoch, text)`` pairs drawn as dotted
     purple lines between that epoch and the next (the next epoch trained with the change).

@@ -1,8 +1,8 @@
 """The overfitting playground: knobs, Train / Pause / Step / Stop / Reset, live views of a run.
 
 Modules: :mod:`.settings` (the knobs, their ranges and the shareable settings string),
-:mod:`.session` (one run in a background thread), :mod:`.controls` (the knob widgets),
-:mod:`.widget` (:class:`OverfittingPlayground`) and :mod:`.app` (the classroom web app
+:mod:`.session` (one run in a background thread), ``controls`` (the knob widgets),
+``widget`` (:class:`OverfittingPlayground`) and :mod:`.app` (the classroom web app
 served by ``xaisparse playground``).
 
 >>> pg = OverfittingPlayground(train_size=100, epochs=3)

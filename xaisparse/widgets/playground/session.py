@@ -10,7 +10,7 @@ snapshot to its listener, applies the knob changes due after that epoch and, whe
 waits (**Pause**) until **Resume**, **Step** (exactly one more epoch) or **Stop**.
 
 Nothing here touches a widget: the listener (the widget) is called from the training thread
-and must only hand the work over (see :mod:`.widget`).
+and must only hand the work over (see the ``widget`` module).
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class OverfittingPlayground(FigureWidget):
     batch; the epochs measured so far are kept) and **Reset** (stop and clear the view) work
     while it trains. The regularisers (learning rate, dropout, weight decay, λ and its blocks)
     may change during a run: the change applies from the next epoch and is marked on the
-    curves. Every run ends up in :attr:`runs` and in the runs table, with its settings string.
+    curves. Every run ends up in ``runs`` and in the runs table, with its settings string.
 
     From code: :meth:`train` (blocking, returns the History), or :meth:`start`, :meth:`pause`,
     :meth:`resume`, :meth:`step`, :meth:`stop`, :meth:`reset`, :meth:`wait`.
@@ -159,6 +159,7 @@ class OverfittingPlayground(FigureWidget):
         self.run: PlaygroundRun | None = None
         self.updates = 0
         self._ui_lock = threading.RLock()
+        self._local = threading.local()
         self._painter: _Painter | None = None
         self._status_extra = ""
         self._knobs = build_knobs(start)
@@ -225,9 +226,9 @@ class OverfittingPlayground(FigureWidget):
             image.layout.display = "none"
         self.notes = {name: widgets.HTML(value="") for name in VIEWS}
         self.table_html = widgets.HTML(value="")
-        self.image_choice.observe(lambda _c: self._guard(lambda: self._paint(("maps",))), names="value")
-        self.layer_choice.observe(lambda _c: self._guard(self._on_layer), names="value")
-        self.channel_choice.observe(lambda _c: self._guard(lambda: self._paint(("channel",))), names="value")
+        self.image_choice.observe(lambda _c: self._on_view_control(lambda: self._paint(("maps",))), names="value")
+        self.layer_choice.observe(lambda _c: self._on_view_control(self._on_layer), names="value")
+        self.channel_choice.observe(lambda _c: self._on_view_control(lambda: self._paint(("channel",))), names="value")
 
     def _assemble(self) -> None:
         groups = []
@@ -367,14 +368,14 @@ class OverfittingPlayground(FigureWidget):
         return self.run
 
     def stop(self) -> None:
-        """**Stop** within one batch; the run (its measured epochs) is kept in :attr:`runs`."""
+        """**Stop** within one batch; the run (its measured epochs) is kept in ``runs``."""
         if self.run is not None and self.run.active:
             self._status_extra = "stopping…"
             self.run.stop()
             self._sync_all()
 
     def reset(self) -> None:
-        """**Reset**: stop the current run (kept in :attr:`runs`) and clear the view."""
+        """**Reset**: stop the current run (kept in ``runs``) and clear the view."""
         run = self.run
         if run is not None and run.active:
             run.stop()
@@ -549,20 +550,32 @@ class OverfittingPlayground(FigureWidget):
         if snap.maps is None:
             return
         layers = snap.maps.layers
-        with self._ui_lock, self._hold():
-            if list(self.layer_choice.options) != layers:
-                keep = self.layer_choice.value if self.layer_choice.value in layers else layers[0]
-                self.layer_choice.options = layers
-                self.layer_choice.value = keep
-            top = snap.maps.maps[self.layer_choice.value].shape[1] - 1
-            if self.channel_choice.max != top:
-                self.channel_choice.max = top
+        with self._ui_lock:
+            self._local.quiet = True  # thread-local: a click in another thread is never swallowed
+            try:
+                if list(self.layer_choice.options) != layers:
+                    keep = self.layer_choice.value if self.layer_choice.value in layers else layers[0]
+                    self.layer_choice.options = layers
+                    self.layer_choice.value = keep
+                top = snap.maps.maps[self.layer_choice.value].shape[1] - 1
+                if self.channel_choice.max != top:
+                    self.channel_choice.max = top
+            finally:
+                self._local.quiet = False
+
+    def _on_view_control(self, action: Callable[[], Any]) -> None:
+        """A view's control changed: redraw it, unless this thread is setting the controls itself."""
+        if not getattr(self._local, "quiet", False):
+            self._guard(action)
 
     def _on_layer(self) -> None:
         snap = self._snapshot()
         if snap is not None and snap.maps is not None:
-            with self._hold():
+            self._local.quiet = True
+            try:
                 self.channel_choice.max = snap.maps.maps[self.layer_choice.value].shape[1] - 1
+            finally:
+                self._local.quiet = False
         self._paint(("distribution", "channel"))
 
     def _draw(self, notes: list[str]) -> Figure:
