@@ -255,6 +255,8 @@ def channel_over_epochs(
     if not drawn["lines"]:
         notes.append("no epochs recorded yet: the sparsity over epochs appears after the first epoch.")
     ax.set_ylim(-0.02, 1.02)
+    if epochs is not None and len(epochs):
+        ax.set_xlim(-0.5, max(1.5, float(max(epochs)) + 0.5))  # whole epochs, also with only epoch 0
     ax.set_xlabel("epoch")
     ax.set_ylabel("spatial sparsity", fontsize=9)
     ax.grid(alpha=0.3)
