@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "OverfitDetector": "xaisparse.detect",
     "DetectorConfig": "xaisparse.detect",
     "RunOutcome": "xaisparse.history",
+    "compare_runs": "xaisparse.summary",
     "load_weights": "xaisparse.checkpoint",
     "DetectionResult": "xaisparse.detect",
     "evaluate_detector": "xaisparse.detect",

@@ -1,4 +1,4 @@
-"""The ``xaisparse`` command line: ``demo``, ``run``, ``report`` and ``compare``."""
+"""The ``xaisparse`` command line: ``demo``, ``run``, ``report``, ``compare`` and ``playground``."""
 
 from __future__ import annotations
 
@@ -243,6 +243,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_playground(args: argparse.Namespace) -> int:
+    """Serve the overfitting playground as a web page (Voilà) on localhost until Ctrl+C."""
+    try:
+        from .widgets.playground.app import serve
+    except ImportError as exc:  # ipywidgets missing
+        print(
+            f"xaisparse playground: error: {exc}; install the teach extra: pip install 'xaisparse[teach]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return serve(args.settings, port=args.port, threads=args.threads)
+    except ImportError as exc:  # Voilà missing
+        print(f"xaisparse playground: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xaisparse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("run_dirs", nargs="+")
     cmp_.add_argument("--out", default="runs/comparison")
     cmp_.set_defaults(func=cmd_compare)
+
+    pg = sub.add_parser(
+        "playground",
+        help="serve the overfitting playground as a web page for a class (needs xaisparse[teach])",
+        description="Serve the overfitting playground with Voilà on http://127.0.0.1:PORT/ (no code on the "
+        "page; each browser tab gets its own kernel) until Ctrl+C.",
+    )
+    pg.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
+    pg.add_argument("--settings", default=None, help="a playground settings string to start from (pg1&...)")
+    pg.add_argument("--threads", type=int, default=1, help="torch threads per kernel (default 1)")
+    pg.set_defaults(func=cmd_playground)
     return parser
 
 

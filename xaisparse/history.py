@@ -399,6 +399,15 @@ class History:
         """
         return loss_minimum(self.metric(split, metric))
 
+    def summary(self, name: str | None = None, split: str = "test") -> pd.DataFrame:
+        """The run's facts in one row (best/last accuracy and loss, epoch of the loss minimum, rise
+        after it, final sparsity per layer, alarm epoch, training seconds): see
+        :func:`xaisparse.summary.run_summary`, and :func:`~xaisparse.summary.compare_runs` for
+        several runs side by side."""
+        from .summary import run_summary
+
+        return run_summary(self, name, split)
+
     @property
     def alarm_epoch(self) -> int | None:
         """The detector's alarm epoch, or None (no detector, or no alarm)."""
@@ -499,6 +508,12 @@ class History:
         keep = (idx >= 0) & (idx < n)
         out[idx[keep]] = rows.value.to_numpy(dtype=np.float64)[keep]
         return out
+
+    def channel_series(self, split: str, layer: str, channel: int, statistic: str = "spatial_mean") -> pd.Series:
+        """One channel's statistic over epochs (index: epoch; empty when not recorded)."""
+        t = self.channels
+        rows = t[(t.split == split) & (t.layer == layer) & (t.channel == int(channel)) & (t.statistic == statistic)]
+        return _series(rows, f"{layer}[{channel}]")
 
     def dead_channels(
         self,

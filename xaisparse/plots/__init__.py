@@ -34,13 +34,16 @@ from .attribution import (
 )
 from .channels import DISTRIBUTION_KINDS, channel_maps, distribution
 from .comparison import COMPARISON_KINDS, comparison
+from .curves import learning_curves
 from .datasets import SAMPLE_PARTS, samples
+from .maps import MAP_ORDERS, channel_over_epochs, feature_maps
 from .runs import dashboard, heatmap, timeline
 
 __all__ = [
     "ATTRIBUTION_KINDS",
     "COMPARISON_KINDS",
     "DISTRIBUTION_KINDS",
+    "MAP_ORDERS",
     "MAP_SCALES",
     "SAMPLE_PARTS",
     "SIGNS",
@@ -51,12 +54,15 @@ __all__ = [
     "attribution_maps",
     "channel_importance",
     "channel_maps",
+    "channel_over_epochs",
     "comparison",
     "dashboard",
     "display_maps",
     "distribution",
+    "feature_maps",
     "figure_png",
     "heatmap",
+    "learning_curves",
     "message_figure",
     "samples",
     "statistic_label",

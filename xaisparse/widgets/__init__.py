@@ -28,7 +28,7 @@ from .comparison import RunComparison
 from .distribution import KINDS, PerplexityDistribution, SparsityDistribution  # noqa: F401  (deprecated alias)
 from .inspector import ChannelInspector, load_model_checkpoint
 from .live import LiveDashboard
-from .playground import KNOB_RANGES, OverfittingPlayground
+from .playground import KNOB_RANGES, OverfittingPlayground, PlaygroundSettings
 from .timeline import LayerEpochHeatmap, SparsityTimeline
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "LiveDashboard",
     "NoData",
     "OverfittingPlayground",
+    "PlaygroundSettings",
     "RunComparison",
     "SparsityDistribution",
     "SparsityTimeline",
