@@ -36,8 +36,37 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.randomly_reset_seed = False
 
 
-def node_seed(nodeid: str) -> int:
+def _group_suffix(item: pytest.Item) -> str:
+    """``@name`` of the item's ``xdist_group`` marks, as pytest-xdist's ``--dist loadgroup`` spells it."""
+    names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    return "@" + "_".join(sorted(names)) if names else ""
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep ``--dist loadgroup`` grouping (``make test``) working on pytest 9.2.
+
+    pytest-xdist 3.8 tells its scheduler an item's group by appending ``@group`` to
+    ``item._nodeid``, which pytest 9.2 no longer reads (node ids are structured there:
+    pytest-dev/pytest-xdist#1386). The groups are then silently ignored: each worker builds the
+    docs site and starts JupyterLab for itself. This does what xdist meant, on the structured id;
+    with an xdist that does it itself (the id already ends in the suffix) it does nothing.
+    """
+    if not getattr(config.option, "loadgroup", False):  # set in xdist's workers under --dist loadgroup
+        return
+    for item in items:
+        suffix = _group_suffix(item)
+        if suffix and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(item.nodeid + suffix)
+
+
+def node_seed(item: pytest.Item) -> int:
     """A seed that depends only on the test's node id (the same on every machine, order and worker)."""
+    nodeid, suffix = item.nodeid, _group_suffix(item)
+    if suffix and nodeid.endswith(suffix):  # the same seed with and without xdist
+        nodeid = nodeid[: -len(suffix)]
     return zlib.crc32(nodeid.encode("utf-8"))
 
 
@@ -47,7 +76,7 @@ def _seeded_generators(request: pytest.FixtureRequest) -> Iterator[None]:
     import numpy as np
     import torch
 
-    seed = node_seed(request.node.nodeid)
+    seed = node_seed(request.node)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global stream is the point
     torch.manual_seed(seed)
