@@ -1,8 +1,9 @@
 """Kill ``History.save`` with SIGKILL at every filesystem operation (run by tests/test_history.py).
 
 ``python tests/killsave.py CASES_DIR`` reads ``CASES_DIR/plan.json``: scenarios, each an initial
-folder (what the parent of the run directory holds before the save). For each scenario it first
-saves :func:`new_history` once to count and list the filesystem operations of the save: every
+folder (what the parent of the run directory holds before the save), and ``CASES_DIR/new.pickle``
+(the History to save: :func:`new_history`, pickled by the test so that this process needs neither
+torch nor the test's imports, and its forks stay small). For each scenario it first saves it once to count and list the filesystem operations of the save: every
 ``open``, ``os.*`` and ``shutil.*`` audit event (:func:`sys.addaudithook`) whose path lies in the
 scenario's folder (or is relative: ``shutil.rmtree`` works with directory descriptors). Then, for
 each operation ``k``, it copies the initial folder, forks a child that saves into the copy and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import sys
@@ -51,7 +53,7 @@ def _save(history, folder: Path, kill_at: int, report_fd: int) -> None:
         if not (event == "open" or event.startswith(("os.", "shutil."))) or not args:
             return
         path = args[0]
-        if isinstance(path, bytes):
+        if isinstance(path, (bytes, os.PathLike)):
             path = os.fsdecode(path)
         if not isinstance(path, str) or (os.path.isabs(path) and not path.startswith(root)):
             return
@@ -93,13 +95,17 @@ def _fork_save(history, folder: Path, kill_at: int) -> tuple[int, list[str]]:
 
 
 def main(cases_dir: str) -> None:
-    import jsonschema  # noqa: F401 - imported before forking: the children's saves trace only their own files
-    import pandas.io.parquet  # noqa: F401
+    import pandas.io.parquet  # noqa: F401 - imported before forking: the children trace only their own files
     import pyarrow.parquet  # noqa: F401
+
+    from xaisparse import _runfiles
+
+    _runfiles._validator(_runfiles.SCHEMA_VERSION)  # built once here, not in every child
 
     cases = Path(cases_dir)
     plan = json.loads((cases / "plan.json").read_text())
-    history = new_history()
+    with open(cases / "new.pickle", "rb") as f:
+        history = pickle.load(f)  # written by the test itself
     results = {}
     for name, initial in plan.items():
         probe = cases / name / "complete"

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -136,15 +137,19 @@ def _manifest(path):
     return json.loads((path / "history.json").read_text())
 
 
+def _signed(manifest: dict) -> bytes:
+    """The manifest with a matching checksum (sha256 of its canonical JSON without the checksum key),
+    the way a writer would sign it."""
+    manifest = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return json.dumps({**manifest, "manifest_sha256": hashlib.sha256(canonical).hexdigest()}, indent=1).encode()
+
+
 def _resign(path, change):
-    """Apply ``change`` to the manifest, then give it a matching checksum (sha256 of its canonical JSON
-    without the checksum key), the way a writer would: so that what is tested is what comes after."""
+    """Apply ``change`` to the manifest, then sign it: so that what is tested is what comes after the checksum."""
     manifest = _manifest(path)
     change(manifest)
-    manifest.pop("manifest_sha256", None)
-    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    manifest["manifest_sha256"] = hashlib.sha256(canonical).hexdigest()
-    (path / "history.json").write_text(json.dumps(manifest, indent=1))
+    (path / "history.json").write_bytes(_signed(manifest))
 
 
 def _refile(path, name):
@@ -227,13 +232,28 @@ def test_damaged_runs_get_clear_errors(tmp_path, hist, damage, message):
     assert str(tmp_path / "run") in str(err.value)  # the message names the file
 
 
-def _flips(raw: bytes):
+def _flips(raw: bytes, both: bool = True):
+    """Every byte changed, one at a time; ASCII stays ASCII: digits, letters' case, quotes, brackets.
+
+    ``both``: each byte XOR 0x01 and XOR 0x20; else one flip a byte (a letter's case, anything else's
+    lowest bit)."""
     for i in range(len(raw)):
-        for mask in (0x01, 0x20):  # ASCII stays ASCII: digits, letters' case, quotes and brackets change
+        masks = (0x01, 0x20) if both else (0x20 if chr(raw[i]).isalpha() else 0x01,)
+        for mask in masks:
             yield raw[:i] + bytes([raw[i] ^ mask]) + raw[i + 1 :]
 
 
-def test_every_single_byte_flip_of_a_manifest_is_caught_or_harmless(tmp_path):
+@pytest.fixture
+def manifest_bytes(monkeypatch):
+    """Feed History.load edited manifest bytes without writing each to disk (thousands of writes are
+    slow on a busy disk): ``feed(raw)`` sets what the reader gets as the manifest's bytes."""
+    fed = {}
+    real = _runfiles._manifest_bytes_of
+    monkeypatch.setattr(_runfiles, "_manifest_bytes_of", lambda p: fed.get("raw") or real(p))
+    return lambda raw: fed.update(raw=raw)
+
+
+def test_every_single_byte_flip_of_a_manifest_is_caught_or_harmless(tmp_path, manifest_bytes):
     """Flip each byte of a small manifest (two ways): HistoryFormatError, or the very same run.
 
     The manifest carries its own checksum, so no edit loads as another run. With the checksum made
@@ -245,7 +265,7 @@ def test_every_single_byte_flip_of_a_manifest_is_caught_or_harmless(tmp_path):
     raw = (path / "history.json").read_bytes()
     outcomes = {"error": 0, "same": 0}
     for flipped in _flips(raw):
-        (path / "history.json").write_bytes(flipped)
+        manifest_bytes(flipped)
         try:
             got = History.load(path)
         except HistoryFormatError:
@@ -256,15 +276,13 @@ def test_every_single_byte_flip_of_a_manifest_is_caught_or_harmless(tmp_path):
     assert outcomes["error"] + outcomes["same"] == 2 * len(raw) and outcomes["same"] < 20, outcomes
     resigned = {"error": 0, "loaded": 0, "not json": 0}
     own = raw.index(b'"manifest_sha256"')  # its own checksum is recomputed below: flips there are moot
-    for i in range(own):
-        mask = 0x20 if chr(raw[i]).isalpha() else 0x01  # one flip a byte: a letter's case, a digit's value, ...
+    for flipped in _flips(raw[:own], both=False):
         try:
-            manifest = json.loads(raw[:i] + bytes([raw[i] ^ mask]) + raw[i + 1 :])
+            manifest = json.loads(flipped + raw[own:])
         except ValueError:
             resigned["not json"] += 1
             continue
-        (path / "history.json").write_text(json.dumps(manifest))
-        _resign(path, lambda m: None)
+        manifest_bytes(_signed(manifest))
         try:
             History.load(path)
         except HistoryFormatError:
@@ -272,17 +290,17 @@ def test_every_single_byte_flip_of_a_manifest_is_caught_or_harmless(tmp_path):
         else:
             resigned["loaded"] += 1  # a changed name or number in config, layer_order, ...
     assert resigned["error"] > 50 and resigned["loaded"] > 10, resigned
-    (path / "history.json").write_bytes(raw)
+    manifest_bytes(None)
     _same_run(h, History.load(path))
 
 
-def test_every_single_byte_flip_of_a_schema_2_manifest_raises_clearly_or_loads(tmp_path):
+def test_every_single_byte_flip_of_a_schema_2_manifest_raises_clearly_or_loads(tmp_path, manifest_bytes):
     """Schema 2 manifests have no checksum: every edit is an error or a History, never another exception."""
     path = _save_schema_2(old_history(), tmp_path / "v2")
     raw = (path / "history.json").read_bytes()
     seen = set()
-    for flipped in _flips(raw):
-        (path / "history.json").write_bytes(flipped)
+    for flipped in _flips(raw, both=False):
+        manifest_bytes(flipped)
         try:
             History.load(path)
             seen.add("loaded")
@@ -319,6 +337,8 @@ def test_a_save_killed_at_any_filesystem_operation_leaves_the_old_run_or_the_new
     cases = tmp_path / "cases"
     cases.mkdir()
     (cases / "plan.json").write_text(json.dumps(plan))
+    with open(cases / "new.pickle", "wb") as f:
+        pickle.dump(new, f)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, str(ROOT / "tests" / "killsave.py"), str(cases)], check=True, env=env, timeout=600)
     operations = json.loads((cases / "operations.json").read_text())

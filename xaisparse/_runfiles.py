@@ -426,13 +426,18 @@ def read_run(path: str | os.PathLike[str]) -> RunFiles:
             f"{root} is not an xaisparse run directory: expected {MANIFEST} (written by History.save) inside it"
         )
     for attempt in range(_TRIES):
-        raw = man_path.read_bytes()
+        raw = _manifest_bytes_of(man_path)
         try:
             return _read(root, man_path, raw)
         except _Replaced as exc:
-            if attempt == _TRIES - 1 or man_path.read_bytes() == raw:
+            if attempt == _TRIES - 1 or _manifest_bytes_of(man_path) == raw:
                 raise HistoryFormatError(str(exc)) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _manifest_bytes_of(man_path: Path) -> bytes:
+    """The manifest's bytes (one seam: the corruption tests feed edited bytes here, not to the disk)."""
+    return man_path.read_bytes()
 
 
 def _leftover_note(root: Path) -> str:
