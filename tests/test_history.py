@@ -388,6 +388,15 @@ def test_leftovers_of_interrupted_saves_are_named_on_load_and_removed_by_the_nex
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert sorted(p.name for p in path.iterdir()) == ["data-000008", "history.json"]
     _same(other, History.load(path))
+    # a first save into an existing empty directory, killed before its manifest: no run yet, and
+    # what it left does not make the directory foreign to the next save
+    (tmp_path / "empty" / "data-000001").mkdir(parents=True)
+    (tmp_path / "empty" / "data-000001" / "metrics.parquet").write_bytes(b"PAR1")
+    (tmp_path / "empty" / ".history.json.k9").write_bytes(b"{")
+    with pytest.raises(HistoryFormatError, match="not an xaisparse run directory"):
+        History.load(tmp_path / "empty")
+    other.save(tmp_path / "empty")
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["data-000002", "history.json"]
 
 
 def test_a_load_racing_a_save_reads_the_run_again(tmp_path, hist, monkeypatch):

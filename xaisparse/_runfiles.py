@@ -285,8 +285,8 @@ def write_run(
 ) -> Path:
     """Write one run to directory ``path`` crash-safely (see the module docstring); returns ``path``.
 
-    ``path`` may be absent, an empty directory or a saved run (any schema); anything else raises
-    ``FileExistsError`` and is left alone.
+    ``path`` may be absent, an empty directory (or one holding only what an interrupted save into
+    it left) or a saved run (any schema); anything else raises ``FileExistsError`` and is left alone.
     """
     target = Path(path)
     if target.exists() and not _is_ours(target):
@@ -385,16 +385,20 @@ def _replace_in_place(target: Path, manifest: dict[str, Any], blobs: Mapping[str
 
 
 def _is_ours(target: Path) -> bool:
-    return target.is_dir() and ((target / MANIFEST).is_file() or not any(target.iterdir()))
+    """A saved run, or a directory holding nothing but what an interrupted save into it left (or nothing)."""
+    if not target.is_dir():
+        return False
+    return (target / MANIFEST).is_file() or all(_is_leftover(p.name) for p in target.iterdir())
+
+
+def _is_leftover(name: str) -> bool:
+    return bool(_DATA_DIR.match(name)) or name.startswith(f".{MANIFEST}.")
 
 
 def _remove_leftovers(target: Path, keep: str) -> None:
     """After a committed save: what no manifest references any more, and what interrupted saves left."""
     for p in target.iterdir():
-        stale_data = _DATA_DIR.match(p.name) and p.name != keep
-        if stale_data or p.name.startswith(f".{MANIFEST}."):
-            _remove(p)
-        elif p.name in _LEGACY_FILES and p.is_file():
+        if (_is_leftover(p.name) and p.name != keep) or (p.name in _LEGACY_FILES and p.is_file()):
             _remove(p)
     for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
         if p.name.startswith((f".{target.name}.tmp-", f".{target.name}.old-")):  # this writer's and 0.x's
