@@ -3,7 +3,7 @@
 Determinism: every test, doctest included, starts from generators seeded from its own node id
 (:func:`_seeded_generators`), so no test depends on what another test drew before it, on the
 order the tests run in or on the xdist worker it lands in; it also gets back the torch settings
-a test may change (threads, default dtype, grad mode). Hypothesis runs derandomised and without
+a test may change (threads, default dtype, grad mode) and matplotlib's rcParams. Hypothesis runs derandomised and without
 its example database (the same examples on every machine and run). pytest-randomly, when
 installed (the ``dev`` extra), shuffles the order of modules and tests on every run — the
 order-independence check of ``make test``; rerun an order with ``-p randomly --randomly-seed=N``
@@ -72,7 +72,8 @@ def node_seed(item: pytest.Item) -> int:
 
 @pytest.fixture(autouse=True)
 def _seeded_generators(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Seed Python's, NumPy's and torch's global generators for this test; restore torch settings after."""
+    """Seed Python's, NumPy's and torch's global generators for this test; restore torch and matplotlib settings after."""
+    import matplotlib
     import numpy as np
     import torch
 
@@ -81,7 +82,8 @@ def _seeded_generators(request: pytest.FixtureRequest) -> Iterator[None]:
     np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global stream is the point
     torch.manual_seed(seed)
     threads, dtype, grad = torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()
-    yield
+    with matplotlib.rc_context():  # a theme one test sets (seaborn.set_theme) does not reach the next
+        yield
     torch.set_num_threads(threads)
     torch.set_default_dtype(dtype)
     torch.set_grad_enabled(grad)
