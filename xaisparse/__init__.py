@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "XaisparseError": "xaisparse._errors",
     "UnknownLayerError": "xaisparse._errors",
     "HistoryFormatError": "xaisparse._errors",
+    "DeviceUnavailableError": "xaisparse._errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

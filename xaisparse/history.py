@@ -7,19 +7,19 @@ the detector's evaluation, notebooks — asks it for what it needs (:meth:`Histo
 :meth:`History.test_loss_minimum`, :meth:`History.histogram`, …) instead of filtering the
 tables itself.
 
-Saved as a directory of Parquet tables, one NPZ of histograms (loaded with
-``allow_pickle=False``) and a JSON manifest holding the schema version and a SHA-256 of every
-data file. Writes are atomic (a temporary directory renamed into place), so a failed save never
-leaves a half-written run; a corrupt, truncated or foreign directory gets a clear
-:class:`~xaisparse.HistoryFormatError`. Runs saved by earlier versions (schema 1) load too.
+Saved as a directory: a JSON manifest (the schema version, what the run is, a SHA-256 of every
+data file and of itself) and a data directory of Parquet tables and one NPZ of histograms
+(loaded with ``allow_pickle=False``). Saving is crash-safe: killed at any point, the directory
+holds the previous run or the new one, complete (the layout is described in
+``xaisparse/_runfiles.py``). Loading validates the manifest against a schema before it reads
+any data, so a damaged, truncated, foreign or newer run gets a
+:class:`~xaisparse.HistoryFormatError` naming the file and the problem. Runs saved by earlier
+versions (schemas 1 and 2) load too.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from ._errors import HistoryFormatError, UnknownLayerError, closest
-from ._io import jsonable, replace_dir, sha256
+from ._io import jsonable
+from ._runfiles import SCHEMA_VERSION, TABLE_COLUMNS, read_run, write_run
 from ._validation import check_split
 from .histogram_stats import histogram_mean
 
@@ -54,14 +55,10 @@ __all__ = [
     "run_names",
 ]
 
-SCHEMA_VERSION = 2
-FORMAT = "xaisparse.history"
-MANIFEST = "history.json"
-METRIC_COLUMNS = ["epoch", "split", "metric", "value"]
-LAYER_COLUMNS = ["epoch", "split", "layer", "statistic", "value"]
-CHANNEL_COLUMNS = ["epoch", "split", "layer", "channel", "statistic", "value"]
-_TABLES = {"metrics": METRIC_COLUMNS, "layers": LAYER_COLUMNS, "channels": CHANNEL_COLUMNS}
-_EVIDENCE_FILE = "detection.parquet"
+METRIC_COLUMNS = TABLE_COLUMNS["metrics"]
+LAYER_COLUMNS = TABLE_COLUMNS["layers"]
+CHANNEL_COLUMNS = TABLE_COLUMNS["channels"]
+_TABLES = TABLE_COLUMNS
 # schema 1 named the sample-axis statistics after their reading ("lifetime")
 _V1_STATISTICS = {
     "lifetime_sparsity": "sample_sparsity",
@@ -458,109 +455,53 @@ class History:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the run to directory ``path`` atomically; returns the path.
+        """Write the run to directory ``path``, crash-safely; returns the path.
 
-        An existing directory is replaced only if it is itself a saved History (never a
-        foreign directory); on any failure the previous contents stay as they were.
+        Killed at any point, the directory holds the previous run or this one, complete (see
+        :ref:`the on-disk layout <history-layout>`). An existing directory is replaced only if
+        it is itself a saved History or empty (never a foreign directory: ``FileExistsError``);
+        on any failure the previous contents stay as they were.
         """
-        target = Path(path)
-        if target.exists() and (not target.is_dir() or not (target / MANIFEST).is_file()):
-            raise FileExistsError(
-                f"{target} exists and is not a saved xaisparse History (no {MANIFEST}); refusing to overwrite it"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            files = []
-            for kind in _TABLES:
-                _clean_table(getattr(self, kind), kind).to_parquet(tmp / f"{kind}.parquet", index=False)
-                files.append(f"{kind}.parquet")
-            keys = sorted(self.spatial_hist)
-            arrays: dict[str, np.ndarray] = {"bin_edges": np.asarray(self.bin_edges, dtype=np.float64)}
-            for i, key in enumerate(keys):
-                arrays[f"spatial_{i}"] = np.asarray(self.spatial_hist[key], dtype=np.int64)
-                arrays[f"channel_{i}"] = np.asarray(self.channel_hist[key], dtype=np.int64)
-            np.savez_compressed(tmp / "histograms.npz", **arrays)  # type: ignore[arg-type]
-            files.append("histograms.npz")
-            if self.detection is not None:
-                self.detection.evidence.to_parquet(tmp / _EVIDENCE_FILE, index=False)
-                files.append(_EVIDENCE_FILE)
-            manifest = {
-                "format": FORMAT,
-                "schema_version": SCHEMA_VERSION,
-                "config": jsonable(self.config),
-                "detection": None if self.detection is None else self.detection.to_dict(),
-                "outcome": jsonable(asdict(self.outcome)),
-                "layer_order": list(self.layer_order),
-                "histograms": [
-                    {"split": s, "layer": name, "index": i, "epochs": [int(e) for e in self.hist_epochs[(s, name)]]}
-                    for i, (s, name) in enumerate(keys)
-                ],
-                "files": {name: sha256(tmp / name) for name in files},
-            }
-            with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=1, allow_nan=False)
-                f.flush()
-                os.fsync(f.fileno())
-            replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        keys = sorted(self.spatial_hist)
+        return write_run(
+            path,
+            config=jsonable(self.config),
+            detection=None if self.detection is None else self.detection.to_dict(),
+            outcome=jsonable(asdict(self.outcome)),
+            layer_order=[str(name) for name in self.layer_order],
+            tables={kind: _clean_table(getattr(self, kind), kind) for kind in _TABLES},
+            evidence=None if self.detection is None else self.detection.evidence,
+            bin_edges=np.asarray(self.bin_edges, dtype=np.float64),
+            hists={
+                key: (
+                    [int(e) for e in self.hist_epochs.get(key, [])],
+                    np.asarray(self.spatial_hist[key], dtype=np.int64),
+                    np.asarray(self.channel_hist[key], dtype=np.int64),
+                )
+                for key in keys
+            },
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> History:
-        """Read a run directory written by :meth:`save` (or a run directory holding one in ``history/``)."""
-        root = Path(path)
-        if not root.exists():
-            raise FileNotFoundError(f"no run directory at {root}")
-        if root.is_dir() and not (root / MANIFEST).exists() and (root / "history" / MANIFEST).exists():
-            root = root / "history"
-        man_path = root / MANIFEST
-        if not man_path.is_file():
-            raise HistoryFormatError(
-                f"{root} is not an xaisparse run directory: expected {MANIFEST} (written by History.save) inside it"
-            )
-        try:
-            manifest = json.loads(man_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HistoryFormatError(f"{man_path} is corrupt or truncated (not valid JSON: {exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-            raise HistoryFormatError(f"{man_path} is not an xaisparse history: expected format {FORMAT!r}, got {got!r}")
-        version = manifest.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-            raise HistoryFormatError(
-                f"{man_path} has schema version {version!r}; this xaisparse reads versions 1..{SCHEMA_VERSION} "
-                "(upgrade xaisparse to read newer runs)"
-            )
-        for name, digest in (manifest.get("files") or {}).items():
-            fpath = root / name
-            if not fpath.is_file():
-                raise HistoryFormatError(f"run directory {root} is incomplete: {name} is missing")
-            if sha256(fpath) != digest:
-                raise HistoryFormatError(f"{fpath} is corrupt or truncated (its SHA-256 does not match the manifest)")
-        try:
-            tables = {kind: pd.read_parquet(root / f"{kind}.parquet") for kind in _TABLES}
-            with np.load(root / "histograms.npz", allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-            evidence = pd.read_parquet(root / _EVIDENCE_FILE) if (root / _EVIDENCE_FILE).is_file() else None
-        except Exception as exc:  # pyarrow / zipfile errors on damaged files
-            raise HistoryFormatError(f"cannot read run directory {root}: {type(exc).__name__}: {exc}") from None
-        for kind, cols in _TABLES.items():
-            if list(tables[kind].columns) != cols:
-                raise HistoryFormatError(
-                    f"{kind}.parquet in {root} has columns {list(tables[kind].columns)}, expected {cols}"
-                )
+        """Read a run directory written by :meth:`save` (or a run directory holding one in ``history/``).
+
+        The manifest is validated (its checksum, then every key, type and reference) before any
+        data file is read, and every data file is checked against its size and SHA-256: a
+        damaged, truncated, foreign or newer run raises :class:`~xaisparse.HistoryFormatError`
+        naming the file and the problem; a missing directory raises ``FileNotFoundError``.
+        """
+        run = read_run(path)
+        manifest, tables = run.manifest, run.tables
         config = dict(manifest.get("config") or {})
-        if version == 1:
+        if run.version == 1:
             _upgrade_v1(tables, config, manifest)
         h = cls(
             config=config,
             metrics=tables["metrics"],
             layers=tables["layers"],
             channels=tables["channels"],
-            bin_edges=arrays.get("bin_edges", np.linspace(0, 1, 21)),
+            bin_edges=run.bin_edges if run.bin_edges is not None else np.linspace(0, 1, 21),
             layer_order=list(manifest.get("layer_order") or []),
             outcome=RunOutcome.from_dict(manifest.get("outcome")),
         )
@@ -568,12 +509,14 @@ class History:
         if isinstance(detection, Mapping):
             from .detect.result import DetectionResult
 
-            h.detection = DetectionResult.from_dict(detection, evidence)
-        for entry in manifest.get("histograms", []):
-            key, i = (entry["split"], entry["layer"]), entry["index"]
-            h.spatial_hist[key] = arrays[f"spatial_{i}"]
-            h.channel_hist[key] = arrays[f"channel_{i}"]
-            h.hist_epochs[key] = [int(e) for e in entry["epochs"]]
+            try:
+                h.detection = DetectionResult.from_dict(detection, run.evidence)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise HistoryFormatError(
+                    f"the detection result of run {path} cannot be read: {type(exc).__name__}: {exc}"
+                ) from None
+        for key, (epochs, spatial, channel) in run.hists.items():
+            h.spatial_hist[key], h.channel_hist[key], h.hist_epochs[key] = spatial, channel, epochs
         return h
 
     def __repr__(self) -> str:
