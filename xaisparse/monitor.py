@@ -6,15 +6,18 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from ._validation import check_split
 from .estimators import LayerSparsity
 from .recording import ActivationRecorder, LayerSelector
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd  # imported where tables are built: `import xaisparse` stays light
 
 __all__ = ["CHANNEL_STATISTICS", "LAYER_STATISTICS", "SparsityMonitor", "SparsityReport"]
 
@@ -109,6 +112,8 @@ def _frames(out: dict[str, Tensor]) -> tuple[dict[str, np.ndarray], dict[str, fl
 
 def _channel_table(keys: list[tuple[str, str]], values: list[dict[str, np.ndarray]]) -> pd.DataFrame:
     """The tidy per-channel table of several layers, built once (string columns from codes)."""
+    import pandas as pd
+
     columns = ["split", "layer", "channel", "statistic", "value"]
     if not keys:
         return pd.DataFrame(columns=columns)
@@ -255,6 +260,8 @@ class SparsityMonitor:
         some ranks saw no batch at all or fewer batches than others, or a layer only some ranks
         reached; every rank gets the same report.
         """
+        import pandas as pd
+
         measured = {key: self._estimators[key] for key in self._measured_keys()}
         if not measured:
             warnings.warn(

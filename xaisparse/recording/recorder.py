@@ -209,10 +209,12 @@ class ActivationRecorder:
     # -- hooks ---------------------------------------------------------------------------------
     # Each hook runs eagerly under torch.compile: while dynamo traces, ``is_compiling()`` is True
     # and the call goes to the ``torch.compiler.disable``d twin, a graph break. In eager mode the
-    # check costs ~0.3 µs, a quarter of going through the disabled wrapper every time.
+    # check costs ~0.3 µs, a quarter of going through the disabled wrapper every time. The twins
+    # are made on first use (see ``_eager``): ``torch.compiler.disable`` imports torch._dynamo,
+    # which costs more than importing torch itself, and only a compiled model needs it.
     def _enter_root(self, module: nn.Module, args: object) -> None:
         if torch.compiler.is_compiling():
-            return _enter_root_eager(self, module, args)
+            return _eager("_enter_root")(self, module, args)
         if module is not self.model:
             raise RuntimeError(
                 f"{type(self.model).__name__} is running as a copy (nn.DataParallel over several GPUs runs "
@@ -226,12 +228,12 @@ class ActivationRecorder:
 
     def _exit_root(self, module: nn.Module, args: object, output: object) -> None:
         if torch.compiler.is_compiling():
-            return _exit_root_eager(self, module, args, output)
+            return _eager("_exit_root")(self, module, args, output)
         self._depth = max(self._depth - 1, 0)
 
     def _on_output(self, name: str, module: nn.Module, args: object, output: object) -> None:
         if torch.compiler.is_compiling():
-            return _on_output_eager(self, name, module, args, output)
+            return _eager("_on_output")(self, name, module, args, output)
         if self._depth > 0:
             count = self._counts.get(name, 0) + 1
             self._counts[name] = count
@@ -256,7 +258,7 @@ class ActivationRecorder:
 
     def _on_input(self, name: str, module: nn.Module, args: tuple[object, ...]) -> None:
         if torch.compiler.is_compiling():
-            return _on_input_eager(self, name, module, args)
+            return _eager("_on_input")(self, name, module, args)
         if self._depth > 0:
             count = self._input_counts.get(name, 0) + 1
             self._input_counts[name] = count
@@ -285,10 +287,19 @@ class ActivationRecorder:
             fn(site, tensor)
 
 
-_enter_root_eager = torch.compiler.disable(ActivationRecorder._enter_root)
-_exit_root_eager = torch.compiler.disable(ActivationRecorder._exit_root)
-_on_output_eager = torch.compiler.disable(ActivationRecorder._on_output)
-_on_input_eager = torch.compiler.disable(ActivationRecorder._on_input)
+_EAGER: dict[str, Callable[..., None]] = {}
+
+
+def _eager(hook: str) -> Callable[..., None]:
+    """The ``torch.compiler.disable``d twin of the hook method ``hook``, made on first use.
+
+    Called only while dynamo traces (so torch._dynamo is loaded anyway); dynamo runs the twin
+    eagerly, a graph break, also on the first call, when the twin is made inside the trace.
+    """
+    twin = _EAGER.get(hook)
+    if twin is None:
+        twin = _EAGER[hook] = torch.compiler.disable(getattr(ActivationRecorder, hook))
+    return twin
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
