@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._fit_inputs import check_fit_inputs
 from ._io import atomic_write_bytes
 from ._validation import check_int, check_split
 from .checkpoint import CHECKPOINT, load_checkpoint
@@ -265,6 +266,7 @@ def fit(
     epochs = check_int("epochs", epochs, minimum=0)
     probe_size = check_int("probe_size", probe_size, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
+    check_fit_inputs(model, {"train": train, "test": test}, loss_fn)  # items, dtypes, labels: clear messages
     monitor, pen = _deprecated_objects(model, monitor, penalty, deprecated)
     if detector is not None and not hasattr(detector, "update"):
         raise TypeError(f"detector must be an OverfitDetector (or None), got {type(detector).__name__}")
