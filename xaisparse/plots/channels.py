@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -13,9 +13,6 @@ from matplotlib.patches import Patch, Rectangle
 from ..history import DEAD_THRESHOLD, History, channel_ordering
 from ._draw import channel_ticks, dead_legend, draw_boxes, draw_ridge, draw_violins
 from ._style import DEAD_COLOR, NoData, as_history, new_figure, split_color, statistic_label
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..monitor import SparsityReport
 
 __all__ = [
     "DISTRIBUTION_KINDS",
@@ -69,7 +66,7 @@ def distribution_epochs(history: History, layer: str, split: str) -> list[int]:
 def choose_channels(ranked: np.ndarray, channels: object, order: str) -> tuple[np.ndarray, str]:
     """The channels to draw, in display order, from all channels ``ranked`` in that order; and a note.
 
-    ``channels``: ``None`` (all, or for more than :data:`MAX_CHANNELS` the first and last
+    ``channels``: ``None`` (all, or for more than :data:`~xaisparse.plots.channels.MAX_CHANNELS` the first and last
     ``MAX_CHANNELS // 2``), ``"all"``, an int ``k`` (the first ``k`` in the order, e.g. the ``k``
     sparsest; ``-k``: the last ``k``) or a list of channel indices (drawn in the order). The note
     says what was left out ("" when nothing was).
@@ -112,7 +109,7 @@ def choose_channels(ranked: np.ndarray, channels: object, order: str) -> tuple[n
 
 
 def distribution(
-    history: History | SparsityReport,
+    history: History,
     layer: str | None = None,
     epoch: int | None = None,
     split: str = "test",
@@ -136,7 +133,7 @@ def distribution(
     :class:`~xaisparse.SparsityReport` of one evaluation pass (shown as epoch 0).
 
     ``channels`` chooses what is drawn (see :func:`choose_channels`): by default every channel,
-    or for a layer with more than :data:`MAX_CHANNELS` channels (a ViT MLP has 3,072) the first and
+    or for a layer with more than :data:`~xaisparse.plots.channels.MAX_CHANNELS` channels (a ViT MLP has 3,072) the first and
     the last ``MAX_CHANNELS // 2`` in ``order``, the sparsest and the densest, with a note; ``k``
     draws the first ``k``, ``-k`` the last ``k``, a list those channels, ``"all"`` all of them.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -25,13 +25,10 @@ from ._style import (
     statistic_name,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..monitor import SparsityReport
-
 __all__ = ["LEGEND_LAYERS", "dashboard", "heatmap", "timeline"]
 
 
-def _layer_history(history: History | SparsityReport) -> History:
+def _layer_history(history: object) -> History:
     """``history`` (a History, or a monitor's report as epoch 0) after checking it has layer sparsity to draw."""
     history = as_history(history)
     if history.is_empty:
@@ -90,7 +87,7 @@ def draw_timeline(
     """Sparsity lines per layer, losses on a twin axis and the alarm/minimum markers on ``ax``.
 
     ``layers``: names or globs (``"features.*"``) of recorded layers, or None for all. With more
-    than :data:`LEGEND_LAYERS` layers the lines are not listed in the legend: a colour bar maps
+    than :data:`~xaisparse.plots.runs.LEGEND_LAYERS` layers the lines are not listed in the legend: a colour bar maps
     the colour to the depth, labelled with the first, middle and last layer.
     """
     _check_names(history, split, statistic)
@@ -247,7 +244,7 @@ def draw_heatmap(ax: Axes, history: History, split: str, statistic: str, notes: 
 
 
 def timeline(
-    history: History | SparsityReport,
+    history: History,
     split: str = "test",
     layers: Sequence[str] | None = None,
     statistic: str = "spatial_mean",
@@ -264,7 +261,7 @@ def timeline(
     is nothing to draw (naming the splits and statistics there are).
 
     ``layers``: layer names or globs (``["features.*"]``); all layers by default. Up to
-    :data:`LEGEND_LAYERS` lines are named in the legend; more (EfficientNet-B0 has 65) are
+    :data:`~xaisparse.plots.runs.LEGEND_LAYERS` lines are named in the legend; more (EfficientNet-B0 has 65) are
     coloured by depth with a colour bar instead. ``history`` may also be the
     :class:`~xaisparse.SparsityReport` of one evaluation pass (shown as epoch 0).
 
@@ -288,7 +285,7 @@ def timeline(
 
 
 def heatmap(
-    history: History | SparsityReport,
+    history: History,
     split: str = "test",
     statistic: str = "spatial_mean",
     *,
@@ -313,7 +310,7 @@ def heatmap(
 
 
 def dashboard(
-    history: History | SparsityReport,
+    history: History,
     split: str = "test",
     statistic: str = "spatial_mean",
     *,

@@ -143,7 +143,7 @@ def expose_call_site(model: nn.Module, site: str) -> tuple[fx.GraphModule, nn.Mo
     ``site`` is any name the recorder reports: a module's call (``"act"``, ``"act#2"`` for the
     second call of a module used twice in one forward) or a functional activation call
     (``"relu"``, ``"layer1.0.gelu#2"``). The copy shares every parameter with ``model`` and computes
-    the same outputs; the returned module (registered as :data:`SITE_MODULE`) outputs exactly
+    the same outputs; the returned module (registered under the name ``SITE_MODULE``) outputs exactly
     that call's value. Layer attributions (Captum hooks one module, and needs it to run once per
     forward) run on the copy. ``TypeError`` if ``model`` cannot be traced; ``UnknownLayerError``
     naming the call sites if ``site`` is none of them.

@@ -17,10 +17,8 @@ recorded either way has the same layer names.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from torch import fx
+from torch import fx
 
 __all__ = ["call_site_base", "call_site_call", "call_site_name", "functional_site_names"]
 
