@@ -240,7 +240,9 @@ def test_plots_name_the_valid_splits_layers_and_statistics(run: History) -> None
     tabular = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
     with pytest.warns(RuntimeWarning, match="no spatial extent"):
         report = measure(tabular, torch.randn(5, 4, generator=torch.Generator().manual_seed(0)), nn.ReLU).compute()
-    with pytest.raises(plots.NoData, match=r"records no 'spatial_mean'; recorded statistics: \['nonfinite', 'channel_mean'"):
+    with pytest.raises(
+        plots.NoData, match=r"records no 'spatial_mean'; recorded statistics: \['nonfinite', 'channel_mean'"
+    ):
         plots.heatmap(report)  # (N, F) features: no spatial statistics; the message names the ones there are
     plots.heatmap(report, statistic="channel_mean")
     with pytest.raises(UnknownLayerError, match="closest recorded layers"):
