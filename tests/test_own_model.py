@@ -430,3 +430,31 @@ def test_report_on_a_run_recorded_by_an_own_loop(tmp_path) -> None:
     assert first == "run: own loop  (3 recorded epochs, 1–3)", out
     assert "None" not in out and "no sparsity detector was run" in out
     assert "validated" not in out  # the detector's caveat only where a detector ran
+
+
+def test_finding_functional_calls_leaves_batch_norm_statistics_alone() -> None:
+    """A batch norm defined outside torch.nn (as timm's BatchNormAct2d) is not run by the fx trace."""
+
+    class BatchNormAct(nn.BatchNorm1d):
+        def __init__(self, c: int) -> None:
+            super().__init__(c)
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                self.num_batches_tracked.add_(1)  # as nn.BatchNorm does, in Python: a trace would run it
+            return self.act(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(3, 4, 3), BatchNormAct(4), nn.Conv1d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(sequences(2))  # materialise the lazy layer; one real training step of the norm
+    before = {k: (v.clone(), v._version) for k, v in model.state_dict(keep_vars=True).items()}
+    for train in (True, False):
+        model.train(train)
+        SparsityMonitor(model)
+        SparsityPenalty(model)
+        with pytest.warns(UserWarning, match="no functional activation"):
+            expose_functional_activations(model)
+    for k, (value, version) in before.items():
+        now = model.state_dict(keep_vars=True)[k]
+        assert torch.equal(now, value) and now._version == version, k

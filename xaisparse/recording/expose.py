@@ -182,11 +182,28 @@ class _CallSite(nn.Module):
         return self.inner(*args, **kwargs)
 
 
+class Tracer(fx.Tracer):
+    """``torch.fx``'s tracer, with every normalisation layer that keeps running statistics as a leaf.
+
+    Tracing runs the Python of each non-leaf module's ``forward``; a batch-norm subclass defined
+    outside ``torch.nn`` (timm's ``BatchNormAct2d``) would then update its ``num_batches_tracked``
+    buffer for real in train mode. As a leaf it is one opaque call: the model is left as it was.
+    """
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, nn.modules.batchnorm._NormBase) or super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(model: nn.Module) -> fx.Graph:
+    """The fx graph of ``model`` by :class:`Tracer` (the errors are fx's)."""
+    return Tracer().trace(model)
+
+
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, trace(model), class_name=type(model).__name__)
     except Exception as err:
         raise TypeError(
             f"{type(model).__name__} cannot be traced by torch.fx ({type(err).__name__}: {err}); "

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from xaisparse.recording.expose import _module_for
+from xaisparse.recording.expose import _module_for, trace
 from xaisparse.recording.selection import _OTHER_WEIGHTED, ACTIVATION_TYPES, CONV_TYPES
 from xaisparse.recording.sites import call_site_call, call_site_name, functional_site_names
 
@@ -232,7 +232,7 @@ def _all_ones(size: object) -> bool:
 
 def _trace(model: nn.Module) -> fx.Graph:
     try:
-        return fx.Tracer().trace(model)
+        return trace(model)
     except Exception as err:
         raise TypeError(f"{type(model).__name__} cannot be traced by torch.fx ({type(err).__name__}: {err})") from err
 
