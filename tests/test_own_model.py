@@ -432,8 +432,9 @@ def test_report_on_a_run_recorded_by_an_own_loop(tmp_path) -> None:
     assert "validated" not in out  # the detector's caveat only where a detector ran
 
 
-def test_finding_functional_calls_leaves_batch_norm_statistics_alone() -> None:
-    """A batch norm defined outside torch.nn (as timm's BatchNormAct2d) is not run by the fx trace."""
+def test_finding_functional_calls_leaves_the_model_as_it_was() -> None:
+    """The fx trace neither runs a batch norm defined outside torch.nn (as timm's BatchNormAct2d) nor
+    leaves the tensor constants of a forward on the model (as it did on MaxViT)."""
 
     class BatchNormAct(nn.BatchNorm1d):
         def __init__(self, c: int) -> None:
@@ -445,16 +446,27 @@ def test_finding_functional_calls_leaves_batch_norm_statistics_alone() -> None:
                 self.num_batches_tracked.add_(1)  # as nn.BatchNorm does, in Python: a trace would run it
             return self.act(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training))
 
+    class Shifted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv1d(4, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.relu(self.c(x)) + torch.linspace(0, 1, 28)  # a tensor made in forward: a constant to fx
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(3, 4, 3), BatchNormAct(4), nn.Conv1d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model = nn.Sequential(nn.Conv1d(3, 4, 3), BatchNormAct(4), Shifted(), nn.Flatten(), nn.LazyLinear(2))
     model(sequences(2))  # materialise the lazy layer; one real training step of the norm
     before = {k: (v.clone(), v._version) for k, v in model.state_dict(keep_vars=True).items()}
+    attributes = {name: sorted(vars(m)) for name, m in model.named_modules()}
     for train in (True, False):
         model.train(train)
         SparsityMonitor(model)
         SparsityPenalty(model)
-        with pytest.warns(UserWarning, match="no functional activation"):
-            expose_functional_activations(model)
+        exposed = expose_functional_activations(model)
+        if not train:  # (a train-mode forward would move the running statistics itself)
+            torch.testing.assert_close(exposed(sequences(3)), model(sequences(3)))
     for k, (value, version) in before.items():
         now = model.state_dict(keep_vars=True)[k]
         assert torch.equal(now, value) and now._version == version, k
+    assert {name: sorted(vars(m)) for name, m in model.named_modules()} == attributes

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -195,15 +197,29 @@ class Tracer(fx.Tracer):
 
 
 def trace(model: nn.Module) -> fx.Graph:
-    """The fx graph of ``model`` by :class:`Tracer` (the errors are fx's)."""
-    return Tracer().trace(model)
+    """The fx graph of ``model`` by :class:`Tracer` (the errors are fx's); ``model`` is left as it was."""
+    with _no_new_attributes(model):
+        return Tracer().trace(model)
+
+
+@contextmanager
+def _no_new_attributes(model: nn.Module) -> Iterator[None]:
+    """Remove what the block adds to ``model``'s attributes: fx's tracer stores the tensor constants of
+    a forward (MaxViT's relative-position tables) on the root module as ``_tensor_constant0``, ..."""
+    before = set(vars(model))
+    try:
+        yield
+    finally:
+        for name in set(vars(model)) - before:
+            delattr(model, name)
 
 
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     try:
-        return fx.GraphModule(model, trace(model), class_name=type(model).__name__)
+        with _no_new_attributes(model):  # the GraphModule copies the constants it needs
+            return fx.GraphModule(model, Tracer().trace(model), class_name=type(model).__name__)
     except Exception as err:
         raise TypeError(
             f"{type(model).__name__} cannot be traced by torch.fx ({type(err).__name__}: {err}); "
