@@ -237,6 +237,7 @@ def test_history_queries_name_what_exists(run: History) -> None:
 def test_plots_name_the_valid_splits_layers_and_statistics(run: History) -> None:
     with pytest.raises(plots.NoData, match=r"No layer sparsity for split 'validation'; .*\['train', 'test'\]"):
         plots.timeline(run, "validation")
+    torch.manual_seed(0)
     tabular = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
     with pytest.warns(RuntimeWarning, match="no spatial extent"):
         report = measure(tabular, torch.randn(5, 4, generator=torch.Generator().manual_seed(0)), nn.ReLU).compute()
