@@ -54,7 +54,7 @@ def same_history(a, b) -> None:
     assert sorted(a.spatial_hist) == sorted(b.spatial_hist)
     for key in a.spatial_hist:
         np.testing.assert_array_equal(a.spatial_hist[key], b.spatial_hist[key])
-        np.testing.assert_array_equal(a.channel_hist[key], b.channel_hist[key])
+        np.testing.assert_array_equal(a.population_hist[key], b.population_hist[key])
     assert a.alarm_epoch == b.alarm_epoch
 
 

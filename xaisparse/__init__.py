@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "XaisparseError": "xaisparse._errors",
     "UnknownLayerError": "xaisparse._errors",
     "HistoryFormatError": "xaisparse._errors",
+    "DeviceUnavailableError": "xaisparse._errors",
 }
 
 #: Old names that still work for one release, with a ``DeprecationWarning``: old -> (module, new).

@@ -172,8 +172,9 @@ def evaluate_detector(
             raise ValueError(
                 f"run {run!r} has no finite {loss_split!r} loss to evaluate against (splits with metrics: {h.splits})"
             )
-        loss, acc = h.metric(loss_split, "loss"), h.metric(loss_split, "accuracy")
+        loss = h.metric(loss_split, "loss")
         e_star, overfit = best[0], _rises(loss, best, min_rise, relative_rise)
+        acc = h.metric(loss_split, "accuracy") if "accuracy" in h.metric_names() else pd.Series(dtype=float)
         last = int(loss.index.max())
         result = det.detect(h)
         stops = {
