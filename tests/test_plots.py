@@ -71,10 +71,10 @@ def test_timeline_of_chosen_layers_and_its_nan_epoch():
     notes: list[str] = []
     fig = plots.timeline(h, layers=[L3, L1], notes=notes)
     drawn = _lines(fig.axes[0], "layer:")
-    assert list(drawn) == [L3, L1]  # the order asked for
-    epochs, values = oracle.wide(h.layers, "test", "spatial_mean", [L3, L1])
+    assert list(drawn) == [L1, L3]  # network order, whatever the order asked for (as layers= everywhere)
+    epochs, values = oracle.wide(h.layers, "test", "spatial_mean", [L1, L3])
     assert 3 in epochs and np.isnan(values[epochs.index(3)]).all()
-    for i, layer in enumerate([L3, L1]):
+    for i, layer in enumerate([L1, L3]):
         np.testing.assert_array_equal(drawn[layer][1], values[:, i])  # NaN stays a gap
     assert any("epoch(s) [3]" in n for n in notes)
 
