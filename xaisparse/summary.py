@@ -106,7 +106,7 @@ def run_summary(history: History, name: str | None = None, split: str = "test") 
         name = str((history.config or {}).get("name") or "run")
     elif not isinstance(name, str):
         raise TypeError(f"name must be a str or None, got {type(name).__name__}")
-    loss, acc = history.metric(split, "loss"), history.metric(split, "accuracy")
+    loss, acc = _recorded_metric(history, split, "loss"), _recorded_metric(history, split, "accuracy")
     best = history.test_loss_minimum(split)
     last_loss = _last(loss)
     seed = (history.config or {}).get("seed")
@@ -121,13 +121,22 @@ def run_summary(history: History, name: str | None = None, split: str = "test") 
         f"last {split} loss": last_loss,
         "rise after min": last_loss - best[1] if best is not None and math.isfinite(last_loss) else math.nan,
     }
+    sparse = split in history.sparsity_splits and "spatial_mean" in history.statistics(split)
     for layer in history.layer_names:
-        row[f"sparsity {layer}"] = _last(history.layer_series(split, layer, "spatial_mean"))
+        series = history.layer_series(split, layer, "spatial_mean") if sparse else pd.Series(dtype=np.float64)
+        row[f"sparsity {layer}"] = _last(series)
     row["alarm epoch"] = history.alarm_epoch
     seconds = history.outcome.train_seconds
     row["train seconds"] = math.nan if seconds is None else float(seconds)
     frame = pd.DataFrame([row], index=pd.Index([name], name="run"))
     return _typed(frame)
+
+
+def _recorded_metric(history: History, split: str, name: str) -> pd.Series:
+    """``history.metric(split, name)``, empty where the run does not record it (a summary has NaN there)."""
+    if split in history.splits and name in history.metric_names():
+        return history.metric(split, name)
+    return pd.Series(dtype=np.float64)
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
