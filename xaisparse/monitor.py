@@ -12,9 +12,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from . import _shared
 from ._validation import check_split
 from .estimators import LayerSparsity
-from .recording import ActivationRecorder, LayerSelector
+from .recording import LayerSelector
 
 __all__ = ["CHANNEL_STATISTICS", "LAYER_STATISTICS", "SparsityMonitor", "SparsityReport"]
 
@@ -134,7 +135,12 @@ class SparsityMonitor:
     ``layers`` takes any selector of :class:`~xaisparse.recording.ActivationRecorder`
     (default: the activation outputs of the conv blocks). Statistics stream into one
     :class:`~xaisparse.estimators.LayerSparsity` per ``(split, layer)`` on the activations'
-    device; nothing is stored across batches but fixed-size sums and histograms.
+    device; nothing is stored across batches but fixed-size sums and histograms. Each batch costs
+    one read of each activation (its per-map sums; :mod:`xaisparse.functional.mapsums`); the
+    rest is folded in for many batches at once. With a
+    :class:`~xaisparse.penalty.SparsityPenalty` on the same model and layers, both use one
+    recorder (``monitor.recorder is penalty.recorder``), and during a training forward that
+    both watch, the monitor takes the penalty's sums instead of reading the activation again.
 
     >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     >>> monitor = SparsityMonitor(model, bins=10)
@@ -152,9 +158,10 @@ class SparsityMonitor:
         if not isinstance(bins, int) or bins < 1:
             raise ValueError(f"bins must be a positive int, got {bins!r}")
         self.bins = bins
-        self.recorder = ActivationRecorder(model, layers, callback=self._on_activation)
+        self.recorder = _shared.shared_recorder(model, layers, self._on_activation)
         self._split: str | None = None
         self._estimators: dict[tuple[str, str], LayerSparsity] = {}
+        self._nonnegative = _shared.nonnegative_sites(self.recorder)  # ReLU outputs: one pass less
 
     @property
     def model(self) -> nn.Module:
@@ -174,20 +181,20 @@ class SparsityMonitor:
         """Within this block every forward of the model feeds the estimators of ``split``.
 
         Hooks are attached on entry and removed on exit (also after an exception) unless the
-        recorder was already attached by the caller.
+        recorder was already attached by the caller, or is shared with an attached penalty.
         """
         check_split(split)
         if self._split is not None:
             raise RuntimeError(f"already tracking split {self._split!r}; tracking blocks do not nest")
-        attached_here = not self.recorder.attached
-        self.recorder.attach()
+        _shared.hold(self.recorder, self)
+        _shared.begin(self.recorder.model, "monitor")
         self._split = split
         try:
             yield self
         finally:
             self._split = None
-            if attached_here:
-                self.recorder.detach()
+            _shared.end(self.recorder.model, "monitor")
+            _shared.release(self.recorder, self)
 
     def _on_activation(self, name: str, x: Tensor) -> None:
         if self._split is None:
@@ -198,10 +205,19 @@ class SparsityMonitor:
             if x.dim() < 2:
                 raise ValueError(f"layer {name!r} produced a tensor of shape {tuple(x.shape)}; expected (N, C, ...)")
             est = self._new_estimator(key, int(x.shape[1]), x.device)
-        est.update(x)
+        model = self.recorder.model
+        if not torch.is_grad_enabled() or not _shared.active(model, "penalty"):  # nobody to share with
+            est.update(x)
+            return
+        given = _shared.lookup(model, name, x)  # the penalty read this very tensor already
+        if given is None:
+            given = est.map_sums(x)
+            _shared.publish(model, name, x, *given)  # for the penalty, later in this forward
+        est.update_from_sums(*given, x.shape)
 
     def _new_estimator(self, key: tuple[str, str], channels: int, device: torch.device) -> LayerSparsity:
-        est = LayerSparsity(channels, bins=self.bins).to(device)
+        nonnegative = _shared.is_nonnegative(self._nonnegative, key[1])
+        est = LayerSparsity(channels, bins=self.bins, nonnegative=nonnegative).to(device)
         self._estimators[key] = est
         return est
 
