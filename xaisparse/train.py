@@ -227,6 +227,7 @@ def fit(
     detector: OverfitDetector | None = None,
     callbacks: Iterable[Callback | Callable[[TrainState], Any]] = (),
     probe_size: int = 512,
+    train_statistics: str = "probe",
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
@@ -245,6 +246,14 @@ def fit(
     blocks' activations). With ``penalty`` (a :class:`SparsityPenalty` built on ``model``)
     the training loss is ``task + penalty()``. ``detector`` is fed after every epoch; its
     result is kept in ``history.detection`` and, with ``stop_on_alarm``, it stops training.
+    ``train_statistics``: where the train split's sparsity comes from. ``"probe"`` (default): an
+    evaluation pass over the train probe subset, like the test split. ``"training"``: the
+    training forwards of the epoch, i.e. **train-mode statistics** (dropout active, batch norm
+    on batch statistics, the weights changing during the epoch; every training sample once),
+    not comparable with ``"probe"`` numbers; epoch 0 (before any training) still uses the
+    probe pass, and loss and accuracy always do. It saves the monitor's work on the train
+    probe; with a ``penalty`` on the same layers, the training forwards' sparsity comes with
+    the penalty's own read of each activation (one pass for both).
     ``checkpoint_dir`` keeps the latest model/optimizer/RNG state and history after each epoch
     (atomically); ``resume`` continues such a run up to ``epochs``. How the run ended is in
     ``history.outcome``.
@@ -264,6 +273,8 @@ def fit(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     epochs = check_int("epochs", epochs, minimum=0)
     probe_size = check_int("probe_size", probe_size, minimum=1)
+    if train_statistics not in ("probe", "training"):
+        raise ValueError(f"train_statistics must be 'probe' or 'training', got {train_statistics!r}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
     monitor, pen = _deprecated_objects(model, monitor, penalty, deprecated)
     if detector is not None and not hasattr(detector, "update"):
@@ -295,6 +306,7 @@ def fit(
         },
         "detector": None if detector is None else detector.config.to_dict(),
         "probe_size": probe_size,
+        "train_statistics": train_statistics,
         "seed": seed,
         "device": str(device),
         "model_class": type(model).__name__,
@@ -324,6 +336,7 @@ def fit(
     bar = _progress(range(start_epoch, epochs + 1), progress, initial=start_epoch, total=epochs + 1)
     t0 = time.perf_counter()
     phases = history.outcome.phase_seconds
+    from_training = train_statistics == "training"
     try:
         if pen is not None:
             pen.attach()
@@ -331,11 +344,22 @@ def fit(
             state.epoch = epoch
             if epoch > 0:
                 with _timed(phases, "train"):
-                    _train_one_epoch(train_loader, pen, device, loss_fn, state, cbs)
+                    if from_training:  # the train split's sparsity: this epoch's training forwards
+                        monitor.reset("train")
+                    with monitor.track("train") if from_training else _null():
+                        _train_one_epoch(train_loader, pen, device, loss_fn, state, cbs)
             with _timed(phases, "measure"):
-                monitor.reset()
+                measured_in_training = from_training and epoch > 0
+                monitor.reset("test" if measured_in_training else None)
                 metrics = {
-                    split: evaluate_split(model, loader, device, monitor, split, loss_fn)
+                    split: evaluate_split(
+                        model,
+                        loader,
+                        device,
+                        None if measured_in_training and split == "train" else monitor,
+                        split,
+                        loss_fn,
+                    )
                     for split, loader in probes.items()
                     if loader is not None
                 }
