@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, mods in trees.items():
         use(mods)
         counted[label] = opcount.op_table(cifar_resnet18, "ResNet-18", device, use_compile=args.compile)
-    for old, new in zip(counted["before"][0], counted["after"][0]):
+    before = {row.path: row for row in counted["before"][0]}
+    for new in counted["after"][0]:  # matched by path: a row one tree lacks shows a dash
         target = "" if new.target is None else f"<= {new.target:g}"
-        print(f"| {new.path} | {old.ops:.1f} | {new.ops:.1f} | {new.unit} | {target} |")
+        old = f"{before[new.path].ops:.1f}" if new.path in before else "-"
+        print(f"| {new.path} | {old} | {new.ops:.1f} | {new.unit} | {target} |")
     for label, (_, notes) in counted.items():
         for note in notes:
             print(f"{label}: {note}")

@@ -193,8 +193,24 @@ def _value_and_grads(model: nn.Module, penalty, hooks, x: torch.Tensor) -> tuple
     return value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+class MixedRanks(nn.Module):
+    """A 2-D conv block, then a 1-D conv block on the flattened maps: call sites of different ranks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv2d, self.relu2d = nn.Conv2d(1, 3, 3), nn.ReLU()
+        self.conv1d, self.act1d = nn.Conv1d(3, 4, 3), nn.SiLU()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu2d(self.conv2d(x)).flatten(2)
+        return self.head(self.act1d(self.conv1d(h)).mean(-1))
+
+
 @pytest.mark.filterwarnings("ignore:layer .* has no spatial extent:RuntimeWarning")
-@pytest.mark.parametrize("case", ["float64 CNN, dead channel", "SmallCNN", "ResNet-18 with 1x1 maps", "layer weights"])
+@pytest.mark.parametrize(
+    "case", ["float64 CNN, dead channel", "SmallCNN", "ResNet-18 with 1x1 maps", "layer weights", "mixed ranks"]
+)
 def test_fused_penalty_equals_the_previous_implementation_in_value_and_gradient(case: str) -> None:
     g = torch.Generator().manual_seed(31)
     weights = None
@@ -206,9 +222,13 @@ def test_fused_penalty_equals_the_previous_implementation_in_value_and_gradient(
     elif case == "ResNet-18 with 1x1 maps":
         torch.manual_seed(33)
         model, x, tol = resnet18(num_classes=10).train(), torch.randn(2, 3, 32, 32, generator=g), 2e-5
-    else:
+    elif case == "layer weights":
         model, x, tol = double_cnn(dead_channel=False), torch.randn(3, 2, 7, 7, dtype=torch.float64, generator=g), 1e-10
         weights = {"1": 2.5, "3": -0.5}
+    else:
+        torch.manual_seed(34)
+        model, x, tol = MixedRanks().double(), torch.randn(4, 1, 6, 6, dtype=torch.float64, generator=g), 1e-10
+        assert SparsityPenalty(model).recorder.modules == ["relu2d", "act1d"]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     new = SparsityPenalty(model, weight=0.7, layer_weights=weights)
     value, grads = _value_and_grads(model, new, new, x)

@@ -102,11 +102,18 @@ def train_step(model: nn.Module, penalty: SparsityPenalty, x: torch.Tensor, y: t
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def test_one_read_per_activation_and_the_same_results_as_separate_users() -> None:
+@pytest.mark.parametrize("first", ["monitor", "penalty"])
+def test_one_read_per_activation_and_the_same_results_as_separate_users(first: str) -> None:
     """Both on one model vs each alone on a copy (the steps compute gradients without updating the
-    weights, so every forward sees the same model): identical gradients and statistics."""
+    weights, so every forward sees the same model): identical gradients and statistics. The user
+    built first is called first: it reads, the other takes its sums."""
     shared_model, monitor_model, penalty_model = net(), net(), net()
-    monitor, penalty = SparsityMonitor(shared_model, LAYERS), SparsityPenalty(shared_model, LAYERS, weight=0.3)
+    if first == "monitor":
+        monitor = SparsityMonitor(shared_model, LAYERS)
+        penalty = SparsityPenalty(shared_model, LAYERS, weight=0.3)
+    else:
+        penalty = SparsityPenalty(shared_model, LAYERS, weight=0.3)
+        monitor = SparsityMonitor(shared_model, LAYERS)
     ref_monitor = SparsityMonitor(monitor_model, LAYERS)
     ref_penalty = SparsityPenalty(penalty_model, LAYERS, weight=0.3)
     steps = [batch(seed) for seed in range(3)]

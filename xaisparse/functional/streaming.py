@@ -116,7 +116,7 @@ class _Consts(NamedTuple):
     lengths_m1: Tensor  # (C + 1,) float64: vector length - 1 per column (spatial: L, channel axis: C)
     measured: Tensor  # (C + 1,) bool: which columns have a sparsity (spatial if L > 1; channel if C > 1)
     nonfinite_counted: Tensor  # (C + 1,) bool: spatial columns only if L > 1; the channel column always
-    columns: Tensor  # (C + 1,) int64: 0..C, the histogram row of each column
+    offsets: Tensor  # (C + 1,) int64: first cell of each column's histogram in the flat (C + 1) * bins
     inner: Tensor  # (bins - 1,) float64: the inner histogram edges
     one: Tensor  # () float64: 1
 
@@ -129,9 +129,9 @@ def _consts(channels: int, length: int, bins: int, device: torch.device | str | 
     measured[channels] = channels > 1
     counted = measured.clone()
     counted[channels] = True
-    columns = torch.arange(channels + 1, device=device)
+    offsets = torch.arange(channels + 1, device=device) * bins
     one = torch.ones((), dtype=torch.float64, device=device)
-    return _Consts(lengths, measured, counted, columns, _hist_edges(bins, device)[1:-1], one)
+    return _Consts(lengths, measured, counted, offsets, _hist_edges(bins, device)[1:-1], one)
 
 
 def _stack_sums(totals: list[Tensor], ts: list[Tensor] | None) -> Tensor:
@@ -171,9 +171,10 @@ def _packed_increments(st: Tensor, length: int, bins: int, k: _Consts) -> tuple[
     s = torch.where(okk, s, 0.0)  # 0 where not measured
     not_finite = ~finite
     counts = torch.stack([okk, (tab_s == 0) & okk, not_finite & k.nonfinite_counted, finite, not_finite]).sum(1)
-    hist = torch.zeros(k.columns.shape[0], bins, dtype=torch.long, device=st.device)
-    hist.index_put_((k.columns, _hist_index(s, bins, k.inner)), okk.long(), accumulate=True)
-    return torch.stack([s, s * s]).sum(1), mm.sum(1), counts, hist
+    hist = torch.zeros(k.offsets.shape[0] * bins, dtype=torch.long, device=st.device)
+    index = _hist_index(s, bins, k.inner).add_(k.offsets)  # scatter_add_: no host sync on CUDA (index_put_ sorts)
+    hist.scatter_add_(0, index.view(-1), okk.view(-1).long())
+    return torch.stack([s, s * s]).sum(1), mm.sum(1), counts, hist.view(-1, bins)
 
 
 def empty_packed(num_channels: int, bins: int, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
