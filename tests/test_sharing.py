@@ -89,6 +89,9 @@ def test_a_penalty_attached_for_the_monitor_only_records_nothing_and_user_attach
     with monitor.track("train"):
         model(x)
     assert penalty.terms == {}  # the hooks were there for the monitor only
+    with monitor.track("train"), pytest.raises(RuntimeError, match="the penalty is not attached"):
+        model(x)
+        penalty()  # the hooks are attached, but for the monitor: the penalty says it was not
     with penalty.recorder:  # attached by the user directly, as before: the penalty records
         model(x)
     assert set(penalty.terms) == set(LAYERS)
