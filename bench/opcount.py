@@ -265,13 +265,24 @@ class _Null:
         return None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from overhead import cifar_resnet18
 
-    torch.set_num_threads(2)
-    rows, notes = op_table(cifar_resnet18, "ResNet-18", torch.device("cpu"), use_compile="--compile" in sys.argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: on CUDA, batch 256 and kernels")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also count the compiled update's kernels")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device on this machine")
+    torch.set_num_threads(args.threads)
+    batch = 8 if device.type == "cpu" else 256
+    rows, notes = op_table(cifar_resnet18, "ResNet-18", device, batch=batch, use_compile=args.compile)
     print(HEADER)
     print("|---|---|---|---|---|---|")
     for row in rows:

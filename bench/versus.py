@@ -65,20 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per comparison")
     parser.add_argument("--compile", action="store_true", help="also count the compiled update's kernels")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: synchronised timings, batch 256")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device on this machine")
     torch.set_num_threads(args.threads)
     trees = {"before": load(args.base), "after": load(HERE.parent)}
-    device = torch.device("cpu")
-    print(f"# versus: before = {args.base}, after = {HERE.parent}; {args.threads} threads")
+    batch = 8 if device.type == "cpu" else 256
+    print(f"# versus: before = {args.base}, after = {HERE.parent}; {args.threads} threads; device {device}")
     print("at start: " + load_line(2))
 
-    print("\nop counts (ResNet-18 with the CIFAR stem, batch 8, 32 px)")
+    print(f"\nop counts (ResNet-18 with the CIFAR stem, batch {batch}, 32 px)")
     print("| path | before | after | per | target |")
     print("|---|---|---|---|---|")
     counted = {}
     for label, mods in trees.items():
         use(mods)
-        counted[label] = opcount.op_table(cifar_resnet18, "ResNet-18", device, use_compile=args.compile)
+        counted[label] = opcount.op_table(cifar_resnet18, "ResNet-18", device, batch=batch, use_compile=args.compile)
     before = {row.path: row for row in counted["before"][0]}
     for new in counted["after"][0]:  # matched by path: a row one tree lacks shows a dash
         target = "" if new.target is None else f"<= {new.target:g}"
@@ -92,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | model | before | after | target |")
     print("|---|---|---|---|---|")
     for name, build, shape, eval_target, pen_target in (
-        ("SmallCNN", BenchCNN, (64, 1, 16, 16), 1.25, 1.25),
-        ("ResNet-18", cifar_resnet18, (8, 3, 32, 32), 1.10, 1.05),
+        ("SmallCNN", BenchCNN, (64 if batch == 8 else 256, 1, 16, 16), 1.25, 1.25),
+        ("ResNet-18", cifar_resnet18, (batch, 3, 32, 32), 1.10, 1.05),
     ):
-        for line in _timings(trees, name, build, shape, eval_target, pen_target, args.repeats):
+        for line in _timings(trees, name, build, shape, eval_target, pen_target, args.repeats, device):
             print(line, flush=True)
-    for line in _update_timings(trees, args.repeats):
+    for line in _update_timings(trees, args.repeats, device):
         print(line, flush=True)
     print("at end: " + load_line(2))
     return 0
@@ -109,11 +113,13 @@ def _ratio(times: dict[str, list[float]], key: str, base: str = "plain") -> str:
     return f"{statistics.median(r):.2f}x [{q[0]:.2f}, {q[2]:.2f}]"
 
 
-def _timings(trees, name: str, build: Callable, shape: tuple[int, ...], eval_t: float, pen_t: float, repeats: int):
+def _timings(
+    trees, name: str, build: Callable, shape: tuple[int, ...], eval_t: float, pen_t: float, repeats: int, device
+):
     torch.manual_seed(0)
-    model = build()
-    x = torch.randn(*shape)
-    y = torch.randint(0, 10, (shape[0],))
+    model = build().to(device)
+    x = torch.randn(*shape, device=device)
+    y = torch.randint(0, 10, (shape[0],), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every variant sees the same weights
     users = {}
     for label, mods in trees.items():
@@ -151,13 +157,13 @@ def _timings(trees, name: str, build: Callable, shape: tuple[int, ...], eval_t: 
     e = interleaved(
         {"plain": plain_eval, **{lab: partial(monitor_eval, m) for lab, (m, _) in users.items()}},
         setup,
-        torch.device("cpu"),
+        device,
     )
     model.train()
     t = interleaved(
         {"plain": partial(train, None), **{lab: partial(penalty_train, p) for lab, (_, p) in users.items()}},
         setup,
-        torch.device("cpu"),
+        device,
     )
     return [
         f"| monitor, eval pass | {name} | {_ratio(e, 'before')} | {_ratio(e, 'after')} | <= {eval_t:.2f} |",
@@ -165,21 +171,21 @@ def _timings(trees, name: str, build: Callable, shape: tuple[int, ...], eval_t: 
     ]
 
 
-def _update_timings(trees, repeats: int):
+def _update_timings(trees, repeats: int, device: torch.device):
     lines = []
     tiny = torch.finfo(torch.float32).tiny
     for shape in ((64, 32, 16, 16), (32, 64, 32, 32)):
         torch.manual_seed(2)
-        x = torch.relu(torch.randn(*shape))
+        x = torch.relu(torch.randn(*shape, device=device))
         variants: dict[str, Callable[[int], None]] = {
             "log": lambda k, x=x: [x.clamp_min(tiny).log_() for _ in range(k)]
         }
         for label, mods in trees.items():
             use(mods)
-            est = mods["xaisparse.estimators"].LayerSparsity(shape[1])
+            est = mods["xaisparse.estimators"].LayerSparsity(shape[1]).to(device)
             variants[label] = lambda k, est=est, x=x: [est.update(x) for _ in range(k)]
         setup = Setup("update", lambda: None, shape, 64, 1, repeats, repeats, 0.0)  # 64 updates: a fold
-        times = interleaved(variants, setup, torch.device("cpu"))
+        times = interleaved(variants, setup, device)
         lines.append(
             f"| update / one log pass | {shape} | {_ratio(times, 'before', 'log')} | {_ratio(times, 'after', 'log')} | <= 1.50 |"
         )

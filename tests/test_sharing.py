@@ -82,6 +82,29 @@ def test_same_selection_shares_one_recorder_and_one_set_of_hooks() -> None:
     assert SparsityMonitor(model, ["1"]).recorder is not penalty.recorder  # another selection: its own
 
 
+def test_selections_of_different_calls_of_one_module_are_not_shared() -> None:
+    """'act#1' and 'act#2' hook the same module: each selection keeps its own recorder (and calls)."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2, self.act = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1), nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.conv2(self.act(self.conv1(x))))
+
+    torch.manual_seed(0)
+    model = Twice()
+    first, second, both = (SparsityMonitor(model, sel) for sel in ("act#1", "act#2", "act"))
+    assert len({id(first.recorder), id(second.recorder), id(both.recorder)}) == 3
+    assert SparsityPenalty(model, "act#2").recorder is second.recorder  # the same selection: shared
+    x, _ = batch()
+    for monitor in (first, second, both):
+        with monitor.track("test"), torch.no_grad():
+            model(x)
+    assert (first.layer_names, second.layer_names, both.layer_names) == (["act"], ["act#2"], ["act", "act#2"])
+
+
 def test_a_penalty_attached_for_the_monitor_only_records_nothing_and_user_attach_still_works() -> None:
     model = net()
     monitor, penalty = SparsityMonitor(model, LAYERS), SparsityPenalty(model, LAYERS)

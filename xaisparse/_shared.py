@@ -71,6 +71,7 @@ def _selection(rec: ActivationRecorder) -> tuple[object, ...]:
     return (
         tuple(rec.modules),
         tuple(rec.functional_activations),
+        tuple(sorted((name, tuple(sorted(calls))) for name, calls in rec._only_calls.items())),  # "act#2"
         rec._channels_last,
         rec._grid_only,
     )

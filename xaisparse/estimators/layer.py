@@ -146,7 +146,7 @@ class LayerSparsity(SumState):
     def map_sums(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The per-map sums ``(S, T)`` of activations ``x`` that :meth:`update` reads, without adding them.
 
-        As :func:`~xaisparse.functional.mapsums._map_sums` (compiled with ``compile=True``; without
+        As ``xaisparse.functional.mapsums._map_sums`` (compiled with ``compile=True``; without
         ``|x|`` with ``nonnegative=True``), after checking ``x``; warns once when the maps have no
         spatial extent. For :meth:`update_from_sums`, or to share one read of ``x`` with others.
         """

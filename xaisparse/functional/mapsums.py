@@ -4,9 +4,9 @@ Everything the monitor and the penalty measure on the spatial axis follows from 
 sums per map (DESIGN §1: ``H = ln S - T/S``), and so do the channel and sample axes (the map
 means are ``S / L``). Reading an activation is the expensive part (one ``log`` per element);
 the rest works on ``(N, C)``-sized tensors. So the read is done once, in a few fused passes
-(:func:`_map_sums`), and shared: the monitor folds the sums of many batches at once
+(``_map_sums``), and shared: the monitor folds the sums of many batches at once
 (:mod:`xaisparse.functional.streaming`), the penalty differentiates through them with a
-hand-derived backward (:class:`_MapSums`), and when both watch the same forward the monitor
+hand-derived backward (``_MapSums``), and when both watch the same forward the monitor
 takes the penalty's sums instead of reading the activation again.
 
 With ``b = |a|``: ``∂S/∂a_i = sgn(a_i)`` and ``∂T/∂a_i = sgn(a_i) (ln b_i + 1)``, so the

@@ -16,13 +16,13 @@ The state (DESIGN §1), every entry a sum over samples:
   the channel's per-sample spatial means ``m``, from which the lifetime entropy is exact
   (``H = ln S - T/S``); ``sample_nonfinite`` counts the maps left out.
 
-The update has two steps. The first reads the activations: :func:`~xaisparse.functional.mapsums._map_sums`
+The update has two steps. The first reads the activations: ``mapsums._map_sums``
 gives each map's ``S = Σ|a|`` and ``T = Σ|a| ln|a|`` in a few fused passes (the monitor's per-batch
-hot path). The second, :func:`_packed_increments`, turns the sums of any number of equal-sized
+hot path). The second, ``_packed_increments``, turns the sums of any number of equal-sized
 batches into the increments on ``(N, C)``-sized tensors (the estimator defers it and does it for
 many batches at once). Neither makes a host synchronisation.
 
-Internally the state is packed into four tensors (:func:`_unpack` gives the named views), so
+Internally the state is packed into four tensors (``_unpack`` gives the named views), so
 that adding an increment, a merge or a DDP reduction is one operation for all of them:
 
 * ``float64 (2, C + 1)``: rows ``sum`` and ``sumsq`` of the sparsity (columns ``0..C-1``: the
