@@ -16,6 +16,7 @@ side); it uses only the public API plus the estimator's fold, so it runs on olde
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections import Counter
@@ -265,15 +266,11 @@ class _Null:
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from overhead import cifar_resnet18
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: on CUDA, batch 256 and kernels")
+def parse_common(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, torch.device, int]:
+    """Add --device/--threads/--compile, parse, set the threads: (args, device, batch: 8 on CPU, 256 on CUDA)."""
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: batch 256, synchronised, kernels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also count the compiled update's kernels")
     args = parser.parse_args(argv)
@@ -281,7 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device on this machine")
     torch.set_num_threads(args.threads)
-    batch = 8 if device.type == "cpu" else 256
+    return args, device, 8 if device.type == "cpu" else 256
+
+
+def main(argv: list[str] | None = None) -> int:
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from overhead import cifar_resnet18
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args, device, batch = parse_common(parser, argv)
     rows, notes = op_table(cifar_resnet18, "ResNet-18", device, batch=batch, use_compile=args.compile)
     print(HEADER)
     print("|---|---|---|---|---|---|")

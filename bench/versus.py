@@ -62,17 +62,9 @@ def use(mods: dict[str, types.ModuleType]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", type=Path, help="a directory holding the baseline's xaisparse/ package")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds per comparison")
-    parser.add_argument("--compile", action="store_true", help="also count the compiled update's kernels")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: synchronised timings, batch 256")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: torch sees no CUDA device on this machine")
-    torch.set_num_threads(args.threads)
+    args, device, batch = opcount.parse_common(parser, argv)
     trees = {"before": load(args.base), "after": load(HERE.parent)}
-    batch = 8 if device.type == "cpu" else 256
     print(f"# versus: before = {args.base}, after = {HERE.parent}; {args.threads} threads; device {device}")
     print("at start: " + load_line(2))
 
