@@ -3,7 +3,8 @@
 No timing is asserted (the ratios depend on the machine and its load); only that the script
 exits 0, prints the results table with every case, and that the monitor agrees with the
 research-code reference (the sanity line) and with every peer of the peers table (NumPy/SciPy,
-the torch hook, Captum, TorchLens) on the mean sparsity of one batch, for both models.
+the torch hook, Captum, TorchLens) on the mean sparsity of one batch, for both models; and that
+the op-count table is printed.
 """
 
 from __future__ import annotations
@@ -44,11 +45,21 @@ def test_overhead_benchmark_quick_runs_and_agrees_with_reference() -> None:
         "(c) penalty, train step",
         "(d) vs scipy reference",
         "(e) memory growth",
-        "(f) update vs one read pass",
+        "(f) update vs one log pass",
         "(g) vs torch mean-only hook",
         "(h) fit: measure+checkpoint share",
+        "(i) fit + penalty, train+measure ms/epoch",
     ):
         assert case in proc.stdout, case
+    # the op-count table: every path counted, with a number
+    assert "| path | top-level aten ops | CUDA kernels | per | target | result |" in proc.stdout
+    for path in (
+        "plain eval forward",
+        "+ SparsityMonitor, amortised over 64 batches",
+        "+ SparsityPenalty",
+        "update eager",
+    ):
+        assert re.search(rf"^\| [^|]*{re.escape(path)}[^|]* \| [\d.]+ \|", proc.stdout, flags=re.MULTILINE), path
     assert "| variant | model | ms/step | x plain | added ms/step | added / ours' added |" in proc.stdout
     peers = re.findall(
         r"^\| ([^|]+) \| (SmallCNN|ResNet-18) \| [\d.]+ \| [\d.]+x \| [-\d.]+ \| [^|]* \| ([^|]*) \|$",

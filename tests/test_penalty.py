@@ -19,8 +19,10 @@ from torch.func import functional_call
 
 from tests import oracle
 from xaisparse._errors import UnknownLayerError
+from xaisparse.functional import perplexity_sparsity
 from xaisparse.monitor import SparsityMonitor
 from xaisparse.penalty import SparsityPenalty
+from xaisparse.recording import ActivationRecorder, call_site_base
 from xaisparse.testing import count_hooks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,6 +148,91 @@ def test_gradients_finite_when_whole_maps_are_dead() -> None:
     assert value.item() == 1.0
     assert all(torch.isfinite(p.grad).all() and (p.grad == 0).all() for p in dead.parameters())
     assert torch.isfinite(xd.grad).all()
+
+
+# -- the fused path against the previous implementation --------------------------------------------
+class ReferencePenalty:
+    """The previous implementation, kept as the reference of the fused path: one term per call site,
+    ``w · mean s`` through :func:`perplexity_sparsity` (autograd, the double-where formula), on a
+    copy of the live tensor; 1x1 maps on the channel axis."""
+
+    def __init__(self, model: nn.Module, weight: float, layer_weights: dict[str, float] | None = None) -> None:
+        self.weight, self.layer_weights = weight, layer_weights or {}
+        self.recorder = ActivationRecorder(model, callback=self._collect)
+        self.terms: dict[str, torch.Tensor] = {}
+
+    def _collect(self, name: str, x: torch.Tensor) -> None:
+        w = self.layer_weights.get(name, self.layer_weights.get(call_site_base(name), 1.0))
+        if w == 0.0:
+            return
+        axis = "spatial" if x[0, 0].numel() > 1 else "channel"
+        s = perplexity_sparsity(x.float() if x.dtype == torch.bfloat16 else x.clone(), axis)
+        ok = torch.isfinite(s)
+        self.terms[name] = w * torch.where(ok, s, 0.0).sum() / ok.sum().clamp(min=1)
+
+    def __call__(self) -> torch.Tensor:
+        return self.weight * torch.stack(list(self.terms.values())).sum()
+
+
+def _value_and_grads(model: nn.Module, penalty, hooks, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    with hooks:
+        model(x)
+        value = penalty()
+    value.backward()
+    return value.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+class MixedRanks(nn.Module):
+    """A 2-D conv block, then a 1-D conv block on the flattened maps: call sites of different ranks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv2d, self.relu2d = nn.Conv2d(1, 3, 3), nn.ReLU()
+        self.conv1d, self.act1d = nn.Conv1d(3, 4, 3), nn.SiLU()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu2d(self.conv2d(x)).flatten(2)
+        return self.head(self.act1d(self.conv1d(h)).mean(-1))
+
+
+@pytest.mark.filterwarnings("ignore:layer .* has no spatial extent:RuntimeWarning")
+@pytest.mark.parametrize(
+    "case", ["float64 CNN, dead channel", "SmallCNN", "ResNet-18 with 1x1 maps", "layer weights", "mixed ranks"]
+)
+def test_fused_penalty_equals_the_previous_implementation_in_value_and_gradient(case: str) -> None:
+    g = torch.Generator().manual_seed(31)
+    weights = None
+    if case == "float64 CNN, dead channel":
+        model, x, tol = double_cnn(), torch.randn(3, 2, 7, 7, dtype=torch.float64, generator=g), 1e-10
+    elif case == "SmallCNN":
+        torch.manual_seed(32)
+        model, x, tol = SmallCNN(), torch.randn(6, 1, 16, 16, generator=g), 2e-5
+    elif case == "ResNet-18 with 1x1 maps":
+        torch.manual_seed(33)
+        from torchvision.models import resnet18
+
+        model, x, tol = resnet18(num_classes=10).train(), torch.randn(2, 3, 32, 32, generator=g), 2e-5
+    elif case == "layer weights":
+        model, x, tol = double_cnn(dead_channel=False), torch.randn(3, 2, 7, 7, dtype=torch.float64, generator=g), 1e-10
+        weights = {"1": 2.5, "3": -0.5}
+    else:
+        torch.manual_seed(34)
+        model, x, tol = MixedRanks().double(), torch.randn(4, 1, 6, 6, dtype=torch.float64, generator=g), 1e-10
+        assert SparsityPenalty(model).recorder.modules == ["relu2d", "act1d"]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    new = SparsityPenalty(model, weight=0.7, layer_weights=weights)
+    value, grads = _value_and_grads(model, new, new, x)
+    model.load_state_dict(state)  # batch-norm running statistics as before
+    ref = ReferencePenalty(model, weight=0.7, layer_weights=weights)
+    want_value, want_grads = _value_and_grads(model, ref, ref.recorder, x)
+    assert count_hooks(model) == 0
+    torch.testing.assert_close(value, want_value, rtol=tol, atol=tol)
+    assert set(grads) == set(want_grads)
+    for name, grad in grads.items():
+        scale = want_grads[name].abs().max().clamp(min=1e-30)
+        torch.testing.assert_close(grad / scale, want_grads[name] / scale, rtol=tol, atol=tol, msg=name)
 
 
 # -- value -----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,7 @@ def measure_epoch(
     metrics: Mapping[str, Mapping[str, float]] | None = None,
     detector: Any = None,
     phases: dict[str, float] | None = None,
+    tracked: Collection[str] = (),
 ) -> EpochStep:
     """Measure the probes, record the epoch, feed the detector: the one epoch step.
 
@@ -125,12 +126,19 @@ def measure_epoch(
     (``metrics[split][name]``); :meth:`~xaisparse.history.History.record_epoch` records them with
     ``monitor.compute()``. The ``detector`` (an :class:`~xaisparse.detect.OverfitDetector`) is
     updated and ``history.detection`` set to its result. ``phases`` (if given) gets the wall
-    time of ``"measure"`` and ``"detect"``.
+    time of ``"measure"`` and ``"detect"``. ``tracked`` names splits whose statistics the
+    monitor already holds for this epoch (``fit(train_statistics="training")``: the training
+    forwards): they are kept, and their probe passes compute only the loss and accuracy.
     """
     with timed(phases, "measure"):
-        monitor.reset()
+        if tracked:
+            for split in set(probes) - set(tracked):
+                monitor.reset(split)
+        else:
+            monitor.reset()
         recorded = {
-            split: measure_split(model, loader, device, monitor, split, loss_fn) for split, loader in probes.items()
+            split: measure_split(model, loader, device, None if split in tracked else monitor, split, loss_fn)
+            for split, loader in probes.items()
         }
         for split, values in (metrics or {}).items():
             recorded.setdefault(split, {}).update(values)

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import _shared
 from ._deprecation import deprecated, renamed_keyword
 from ._validation import check_int, check_split
 from .estimators import LayerSparsity
-from .recording import ActivationRecorder, LayerSelector
+from .recording import LayerSelector
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd  # imported where tables are built: `import xaisparse` stays light
@@ -166,7 +167,12 @@ class SparsityMonitor:
     ``layers`` takes any selector of :class:`~xaisparse.recording.ActivationRecorder`
     (default: the activation outputs of the conv blocks). Statistics stream into one
     :class:`~xaisparse.estimators.LayerSparsity` per ``(split, layer)`` on the activations'
-    device; nothing is stored across batches but fixed-size sums and histograms.
+    device; nothing is stored across batches but fixed-size sums and histograms. Each batch costs
+    one read of each activation (its per-map sums; :mod:`xaisparse.functional.mapsums`); the
+    rest is folded in for many batches at once. With a
+    :class:`~xaisparse.penalty.SparsityPenalty` on the same model and layers, both use one
+    recorder (``monitor.recorder is penalty.recorder``), and during a training forward that
+    both watch, the monitor takes the penalty's sums instead of reading the activation again.
 
     >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     >>> monitor = SparsityMonitor(model, bins=10)
@@ -182,9 +188,10 @@ class SparsityMonitor:
 
     def __init__(self, model: nn.Module, layers: LayerSelector = None, *, bins: int = 20) -> None:
         self.bins = check_int("bins", bins, minimum=1)
-        self.recorder = ActivationRecorder(model, layers, callback=self._on_activation)
+        self.recorder = _shared.shared_recorder(model, layers, self._on_activation)
         self._split: str | None = None
         self._estimators: dict[tuple[str, str], LayerSparsity] = {}
+        self._nonnegative = _shared.nonnegative_sites(self.recorder)  # ReLU outputs: one pass less
         self._no_spatial: set[str] = set()  # layers warned about: no spatial extent
 
     @property
@@ -205,20 +212,20 @@ class SparsityMonitor:
         """Within this block every forward of the model feeds the estimators of ``split``.
 
         Hooks are attached on entry and removed on exit (also after an exception) unless the
-        recorder was already attached by the caller.
+        recorder was already attached by the caller, or is shared with an attached penalty.
         """
         check_split(split)
         if self._split is not None:
             raise RuntimeError(f"already tracking split {self._split!r}; tracking blocks do not nest")
-        attached_here = not self.recorder.attached
-        self.recorder.attach()
+        _shared.hold(self.recorder, self)
+        _shared.begin(self.recorder.model, "monitor")
         self._split = split
         try:
             yield self
         finally:
             self._split = None
-            if attached_here:
-                self.recorder.detach()
+            _shared.end(self.recorder.model, "monitor")
+            _shared.release(self.recorder, self)
 
     def _on_activation(self, name: str, x: Tensor) -> None:
         if self._split is None:
@@ -232,7 +239,15 @@ class SparsityMonitor:
             if math.prod(x.shape[2:]) <= 1:
                 est._warned_spatial = True  # one warning per layer, from here, not one per split and shape
                 self._warn_no_spatial(name, x)
-        est.update(x)
+        model = self.recorder.model
+        if not torch.is_grad_enabled() or not _shared.active(model, "penalty"):  # nobody to share with
+            est.update(x)
+            return
+        given = _shared.lookup(model, name, x)  # the penalty read this very tensor already
+        if given is None:
+            given = est.map_sums(x)
+            _shared.publish(model, name, x, *given)  # for the penalty, later in this forward
+        est.update_from_sums(*given, x.shape)
 
     def _warn_no_spatial(self, name: str, x: Tensor) -> None:
         if name in self._no_spatial:
@@ -248,7 +263,8 @@ class SparsityMonitor:
         )
 
     def _new_estimator(self, key: tuple[str, str], channels: int, device: torch.device) -> LayerSparsity:
-        est = LayerSparsity(channels, bins=self.bins).to(device)
+        nonnegative = _shared.is_nonnegative(self._nonnegative, key[1])
+        est = LayerSparsity(channels, bins=self.bins, nonnegative=nonnegative).to(device)
         self._estimators[key] = est
         return est
 

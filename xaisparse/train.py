@@ -12,6 +12,7 @@ the current epoch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
@@ -235,6 +236,7 @@ def fit(
     detector: OverfitDetector | None = None,
     callbacks: Iterable[Callback | Callable[[TrainState], Any]] = (),
     probe_size: int = 512,
+    train_statistics: str = "probe",
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
@@ -253,6 +255,14 @@ def fit(
     blocks' activations). With ``penalty`` (a :class:`SparsityPenalty` built on ``model``)
     the training loss is ``task + penalty()``. ``detector`` is fed after every epoch; its
     result is kept in ``history.detection`` and, with ``stop_on_alarm``, it stops training.
+    ``train_statistics``: where the train split's sparsity comes from. ``"probe"`` (default): an
+    evaluation pass over the train probe subset, like the test split. ``"training"``: the
+    training forwards of the epoch, i.e. **train-mode statistics** (dropout active, batch norm
+    on batch statistics, the weights changing during the epoch; every training sample once),
+    not comparable with ``"probe"`` numbers; epoch 0 (before any training) still uses the
+    probe pass, and loss and accuracy always do. It saves the monitor's work on the train
+    probe; with a ``penalty`` on the same layers, the training forwards' sparsity comes with
+    the penalty's own read of each activation (one pass for both).
     ``checkpoint_dir`` keeps the latest model/optimizer/RNG state and history after each epoch
     (atomically); ``resume`` continues such a run up to ``epochs``. How the run ended is in
     ``history.outcome``.
@@ -272,6 +282,8 @@ def fit(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     epochs = check_int("epochs", epochs, minimum=0)
     probe_size = check_int("probe_size", probe_size, minimum=1)
+    if train_statistics not in ("probe", "training"):
+        raise ValueError(f"train_statistics must be 'probe' or 'training', got {train_statistics!r}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
     monitor, pen = _deprecated_objects(model, monitor, penalty, deprecated)
     if detector is not None and not hasattr(detector, "update"):
@@ -305,6 +317,7 @@ def fit(
         },
         "detector": None if detector is None else detector.config.to_dict(),
         "probe_size": probe_size,
+        "train_statistics": train_statistics,
         "seed": seed,
         "device": str(device),
         "model_class": type(model).__name__,
@@ -335,6 +348,7 @@ def fit(
     t0 = time.perf_counter()
     phases = history.outcome.phase_seconds
     measured = {split: loader for split, loader in probes.items() if loader is not None}
+    from_training = train_statistics == "training"
     try:
         if pen is not None:
             pen.attach()
@@ -343,7 +357,10 @@ def fit(
             running: dict[str, dict[str, float]] = {}
             if epoch > 0:
                 with timed(phases, "train"):
-                    running = {"train": _train_one_epoch(train_loader, pen, device, loss_fn, state, cbs)}
+                    if from_training:  # the train split's sparsity: this epoch's training forwards
+                        monitor.reset("train")
+                    with monitor.track("train") if from_training else contextlib.nullcontext():
+                        running = {"train": _train_one_epoch(train_loader, pen, device, loss_fn, state, cbs)}
             step = measure_epoch(
                 model,
                 history,
@@ -355,6 +372,7 @@ def fit(
                 metrics=running,
                 detector=detector,
                 phases=phases,
+                tracked=("train",) if from_training and epoch > 0 else (),
             )
             state.metrics = step.metrics
             if cbs:

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._validation import check_bool, check_int
+from ..functional.mapsums import _map_sums, _spatial_length
 from ..functional.perplexity import _check_float
 from ..functional.streaming import (
-    FLOAT_STATES,
     STATE_NAMES,
+    _Consts,
+    _consts,
     _hist_edges,
     _hist_index,
     _layer_sparsity_compute,
-    _layer_sparsity_update,
-    _map_summaries,
-    _spatial_length,
-    _summaries_update,
+    _pack,
+    _packed_increments,
+    _stack_sums,
+    _unpack,
     _warn_no_spatial,
-    empty_state,
+    empty_packed,
 )
 from .state import SumState
 
@@ -28,10 +31,13 @@ __all__ = ["LayerSparsity"]
 
 _ = _hist_index  # re-exported for the tests and older imports
 
-#: Eager updates fold their (N, C)-sized work in once per this many batches ...
-DEFER_BATCHES = 16
-#: ... or once this many per-map summaries (N * C, summed over the batches) are pending (~0.5 MiB).
-DEFER_ENTRIES = 1 << 16
+#: Updates fold their (N, C)-sized work in once per this many batches ...
+DEFER_BATCHES = 64
+#: ... or once this many per-map sums (N * C, summed over the batches) are pending (2 MiB in float32).
+DEFER_ENTRIES = 1 << 18
+#: The packed state tensors (see :mod:`xaisparse.functional.streaming`); ``state_dict`` holds the named views.
+_PACKED = ("packed_sums", "packed_sample", "packed_counts", "packed_hist")
+_NAMED = frozenset(STATE_NAMES)
 
 
 class LayerSparsity(SumState):
@@ -55,11 +61,18 @@ class LayerSparsity(SumState):
     The maths is the pure pair of :mod:`xaisparse.functional.streaming`: ``update`` adds
     ``_layer_sparsity_update(x)`` to the state, ``compute`` is ``_layer_sparsity_compute`` of the
     state, so streaming over any chunking equals :func:`~xaisparse.functional.layer_statistics`
-    on all of it. In eager mode the update reads the activations at once (per-map sums and
-    entropies) and folds the small ``(N, C)``-sized rest of up to ``DEFER_BATCHES`` equal
-    batches in together -- bit for bit the same state, and any read of the state folds in first.
-    ``compile=True`` runs the whole update through ``torch.compile`` per batch (opt-in: the first
-    batch of each new shape pays the compilation; the eager path is the reference).
+    on all of it (to the rounding of float64 sums added in another order). The update reads the
+    activations at once (the per-map sums ``S`` and ``T``, a few fused passes) and folds the small
+    ``(N, C)``-sized rest of up to ``DEFER_BATCHES`` equal-sized batches in together, in ~40 ops
+    whatever their number; any read of the state folds in first. ``compile=True`` runs both steps
+    through ``torch.compile`` (opt-in: the first batch of each new shape pays the compilation; the
+    eager path is the reference). ``nonnegative=True`` promises inputs ``>= 0`` (the outputs of
+    ``nn.ReLU``; :class:`~xaisparse.monitor.SparsityMonitor` sets it for those): one pass over
+    the activations less; a negative value then gives wrong statistics.
+
+    The state is kept packed in three tensors (one op to add, merge or reduce across DDP ranks);
+    ``state_dict``, ``metric_state`` and the attributes give the 16 named entries of
+    :data:`~xaisparse.functional.STATE_NAMES` as views.
 
     >>> m = LayerSparsity(num_channels=2, bins=4)
     >>> x = torch.zeros(3, 2, 2, 2)
@@ -76,33 +89,43 @@ class LayerSparsity(SumState):
     tensor(True)
     """
 
-    def __init__(self, num_channels: int, bins: int = 20, *, compile: bool = False) -> None:
+    def __init__(self, num_channels: int, bins: int = 20, *, compile: bool = False, nonnegative: bool = False) -> None:
         super().__init__()
         self.num_channels = check_int("num_channels", num_channels, minimum=1)
         self.bins = check_int("bins", bins, minimum=1)
         self.compiled = check_bool("compile", compile)
+        self.nonnegative = check_bool("nonnegative", nonnegative)
         self._warned_spatial = False
-        for name, default in empty_state(num_channels, bins).items():
+        for name, default in zip(_PACKED, empty_packed(num_channels, bins)):
             self.add_state(name, default)
-        self._update_fn = self._make_update_fn()
-        # eager mode: per-map summaries of up to DEFER_BATCHES batches, folded in at once (_flush)
-        self._pending: list[tuple[Tensor, Tensor | None]] = []
+        self._sums_fn, self._fold_fn = self._make_fns()
+        # per-map sums of up to DEFER_BATCHES equal-sized batches, folded in at once (_flush)
+        self._pending: list[Tensor] = []  # S of each batch, (N, C, 1, ...)
+        self._pending_t: list[Tensor] = []  # T of each batch (none when the maps have no spatial extent)
         self._pending_key: tuple[int, int, torch.device, torch.dtype] | None = None  # N, L, device, dtype
         self._pending_entries = 0  # N * C summed over the pending batches
+        self._consts_cache: dict[tuple[int, torch.device], _Consts] = {}
 
-    def _make_update_fn(self) -> Callable[[Tensor, int], dict[str, Tensor]]:
+    def _make_fns(self) -> tuple[Callable[..., tuple[Tensor, Tensor | None]], Callable[..., tuple[Tensor, ...]]]:
         if not self.compiled:
-            return _layer_sparsity_update
-        return torch.compile(_layer_sparsity_update, dynamic=True)  # compiled on the first batch of a shape
+            return _map_sums, _packed_increments
+        # compiled on the first batch of a shape; a graph each, reused by every estimator
+        return _compiled_map_sums(), _compiled_packed_increments()
 
     def __getstate__(self) -> dict[str, object]:
         state = super().__getstate__()  # flushes deferred updates first
-        state.pop("_update_fn", None)  # a compiled function does not pickle: rebuilt on load
+        for name in ("_sums_fn", "_fold_fn"):  # compiled functions do not pickle: rebuilt on load
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
         super().__setstate__(state)
-        self._update_fn = self._make_update_fn()
+        self._sums_fn, self._fold_fn = self._make_fns()
+
+    def __getattr__(self, name: str) -> Tensor | nn.Module:
+        if name in _NAMED:  # a named state entry: a view of the packed state (folded in first)
+            return self.metric_state()[name]
+        return super().__getattr__(name)
 
     @property
     def bin_edges(self) -> Tensor:
@@ -111,50 +134,113 @@ class LayerSparsity(SumState):
 
     def update(self, x: Tensor) -> None:
         """Add one batch of activations ``(N, C, ...)``. No host synchronisation happens here."""
+        total, t = self.map_sums(x)
+        self._defer(total, t, _spatial_length(x))
+
+    def map_sums(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The per-map sums ``(S, T)`` of activations ``x`` that :meth:`update` reads, without adding them.
+
+        As ``xaisparse.functional.mapsums._map_sums`` (compiled with ``compile=True``; without
+        ``|x|`` with ``nonnegative=True``), after checking ``x``; warns once when the maps have no
+        spatial extent. For :meth:`update_from_sums`, or to share one read of ``x`` with others.
+        """
         x = _check_float(x, "activations")
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"expected activations of shape (N, {self.num_channels}, ...), got shape {tuple(x.shape)}")
         if not self._warned_spatial and _spatial_length(x) <= 1:
             self._warned_spatial = True
-            _warn_no_spatial(tuple(x.shape), stacklevel=3)  # the caller of update (past SumState's wrapper)
-        if self.compiled:  # one traced graph per batch
-            self._add(self._update_fn(x, self.bins))
+            _warn_no_spatial(tuple(x.shape), stacklevel=4)  # the caller of update (past SumState's wrapper)
+        with torch.no_grad():
+            return self._sums_fn(x, nonnegative=self.nonnegative)
+
+    def update_from_sums(self, total: Tensor, t: Tensor | None, shape: torch.Size) -> None:
+        """:meth:`update` of activations of ``shape`` whose per-map sums are known already
+        (:meth:`map_sums` of them, or the penalty's of the same tensor); counted as an update."""
+        if len(shape) < 2 or shape[1] != self.num_channels:
+            raise ValueError(f"expected activations of shape (N, {self.num_channels}, ...), got shape {tuple(shape)}")
+        self._defer(total, t, math.prod(shape[2:]))
+        self._update_count += 1
+
+    def _defer(self, total: Tensor, t: Tensor | None, length: int) -> None:
+        n = total.shape[0]
+        if n == 0:
             return
-        # Eager: read the activations now (the per-map sums and entropies, a few big passes) and
-        # fold the (N, C)-sized rest of several batches in at once: that rest is ~80 small ops
-        # whose cost is per op, not per element. Any read of the state flushes first (SumState).
-        key = (x.shape[0], _spatial_length(x), x.device, x.dtype)
+        key = (n, length, total.device, total.dtype)
         if self._pending and key != self._pending_key:
             self._flush()
-        self._pending.append(_map_summaries(x))
+        self._pending.append(total)
+        if t is not None:  # every pending batch has the same map size: all have T, or none
+            self._pending_t.append(t)
         self._pending_key = key
-        self._pending_entries += x.shape[0] * x.shape[1]
+        self._pending_entries += n * self.num_channels
         self._deferred = True
         if len(self._pending) >= DEFER_BATCHES or self._pending_entries >= DEFER_ENTRIES:
             self._flush()
 
+    def _consts(self, length: int, device: torch.device) -> _Consts:
+        key = (length, device)
+        consts = self._consts_cache.get(key)
+        if consts is None:
+            consts = self._consts_cache[key] = _consts(self.num_channels, length, self.bins, device)
+        return consts
+
     def _flush(self) -> None:
-        pending = self.__dict__.get("_pending") or []
-        self._pending, self._pending_entries, self._deferred = [], 0, False
-        if not pending or self._pending_key is None:
+        d = self.__dict__
+        pending, pending_t, key = d.get("_pending") or [], d.get("_pending_t") or None, d.get("_pending_key")
+        self._drop_deferred()
+        if not pending or key is None:
             return
-        sums = torch.cat([p[0] for p in pending]) if len(pending) > 1 else pending[0][0]
-        hs = [p[1] for p in pending if p[1] is not None]
-        h = (torch.cat(hs) if len(hs) > 1 else hs[0]) if hs else None
-        self._add(_summaries_update(sums, h, self._pending_key[1], self.bins, len(pending)), len(pending))
+        length = key[1]
+        st = _stack_sums(pending, pending_t)
+        increments = self._fold_fn(st, length, self.bins, self._consts(length, st.device))
+        torch._foreach_add_([getattr(self, name) for name in _PACKED], list(increments))
 
     def _drop_deferred(self) -> None:
-        self._pending, self._pending_entries, self._deferred = [], 0, False
+        self._pending, self._pending_t, self._pending_entries, self._deferred = [], [], 0, False
 
-    def _add(self, increments: dict[str, Tensor], batches: int = 1) -> None:
-        """Add increments; with ``batches > 1`` the float sums come per batch and are added in
-        order (a running sum: ``cumsum``), bit for bit what one update per batch would give."""
-        names = STATE_NAMES if batches == 1 else [n for n in STATE_NAMES if n not in FLOAT_STATES]
-        torch._foreach_add_([getattr(self, n) for n in names], [increments[n] for n in names])
-        if batches > 1:
-            for name in FLOAT_STATES:
-                state = getattr(self, name)
-                state.copy_(torch.cat([state.unsqueeze(0), increments[name]]).cumsum(0)[-1])
+    def metric_state(self) -> dict[str, Tensor]:
+        """The 16 named states (views of the packed state), after folding in deferred updates."""
+        return _unpack(*(getattr(self, name) for name in _PACKED))
+
+    def merge_state(self, other: SumState | dict[str, Tensor]) -> None:
+        """Add another estimator's state (same shapes) or a dict of the 16 named states to this one."""
+        if isinstance(other, dict) and not set(other) <= set(_PACKED):
+            other = dict(zip(_PACKED, _pack(other, self.num_channels, self.bins)))
+        super().merge_state(other)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for name, value in self.metric_state().items():  # folds in first
+            destination[prefix + name] = value if keep_vars else value.detach()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        self._drop_deferred()  # the loaded state replaces everything seen so far
+        views = self.metric_state()
+        found = {}
+        for name, view in views.items():
+            key = prefix + name
+            if key not in state_dict:
+                missing_keys.append(key)
+                continue
+            value = state_dict[key]
+            if value.shape != view.shape:
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from checkpoint, "
+                    f"the shape in current model is {tuple(view.shape)}."
+                )
+                continue
+            found[name] = value
+        if strict:
+            for key in state_dict:
+                if key.startswith(prefix) and key[len(prefix) :] not in _NAMED:
+                    unexpected_keys.append(key)
+        if error_msgs or len(found) < len(views):
+            return
+        with torch.no_grad():
+            for name, value in found.items():
+                views[name].copy_(value)
+        self._update_count = max(self._update_count, 1)  # loaded state counts as data seen
 
     def compute(self) -> dict[str, Tensor]:
         """Statistics of everything seen since the last reset, as a flat dict of tensors.
@@ -170,3 +256,18 @@ class LayerSparsity(SumState):
         fresh = LayerSparsity(self.num_channels, self.bins).to(x.device)
         fresh.update(x)
         return fresh.compute()
+
+
+_COMPILED: dict[str, Callable[..., object]] = {}
+
+
+def _compiled_map_sums() -> Callable[..., tuple[Tensor, Tensor | None]]:
+    if "sums" not in _COMPILED:
+        _COMPILED["sums"] = torch.compile(_map_sums, dynamic=True)
+    return _COMPILED["sums"]  # type: ignore[return-value]
+
+
+def _compiled_packed_increments() -> Callable[..., tuple[Tensor, ...]]:
+    if "fold" not in _COMPILED:
+        _COMPILED["fold"] = torch.compile(_packed_increments, dynamic=True)
+    return _COMPILED["fold"]  # type: ignore[return-value]

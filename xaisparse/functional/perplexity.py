@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal, cast
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -76,8 +76,8 @@ def entropy(a: Tensor, dim: int = -1) -> Tensor:
 
 
 def _entropy_terms(
-    b: Tensor, dim: int = -1, *, total: Tensor | None = None, inplace: bool = False, of: Tensor | None = None
-) -> tuple[Tensor, Tensor | None]:
+    b: Tensor, dim: int = -1, *, total: Tensor | None = None, inplace: bool = False
+) -> tuple[Tensor, Tensor]:
     """``(H, ln p)`` of a **non-negative** ``b`` along ``dim``: the one place entropy is computed from a vector.
 
     ``p = b / S`` with ``S = Σ b`` (a dead vector, ``S = 0``, keeps ``p = 0`` and gets ``H = 0``);
@@ -85,22 +85,15 @@ def _entropy_terms(
     (:func:`_log_floor`): exact at ``p = 0`` (``p · ln p`` is 0 either way) and for every normal
     ``p``, and it keeps ``log`` off its slow path at zero. Differentiable, every gradient finite.
     ``total``: the sums ``b.sum(dim, keepdim=True)`` when the caller has them already.
+    ``inplace=True`` (no autograd: custom forwards) overwrites ``b`` with ``p ln p``.
 
-    Without autograd (custom forwards, estimators) the work can reuse ``b``'s memory:
-    ``inplace=True`` overwrites ``b`` with ``p ln p`` (one more buffer, for ``ln p``);
-    ``of=x`` (``b`` is ``|x|``, viewable as ``x.shape``) also overwrites ``b``, with ``ln p`` and
-    then ``|x · ln p| = -|x| ln p``, so that no second activation-sized buffer is allocated (on
-    CPU a fresh large buffer costs page faults, often more than the arithmetic); then ``ln p``
-    is not returned.
+    (The activation statistics of the monitor and the penalty take the entropy from the sums
+    ``S`` and ``T = Σ b ln b`` instead, :mod:`xaisparse.functional.mapsums`: one pass less.)
     """
     if total is None:
         total = b.sum(dim, keepdim=True)
     denom = torch.where(total > 0, total, 1.0)
     floor = _log_floor(b.dtype)
-    if of is not None:
-        b.div_(denom).clamp_(min=floor).log_()  # ln p, in place
-        b.view(of.shape).mul_(of).abs_()  # |x · ln p| = -|x| ln p  (ln p <= 0)
-        return b.sum(dim) / denom.squeeze(dim), None
     if inplace:
         p = b.div_(denom)
         log_p = p.clamp(min=floor).log_()
@@ -176,7 +169,7 @@ class _Perplexity(torch.autograd.Function):
         total = total.squeeze(-1)
         alive = ok & (total > 0)
         pp = torch.where(ok, torch.exp(h), float("nan"))
-        ctx.save_for_backward(a, cast(Tensor, log_p), h, pp, total, alive)
+        ctx.save_for_backward(a, log_p, h, pp, total, alive)
         return pp
 
     @staticmethod
@@ -214,15 +207,6 @@ def _log_floor(dtype: torch.dtype) -> float:
     cannot turn the floor into ``ln 0``; only ``p < 1.2e-38`` is affected, by less than 1e-36.
     """
     return 2.0**-24 if dtype == torch.float16 else torch.finfo(dtype).tiny
-
-
-def _sparsity_of_length(pp: Tensor, n: int | Tensor, *, inplace: bool = False) -> Tensor:
-    """:func:`sparsity_from_perplexity` for lengths ``n >= 2`` (an int, or one per trailing column) in a
-    few ops instead of ~12 (hot path); ``inplace=True`` overwrites ``pp``. Bit-identical to
-    ``(1 - (pp - 1) / (n - 1)).clamp(0, 1)``.
-    """
-    q = pp.sub_(1.0) if inplace else pp - 1.0
-    return q.div_(n - 1).neg_().add_(1.0).clamp_(0.0, 1.0)
 
 
 def as_vectors(x: Tensor, axis: Axis = "spatial") -> Tensor:

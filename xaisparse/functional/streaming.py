@@ -16,28 +16,35 @@ The state (docs/measure.md), every entry a sum over samples:
   the channel's per-sample spatial means ``m``, from which the lifetime entropy is exact
   (``H = ln S - T/S``); ``sample_nonfinite`` counts the maps left out.
 
-The update is the per-batch hot path of the monitor: it reads the activations in a few fused
-passes (``|x|`` into a private buffer, its map sums, then the entropy in place in that buffer),
-makes no host synchronisation, and does the rest on ``(N, C)``-sized tensors.
+The update has two steps. The first reads the activations: ``mapsums._map_sums``
+gives each map's ``S = Σ|a|`` and ``T = Σ|a| ln|a|`` in a few fused passes (the monitor's per-batch
+hot path). The second, ``_packed_increments``, turns the sums of any number of equal-sized
+batches into the increments on ``(N, C)``-sized tensors (the estimator defers it and does it for
+many batches at once). Neither makes a host synchronisation.
+
+Internally the state is packed into four tensors (``_unpack`` gives the named views), so
+that adding an increment, a merge or a DDP reduction is one operation for all of them:
+
+* ``float64 (2, C + 1)``: rows ``sum`` and ``sumsq`` of the sparsity (columns ``0..C-1``: the
+  spatial axis per channel; column ``C``: the channel axis);
+* ``float64 (2, C)``: ``sample_S`` and ``sample_T``;
+* ``int64 (5, C + 1)``: rows ``count``, ``dead``, ``nonfinite`` (spatial | channel), ``sample_n``
+  and ``sample_nonfinite`` (column ``C`` of the last two is a spare no named state reads);
+* ``int64 (C + 1, bins)``: the spatial histograms, then the channel histogram.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .._validation import check_int
-from .perplexity import (
-    _check_float,
-    _entropy_from_sums,
-    _entropy_terms,
-    _sparsity_of_length,
-    sparsity_from_perplexity,
-)
+from .mapsums import _map_sums, _sparsity_from_sums, _spatial_length
+from .perplexity import _check_float, _entropy_from_sums, sparsity_from_perplexity
 
 __all__ = ["STATE_NAMES", "empty_state", "layer_statistics"]
 
@@ -87,174 +94,160 @@ def _hist_edges(bins: int, device: torch.device | str | None = None) -> Tensor:
     return edges
 
 
-def _hist_index(s: Tensor, bins: int) -> Tensor:
+def _hist_index(s: Tensor, bins: int, inner: Tensor | None = None) -> Tensor:
     """Bin of each sparsity value in ``[0, 1]``: ``[e_i, e_{i+1})`` on :func:`_hist_edges`, 1.0 in the last.
 
-    This is ``np.histogram``'s rule on the same edges, done the way NumPy does it for equal bins:
-    ``floor(s · bins)``, then one step down where ``s`` lies below that bin's lower edge and one
-    up where it reaches the upper one (a bare floor disagrees with the edges for values within
-    an ulp or two of an inner edge, e.g. ``s = 0.3`` with 10 bins); the edges are computed as
-    :func:`_hist_edges` computes them, ``i · (1 / bins)``. A few elementwise ops (``bucketize``,
-    a binary search, is ~20x slower on the CPU). NaN goes to bin 0 (callers give it zero weight).
+    ``np.histogram``'s rule on the same edges: the number of inner edges ``<= s`` (one
+    ``bucketize`` against the float64 edges, so a value is compared with each edge exactly).
+    ``inner``: the inner edges ``_hist_edges(bins)[1:-1]`` when the caller has them. NaN goes
+    to bin 0 (callers give it zero weight).
 
     >>> _hist_index(torch.tensor([0.0, 0.3, 0.30000000000000004, 0.99, 1.0], dtype=torch.float64), 10)
     tensor([0, 2, 3, 9, 9])
     """
-    step = 1.0 / bins
-    s = torch.nan_to_num(s.to(torch.float64), nan=0.0)
-    k = torch.floor(s * bins)
-    k = k.sub_((s < k * step).to(k.dtype))  # below its lower edge: one bin down
-    k = k.add_((s >= (k + 1.0) * step).to(k.dtype))  # at or past its upper edge: one up
-    return k.clamp_(0, bins - 1).long()  # 1.0 (and past-the-end rounding) into the last bin
+    if inner is None:  # a call from outside the fold (which has the edges and no NaN)
+        inner = _hist_edges(bins, s.device)[1:-1]
+        s = torch.nan_to_num(s.to(torch.float64), nan=0.0)
+    return torch.bucketize(s, inner, right=True)
 
 
-def _spatial_length(x: Tensor) -> int:
-    return math.prod(x.shape[2:])
+class _Consts(NamedTuple):
+    """Small constant tensors of :func:`_packed_increments` for one (channels, map size, bins, device)."""
+
+    lengths_m1: Tensor  # (C + 1,) float64: vector length - 1 per column (spatial: L, channel axis: C)
+    measured: Tensor  # (C + 1,) bool: which columns have a sparsity (spatial if L > 1; channel if C > 1)
+    nonfinite_counted: Tensor  # (C + 1,) bool: spatial columns only if L > 1; the channel column always
+    offsets: Tensor  # (C + 1,) int64: first cell of each column's histogram in the flat (C + 1) * bins
+    inner: Tensor  # (bins - 1,) float64: the inner histogram edges
+    one: Tensor  # () float64: 1
 
 
-def _abs_copy(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """``|x|`` as a private contiguous ``(N, C, L)`` buffer of ``dtype`` (one pass when no cast is needed)."""
-    shape = (x.shape[0], x.shape[1], _spatial_length(x))
-    if x.dtype != dtype:
-        return x.to(dtype, memory_format=torch.contiguous_format).abs_().view(shape)
-    out = torch.empty(x.shape, dtype=dtype, device=x.device)  # contiguous whatever x's layout
-    return torch.abs(x, out=out).view(shape)
+def _consts(channels: int, length: int, bins: int, device: torch.device | str | None) -> _Consts:
+    spatial = length > 1
+    lengths = torch.full((channels + 1,), float(max(length, 2) - 1), dtype=torch.float64, device=device)
+    lengths[channels] = max(channels, 2) - 1
+    measured = torch.full((channels + 1,), spatial, dtype=torch.bool, device=device)
+    measured[channels] = channels > 1
+    counted = measured.clone()
+    counted[channels] = True
+    offsets = torch.arange(channels + 1, device=device) * bins
+    one = torch.ones((), dtype=torch.float64, device=device)
+    return _Consts(lengths, measured, counted, offsets, _hist_edges(bins, device)[1:-1], one)
 
 
-def _map_summaries(x: Tensor) -> tuple[Tensor, Tensor | None]:
-    """The part of the update that reads the activations: per-map sums of ``|x|`` and entropies.
+def _stack_sums(totals: list[Tensor], ts: list[Tensor] | None) -> Tensor:
+    """The ``(2, M, C)`` table ``[S; T]`` of the map sums of several equal-sized batches (``M = K N``).
 
-    Returns ``(sums, h)``, both ``(N, C)`` in the working dtype (float32 for half-precision
-    inputs: half overflows on map sums and keeps ~3 digits of the sparsity; else ``x``'s dtype);
-    ``h`` is None for ``(N, C)`` inputs and 1×1 maps (no spatial axis) and garbage where a map
-    is not finite. A few fused passes: ``|x|`` into a private buffer, its map sums, then the
-    entropy in place in that buffer (``x`` is read, never written).
+    ``ts`` None (maps with no spatial extent): the ``T`` rows repeat ``S`` (never read: those
+    columns are not measured).
     """
-    x = _check_float(x, "activations").detach()
-    if x.dim() < 2:
-        raise ValueError(f"expected activations of shape (N, C, ...) with at least 2 dims, got shape {tuple(x.shape)}")
-    n, c, length = x.shape[0], x.shape[1], _spatial_length(x)
-    work = _work_dtype(x.dtype)
-    compiled = torch.compiler.is_compiling()  # traced by torch.compile: out-of-place ops fuse better
-    b = _abs_copy(x, work) if not compiled else x.abs().to(work).reshape(n, c, length)
-    total = b.sum(-1, keepdim=True)
-    if length <= 1:
-        return total.view(n, c), None
-    own = None if compiled or x.dtype != work else x
-    return total.view(n, c), _entropy_terms(b, -1, total=total, inplace=not compiled, of=own)[0]
+    n, c = totals[0].shape[:2]
+    return torch.stack(totals + (ts if ts is not None else totals)).view(2, len(totals) * n, c)
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+def _packed_increments(st: Tensor, length: int, bins: int, k: _Consts) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The packed state increments (see the module docstring) of the map sums ``st = [S; T]``, ``(2, M, C)``.
+
+    The spatial axis (one vector per map: ``S``, ``T``, length ``L``) and the channel axis (one
+    per sample: the sums of its maps' means ``m = S / L`` and ``m ln m``, length ``C``) are
+    measured side by side in one ``(M, C + 1)`` table, so that their masks, moments and
+    histograms take one op each. A map is finite iff its ``S`` is (NaN and Inf propagate into
+    it); a sample with any non-finite map is left out of the channel axis, and of the sample
+    axis only that map. float64 from here on: ``H = ln S - T/S`` cancels digits. ~40 ops on
+    ``(M, C)``-sized tensors, whatever ``M``; no host synchronisation.
+    """
+    if st.dtype != torch.float64:
+        st = st.to(torch.float64)
+    total = st[0]
+    ok = torch.isfinite(total)  # (M, C)
+    m = torch.where(ok, total, 0.0)
+    if length > 1:
+        m = m.div_(length)
+    mm = torch.stack([m, torch.xlogy(m, m)])  # (2, M, C): m and m ln m (0 ln 0 = 0)
+    rows = mm.sum(2, keepdim=True)  # (2, M, 1): the channel axis' S and T of each sample
+    finite = torch.cat([ok, ok.all(1, keepdim=True)], 1)  # (M, C + 1)
+    okk = finite & k.measured
+    tab_s, tab_t = torch.cat([st, rows], 2).unbind(0)  # (M, C + 1) each
+    s = _sparsity_from_sums(tab_s, tab_t, k.lengths_m1, tab_s > 0, k.one)  # NaN or Inf where not finite
+    s = torch.where(okk, s, 0.0)  # 0 where not measured
+    not_finite = ~finite
+    counts = torch.stack([okk, (tab_s == 0) & okk, not_finite & k.nonfinite_counted, finite, not_finite]).sum(1)
+    hist = torch.zeros(k.offsets.shape[0] * bins, dtype=torch.long, device=st.device)
+    index = _hist_index(s, bins, k.inner).add_(k.offsets)  # scatter_add_: no host sync on CUDA (index_put_ sorts)
+    hist.scatter_add_(0, index.view(-1), okk.view(-1).long())
+    return torch.stack([s, s * s]).sum(1), mm.sum(1), counts, hist.view(-1, bins)
+
+
+def empty_packed(num_channels: int, bins: int, device: torch.device | str | None = None) -> tuple[Tensor, ...]:
+    """The zero packed state: float64 ``(2, C + 1)`` and ``(2, C)``, int64 ``(5, C + 1)`` and ``(C + 1, bins)``."""
+    c = num_channels + 1
+    return (
+        torch.zeros(2, c, dtype=torch.float64, device=device),
+        torch.zeros(2, num_channels, dtype=torch.float64, device=device),
+        torch.zeros(5, c, dtype=torch.long, device=device),
+        torch.zeros(c, bins, dtype=torch.long, device=device),
+    )
+
+
+def _unpack(sums: Tensor, sample: Tensor, counts: Tensor, hist: Tensor) -> dict[str, Tensor]:
+    """The named state entries (in :data:`STATE_NAMES` order) as views of a packed state."""
+    c = sample.shape[1]
+    return {
+        "spatial_hist": hist[:c],
+        "spatial_sum": sums[0, :c],
+        "spatial_sumsq": sums[1, :c],
+        "spatial_count": counts[0, :c],
+        "spatial_dead": counts[1, :c],
+        "spatial_nonfinite": counts[2, :c],
+        "channel_hist": hist[c],
+        "channel_sum": sums[0, c],
+        "channel_sumsq": sums[1, c],
+        "channel_count": counts[0, c],
+        "channel_dead": counts[1, c],
+        "channel_nonfinite": counts[2, c],
+        "sample_S": sample[0],
+        "sample_T": sample[1],
+        "sample_n": counts[3, :c],
+        "sample_nonfinite": counts[4, :c],
+    }
+
+
+def _pack(state: Mapping[str, Tensor], num_channels: int, bins: int) -> tuple[Tensor, ...]:
+    """The packed state holding the named entries of ``state`` (spares zero); shapes are checked.
+
+    ``KeyError`` naming the first missing entry, ``ValueError`` on a shape that does not fit.
+    """
+    packed = empty_packed(num_channels, bins, next(iter(state.values())).device if state else None)
+    views = _unpack(*packed)
+    for name in STATE_NAMES:
+        if name not in state:
+            raise KeyError(f"state {name!r} missing from the merged state; got {sorted(state)}")
+        value = state[name]
+        if value.shape != views[name].shape:
+            raise ValueError(f"cannot merge state {name!r}: shape {tuple(value.shape)} into {tuple(views[name].shape)}")
+        views[name].copy_(value)
+    return packed
 
 
 def _layer_sparsity_update(x: Tensor, bins: int) -> dict[str, Tensor]:
     """The state increments (see :data:`STATE_NAMES`) of one batch of activations ``(N, C, ...)``.
 
     Pure: ``x`` is read, never written, and nothing else is touched. ``|x|`` is measured in the
-    working dtype of :func:`_map_summaries`; the state is float64 sums and int64 counts. A map
-    is finite iff its sum of ``|x|`` is (NaN and Inf propagate into the sum); maps that are not
-    are excluded from every statistic and counted. ``(N, C)`` inputs and 1×1 maps (``L <= 1``)
-    have no spatial sparsity: its increments are zero. No host synchronisation.
-    ``_summaries_update(*_map_summaries(x), L, bins)``.
+    working dtype (float32 for half precision, else ``x``'s); the state is float64 sums and
+    int64 counts. A map is finite iff its sum of ``|x|`` is (NaN and Inf propagate into the
+    sum); maps that are not are excluded from every statistic and counted. ``(N, C)`` inputs
+    and 1×1 maps (``L <= 1``) have no spatial sparsity: its increments are zero. No host
+    synchronisation. ``_packed_increments`` of ``_map_sums(x)``, unpacked.
     """
-    sums, h = _map_summaries(x)
-    return _summaries_update(sums, h, _spatial_length(x), bins)
-
-
-#: The float64 (summed, not counted) entries of the state.
-FLOAT_STATES: tuple[str, ...] = tuple(name for name, *_, dtype in _STATE if dtype == torch.float64)
-
-
-def _summaries_update(sums: Tensor, h: Tensor | None, length: int, bins: int, batches: int = 1) -> dict[str, Tensor]:
-    """The state increments from the per-map summaries of :func:`_map_summaries`.
-
-    ``batches > 1``: the summaries of that many equal-sized batches (same ``N`` and map size),
-    concatenated along ``N`` (rows are independent). Counts and histograms are then summed over
-    all of them; the float sums (:data:`FLOAT_STATES`) come per batch, with a leading
-    ``batches`` dim, so that a caller can add them in order and get, bit for bit, what one
-    update per batch gives.
-
-    The spatial axis (one vector per map) and the channel axis (one per sample) are measured
-    side by side in one ``(N, C + 1)`` table (column ``C``: the channel axis), so that their
-    masks, moments and histograms take one op each instead of two.
-    """
-    n, c = sums.shape
-    work, f64 = sums.dtype, torch.float64
-    ok = torch.isfinite(sums)
-    spatial = h is not None
-
-    # per-sample spatial means of each channel: the vectors of the channel and sample axes
-    # (float64: the identity H = ln S - T/S cancels digits, and these are the lifetime sums)
-    m = torch.where(ok, sums, 0.0).to(f64).div_(max(length, 1))  # (N, C), 0 where not ok
-    mlogm = m.clamp(min=_TINY64).log_().mul_(m)  # m ln m, 0 ln 0 = 0
-    row_sums = m.sum(1, keepdim=True)  # (N, 1)
-    h_row = _entropy_from_sums(row_sums, mlogm.sum(1, keepdim=True)).to(work)
-    row_finite = ok.all(1, keepdim=True)  # a sample with any non-finite map is excluded whole
-    row_ok = row_finite if c > 1 else torch.zeros_like(row_finite)  # one channel: no population sparsity
-
-    # the (N, C + 1) table: spatial columns (if any), then the channel-axis column
-    if h is not None:
-        hh = torch.cat([h, h_row], 1)
-        okk = torch.cat([ok, row_ok], 1)
-        zero = torch.cat([sums, row_sums], 1) == 0
-        lengths = torch.full((c + 1,), length, dtype=work, device=sums.device)  # vector length per column
-        lengths[c] = max(c, 2)
-    else:
-        hh, okk, zero = h_row, row_ok, row_sums == 0
-        lengths = torch.full((1,), max(c, 2), dtype=work, device=sums.device)
-    s = _sparsity_of_length(hh.exp_(), lengths, inplace=True)
-    s = torch.where(okk, s, 0.0).to(f64)  # 0 where not measured
-    dead = okk & zero
-    per = (batches, n // batches)
-    moments = torch.stack([s, s * s, okk.to(f64), dead.to(f64)]).view(4, *per, s.shape[1]).sum(2)  # (4, batches, C + 1)
-    counts = moments[2:].sum(1).long()  # exact: integers far below 2**53
-    hist = torch.zeros(s.shape[1], bins, dtype=torch.long, device=sums.device)
-    hist.scatter_add_(1, _hist_index(s, bins).T, okk.T.long())
-
-    count = ok.sum(0)  # finite maps per channel
-    nonfinite = n - count
-    if batches == 1:
-        moments = moments[:, 0]  # (4, C + 1)
-    hist_spatial, hist_channel = hist.split([s.shape[1] - 1, 1])
-    moments_spatial, moments_channel = moments.split([s.shape[1] - 1, 1], -1)
-    counts_spatial, counts_channel = counts.split([s.shape[1] - 1, 1], 1)
-    sample_s, sample_t = torch.stack([m, mlogm]).view(2, *per, c).sum(2).unbind()  # (batches, C) each
-    out = {
-        "channel_hist": hist_channel.view(bins),
-        "channel_sum": moments_channel[0, ..., 0],
-        "channel_sumsq": moments_channel[1, ..., 0],
-        "channel_count": counts_channel[0, 0],
-        "channel_dead": counts_channel[1, 0],
-        "channel_nonfinite": n - row_finite.sum(),
-        "sample_S": sample_s[0] if batches == 1 else sample_s,
-        "sample_T": sample_t[0] if batches == 1 else sample_t,
-        "sample_n": count,
-        "sample_nonfinite": nonfinite,
-    }
-    if spatial:
-        spatial_sum, spatial_sumsq, _, _ = moments_spatial.unbind()
-        spatial_count, spatial_dead = counts_spatial.unbind()
-        out.update(
-            spatial_hist=hist_spatial,
-            spatial_sum=spatial_sum,
-            spatial_sumsq=spatial_sumsq,
-            spatial_count=spatial_count,
-            spatial_dead=spatial_dead,
-            spatial_nonfinite=nonfinite,
-        )
-    else:
-        zeros = torch.zeros(2, c, dtype=torch.long, device=sums.device)
-        zero_sums = torch.zeros(2, *per[:1] * (batches > 1), c, dtype=f64, device=sums.device)
-        out.update(
-            spatial_hist=torch.zeros(c, bins, dtype=torch.long, device=sums.device),
-            spatial_sum=zero_sums[0],
-            spatial_sumsq=zero_sums[1],
-            spatial_count=zeros[0],
-            spatial_dead=zeros[0],
-            spatial_nonfinite=zeros[1],
-        )
-    return {name: out[name] for name in STATE_NAMES}
+    x = _check_float(x, "activations")
+    if x.dim() < 2:
+        raise ValueError(f"expected activations of shape (N, C, ...) with at least 2 dims, got shape {tuple(x.shape)}")
+    length = _spatial_length(x)
+    with torch.no_grad():
+        total, t = _map_sums(x)
+        st = _stack_sums([total], None if t is None else [t])
+        packed = _packed_increments(st, length, bins, _consts(x.shape[1], length, bins, x.device))
+    return _unpack(*packed)
 
 
 def _layer_sparsity_compute(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -24,6 +24,7 @@ class LivePenalty(SparsityPenalty):
 
     def forward(self) -> Any:
         if self.weight == 0.0:
-            self._terms.clear()
+            self._clear()
+            self._fed = False
             return self._zero()
         return super().forward()
