@@ -161,15 +161,18 @@ def _train(args: argparse.Namespace, out: Path):
 
 
 def _verdict(history) -> str:
+    import pandas as pd
+
     from .detect import EVIDENCE_NOTE, evaluate
     from .report import run_verdict
 
-    best = history.test_loss_minimum()
+    facts = history.summary().iloc[0]
+    best = None if pd.isna(facts["min-loss epoch"]) else (int(facts["min-loss epoch"]), facts["min test loss"])
     lines = [
         f"run: {history.config.get('name')}  ({len(history.epochs) - 1} epochs, {history.outcome.train_seconds} s)",
         "test-loss minimum: "
         + ("none (no test loss)" if best is None else f"epoch {best[0]} (loss {best[1]:.3f})")
-        + ("" if best is None else f"; last epoch loss {history.metric('test', 'loss').iloc[-1]:.3f}"),
+        + ("" if best is None else f"; last epoch loss {facts['last test loss']:.3f}"),
         f"sparsity detector: {run_verdict(history)}",
         f"note: {EVIDENCE_NOTE}",
     ]
@@ -211,9 +214,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_verdict(histories[label]), flush=True)
         print(f"report: {write_report(histories[label], run_dir / 'report')}", flush=True)
     page = write_comparison(histories, out / "comparison")
-    b, p = (histories[k].metric("test", "accuracy") for k in ("baseline", "penalty"))
+    b, p = (histories[k].summary().iloc[0] for k in ("baseline", "penalty"))
     print("== baseline vs penalty (test accuracy) ==")
-    print(f"best epoch: {b.max():.3f} vs {p.max():.3f}; last epoch: {b.iloc[-1]:.3f} vs {p.iloc[-1]:.3f}")
+    print(
+        f"best epoch: {b['best test acc']:.3f} vs {p['best test acc']:.3f}; "
+        f"last epoch: {b['last test acc']:.3f} vs {p['last test acc']:.3f}"
+    )
     print(f"comparison: {page}")
     print(f"run directory: {out}")
     return 0
