@@ -285,3 +285,16 @@ def test_no_pyplot_state_and_titles_are_plain_numbers(comparison):
     fig = plots.attribution_distributions(comparison)
     assert isinstance(fig, Figure) and plt.get_fignums() == before == []
     assert re.search(r"medians\na: [0-9.]+\nb: [0-9.]+", fig.axes[0].get_title())
+
+
+@pytest.mark.parametrize(("columns", "rows"), [(3, 1), (2, 2), (1, 3)])
+def test_distributions_wrap_their_panels_into_rows(comparison, columns, rows):
+    """``columns`` panels to a row: the same three panels, page-wide when they wrap."""
+    fig = plots.attribution_distributions(comparison, columns=columns)
+    tops = sorted({round(ax.get_subplotspec().rowspan.start) for ax in fig.axes})
+    assert len(fig.axes) == 3 and tops == list(range(rows))
+    assert ("paired" in fig.axes[1].get_title()) and fig.axes[2].get_xlabel() == "ρ over the pixels"
+    width = fig.get_figwidth()
+    assert width == 13.5 if rows == 1 else width == 9.0
+    with pytest.raises(ValueError, match="columns must be an int >= 1"):
+        plots.attribution_distributions(comparison, columns=0)

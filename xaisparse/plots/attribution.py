@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .._validation import check_choice, check_int, check_number
-from ._style import CHANNEL_COLOR, DEAD_COLOR, PALETTE, NoData, new_figure, statistic_label
+from ._style import CHANNEL_COLOR, DEAD_COLOR, PALETTE, NoData, check_columns, new_figure, panel_figure, statistic_label
 from .channels import show_image
 
 __all__ = [
@@ -325,6 +325,7 @@ def attribution_distributions(
     statistic: str = "sparsity",
     kind: str = "violin",
     *,
+    columns: int = 3,
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> Figure:
@@ -335,7 +336,8 @@ def attribution_distributions(
     paired values, one dot per image (model b against model a; on the diagonal they agree),
     titled with the paired summary (median difference b − a, Wilcoxon signed-rank p-value).
     Right: the per-image Spearman correlation of the two maps over the pixels (1: both models
-    rank the pixels alike).
+    rank the pixels alike). ``columns``: panels to a row (3: one wide row; 2 or 1 wrap them
+    into a page-wide figure whose text stays legible).
 
     ``data`` receives ``names``, ``statistic``, ``values`` (``{name: (images,)}`` by sample),
     ``samples``, ``summary`` (the summary row as a dict) and ``map_spearman``.
@@ -345,6 +347,7 @@ def attribution_distributions(
     result = _result(comparison, "ModelComparison", "comparison", "compare_models")
     check_choice("statistic", statistic, MEASURES)
     check_choice("kind", kind, ATTRIBUTION_KINDS)
+    check_columns(columns)
     notes = [] if notes is None else notes
     a_name, b_name = result.names
     per = result.per_image
@@ -363,8 +366,7 @@ def attribution_distributions(
     colors = [PALETTE[0], PALETTE[1]]
     label = _MEASURE_LABELS.get(statistic, statistic_label(statistic))
 
-    fig = new_figure(13.5, 4.4)
-    ax_dist, ax_pair, ax_rho = fig.subplots(1, 3, gridspec_kw={"width_ratios": [0.9, 1.0, 1.0]})
+    fig, (ax_dist, ax_pair, ax_rho) = panel_figure(3, columns, 13.5, 4.4, ratios=[0.9, 1.0, 1.0])
     _distribution(ax_dist, [finite[a_name], finite[b_name]], colors, kind)
     ax_dist.set_xticks([0, 1], [a_name, b_name], fontsize=9)
     ax_dist.set_xlim(-0.6, 1.9)
