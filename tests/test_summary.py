@@ -178,3 +178,26 @@ def test_the_comparison_report_and_the_cli_verdict_show_the_summary_facts(tmp_pa
     )
     text = _verdict(quiet)
     assert "test-loss minimum: epoch 1 (loss 0.400); last epoch loss 0.700" in text
+
+
+def test_a_run_without_accuracy_or_without_the_split_has_nan_cells():
+    """An own loop that records only the test loss, and a run with a ``val`` split only: the
+    facts it has are read, the rest is NaN (no error), so such runs share a table."""
+    loss_only = History(config={"name": "own loop"})
+    for e, loss in enumerate([0.9, 0.4, 0.6]):
+        loss_only.record_epoch(e, {"test": {"loss": loss}})
+    facts = _facts(loss_only.summary())
+    assert (facts["min test loss"], facts["min-loss epoch"], facts["last test loss"]) == (0.4, 1, 0.6)
+    assert math.isnan(facts["best test acc"]) and math.isnan(facts["last test acc"])
+    val_only = History(config={"name": "lightning"})
+    val_only.record_epoch(0, {"val": {"loss": 1.0, "accuracy": 0.5}})
+    facts = _facts(val_only.summary())
+    assert math.isnan(facts["min test loss"]) and pd.isna(facts["min-loss epoch"])
+    assert _facts(val_only.summary(split="val"))["best val acc"] == 0.5
+    table = compare_runs({"a": loss_only, "b": val_only, "c": TIED})
+    assert table.loc["c", "best test acc"] == 0.7 and math.isnan(table.loc["b", "best test acc"])
+    features = History(config={"name": "tabular"})  # (N, F) features: no spatial statistics
+    features.record_epoch(0, {"test": {"loss": 1.0, "accuracy": 0.5}})
+    features.layers = pd.DataFrame([(0, "test", "fc", "channel_mean", 0.3)], columns=LAYER_COLUMNS)
+    features.layer_order = ["fc"]
+    assert math.isnan(_facts(features.summary())["sparsity fc"])

@@ -161,21 +161,35 @@ def _train(args: argparse.Namespace, out: Path):
 
 
 def _verdict(history) -> str:
+    """What ``run``, ``report`` and ``compare`` print about a run: only what the run recorded.
+
+    Runs recorded by an own loop may start at any epoch, have no timing, no test loss, no detector:
+    each line says what is there, and the detector's caveat is printed only when a detector ran.
+    """
     import pandas as pd
 
     from .detect import EVIDENCE_NOTE, evaluate
     from .report import run_verdict
 
-    facts = history.summary().iloc[0]
+    facts = history.summary().iloc[0]  # the run's facts, as every table of runs shows them
     best = None if pd.isna(facts["min-loss epoch"]) else (int(facts["min-loss epoch"]), facts["min test loss"])
+    epochs = history.epochs
+    span = "no epochs" if not epochs else f"{len(epochs)} recorded epoch{'s' if len(epochs) != 1 else ''}"
+    if len(epochs) > 1:
+        span += f", {epochs[0]}–{epochs[-1]}" if epochs == list(range(epochs[0], epochs[-1] + 1)) else f" {epochs}"
+    elif epochs:
+        span += f", epoch {epochs[0]}"
+    seconds = history.outcome.train_seconds
+    timing = "" if seconds is None else f", {seconds:.1f} s of training"
     lines = [
-        f"run: {history.config.get('name')}  ({len(history.epochs) - 1} epochs, {history.outcome.train_seconds} s)",
+        f"run: {history.config.get('name') or '(unnamed)'}  ({span}{timing})",
         "test-loss minimum: "
         + ("none (no test loss)" if best is None else f"epoch {best[0]} (loss {best[1]:.3f})")
         + ("" if best is None else f"; last epoch loss {facts['last test loss']:.3f}"),
         f"sparsity detector: {run_verdict(history)}",
-        f"note: {EVIDENCE_NOTE}",
     ]
+    if history.detection is not None:
+        lines.append(f"note: {EVIDENCE_NOTE}")
     if best is not None and history.detection is not None:
         rows, _ = evaluate(history)
         cols = ["method", "stop_epoch", "lead", "outcome", "loss_at_stop", "accuracy_at_stop"]

@@ -194,6 +194,28 @@ class History:
                 if layer not in self.layer_order:
                     self.layer_order.append(str(layer))
 
+    @classmethod
+    def from_report(cls, report: Any, epoch: int = 0, config: Mapping[str, Any] | None = None) -> History:
+        """A History of one epoch holding a :class:`~xaisparse.SparsityReport` (one evaluation pass).
+
+        What the plots do with a report: every query, plot and widget that takes a History then
+        shows that pass as epoch ``epoch``.
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from xaisparse import SparsityMonitor
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+        >>> monitor = SparsityMonitor(net)
+        >>> with monitor.track("test"), torch.no_grad():
+        ...     _ = net(torch.randn(8, 1, 6, 6))
+        >>> h = History.from_report(monitor.compute())
+        >>> h.epochs, h.layer_names, h.layer_matrix("test").shape
+        ([0], ['1'], (1, 1))
+        """
+        history = cls(config=dict(config or {}))
+        history.record_epoch(epoch, None, report)
+        return history
+
     def _push_hist(self, key: tuple[str, str], epoch: int, spatial: np.ndarray, channel: np.ndarray) -> None:
         prev = self.spatial_hist.get(key)
         self.spatial_hist[key] = spatial[None] if prev is None else np.concatenate([prev, spatial[None]])
@@ -249,6 +271,51 @@ class History:
             )
         return layer
 
+    def check_split(self, split: object, *, sparsity: bool = False) -> str:
+        """``split`` if this run records it (with ``sparsity=True``: records layer sparsity for it); else
+        a ``ValueError`` listing the recorded splits."""
+        if not isinstance(split, str):
+            raise TypeError(f"split must be a split name (str), got {type(split).__name__}")
+        known = self.sparsity_splits if sparsity else self.splits
+        if split not in known:
+            what = "layer sparsity is recorded" if sparsity else "this run records anything"
+            raise ValueError(f"split {split!r} is not recorded in this run; splits for which {what}: {known}")
+        return split
+
+    def check_metric(self, name: object) -> str:
+        """``name`` if any split records this metric; else a ``ValueError`` listing the recorded metrics."""
+        if not isinstance(name, str):
+            raise TypeError(f"metric must be a metric name (str), got {type(name).__name__}")
+        names = self.metric_names()
+        if name not in names:
+            raise ValueError(
+                f"metric {name!r} is not recorded in this run; recorded metrics: {names}"
+                + (f" (closest: {closest(name, names, 3)})" if names else "")
+            )
+        return name
+
+    def check_statistic(self, statistic: object, *, channels: bool = False) -> str:
+        """``statistic`` if this run records it (per layer, or per channel); else a ``ValueError`` listing them."""
+        if not isinstance(statistic, str):
+            raise TypeError(f"statistic must be a statistic name (str), got {type(statistic).__name__}")
+        table = self.channels if channels else self.layers
+        names = list(dict.fromkeys(table.statistic.astype(str)))
+        if statistic not in names:
+            what = "per-channel" if channels else "layer"
+            raise ValueError(f"{what} statistic {statistic!r} is not recorded in this run; recorded: {names}")
+        return statistic
+
+    def _has_channel_statistic(self, statistic: str) -> bool:
+        return bool((self.channels.statistic == statistic).any())
+
+    def _check_layer_query(self, split: str, layer: str | None, statistic: str | None = None) -> None:
+        """The names of a query on layer sparsity: a split with sparsity, a recorded layer and statistic."""
+        self.check_split(split, sparsity=True)
+        if layer is not None:
+            self.check_layer(layer)
+        if statistic is not None:
+            self.check_statistic(statistic)
+
     def to_dataframe(self, kind: str = "layers") -> pd.DataFrame:
         """A tidy long table: ``"metrics"``, ``"layers"`` or ``"channels"`` (a copy)."""
         if kind not in _TABLES:
@@ -257,13 +324,20 @@ class History:
 
     # ------------------------------------------------------------------ metrics
     def metric(self, split: str, name: str = "loss") -> pd.Series:
-        """One metric over epochs (index: epoch)."""
+        """One metric over epochs (index: epoch).
+
+        An unknown split or metric raises ``ValueError`` listing the recorded ones; a metric that is
+        recorded, but not for this split, gives an empty series.
+        """
+        self.check_split(split)
+        self.check_metric(name)
         m = self.metrics
         rows = m[(m.split == split) & (m.metric == name)]
         return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=f"{split} {name}")
 
     def metric_frame(self, metric: str = "loss") -> pd.DataFrame:
-        """Epochs × splits table of one metric (``train``/``test`` loss by default)."""
+        """Epochs × splits table of one metric (``train``/``test`` loss by default); empty where no split records it
+        (so several runs can be tabulated alike; :meth:`metric` raises for an unknown name)."""
         series = [
             _series(self.metrics[(self.metrics.split == s) & (self.metrics.metric == metric)], s) for s in self.splits
         ]
@@ -286,6 +360,8 @@ class History:
         >>> h.test_loss_minimum()
         (1, 0.6)
         """
+        if split not in self.splits or metric not in self.metric_names():
+            return None
         ser = self.metric(split, metric)
         ser = ser[np.isfinite(ser.to_numpy(dtype=np.float64))]
         if ser.empty:
@@ -310,7 +386,12 @@ class History:
 
     # ------------------------------------------------------------------ layer statistics
     def layer_series(self, split: str, layer: str, statistic: str = "spatial_mean") -> pd.Series:
-        """One layer statistic over epochs (index: epoch)."""
+        """One layer statistic over epochs (index: epoch).
+
+        Unknown names raise: the layer :class:`~xaisparse.UnknownLayerError` (closest names), the split or
+        the statistic a ``ValueError`` listing the recorded ones.
+        """
+        self._check_layer_query(split, layer, statistic)
         t = self.layers
         rows = t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)]
         return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=layer)
@@ -320,8 +401,9 @@ class History:
     ) -> pd.DataFrame:
         """Epochs × layers table of one layer statistic (columns in the order given; default network order).
 
-        NaN where a value is missing or not finite.
+        NaN where a value is missing or not finite. Unknown names raise, as in :meth:`layer_series`.
         """
+        self._check_layer_query(split, None, statistic)
         names = self.layer_names if layers is None else [self.check_layer(n) for n in layers]
         t = self.layers
         t = t[(t.split == split) & (t.statistic == statistic)]
@@ -336,8 +418,9 @@ class History:
         """Layers × epochs table of one statistic (rows in network order, epochs ascending).
 
         Every epoch with rows for this split and statistic keeps its column, also when all its
-        values are NaN (they stay visible as gaps). Empty when nothing matches.
+        values are NaN (they stay visible as gaps). Unknown names raise, as in :meth:`layer_series`.
         """
+        self._check_layer_query(split, None, statistic)
         t = self.layers[(self.layers.split == split) & (self.layers.statistic == statistic)]
         if t.empty:
             return pd.DataFrame()
@@ -352,23 +435,26 @@ class History:
 
     # ------------------------------------------------------------------ histograms and channels
     def histogram_epochs(self, split: str, layer: str) -> list[int]:
-        """Epochs with a spatial histogram of ``(split, layer)`` (empty list if none)."""
+        """Epochs with a spatial histogram of ``(split, layer)``. Unknown names raise, as in :meth:`layer_series`."""
+        self._check_layer_query(split, layer)
         return [int(e) for e in self.hist_epochs.get((split, layer), [])]
 
     def histogram(self, split: str, layer: str, epoch: int) -> np.ndarray:
         """``(channels, bins)`` counts of one layer's per-sample spatial sparsity at one epoch.
 
-        A ``KeyError`` says which splits or epochs do exist when this one does not.
+        Unknown names raise as in :meth:`layer_series`; a split or an epoch without a histogram of
+        this layer raises a ``ValueError`` saying which do exist.
         """
+        self._check_layer_query(split, layer)
         key = (split, layer)
         if key not in self.spatial_hist:
             have = sorted({s for s, name in self.spatial_hist if name == layer})
-            raise KeyError(
+            raise ValueError(
                 f"no histogram for split={split!r}, layer={layer!r} (splits with histograms of this layer: {have})"
             )
         epochs = self.histogram_epochs(split, layer)
         if int(epoch) not in epochs:
-            raise KeyError(f"no histogram for epoch {epoch} of {key}; recorded epochs {_span(epochs)}")
+            raise ValueError(f"no histogram for epoch {epoch} of {key}; recorded epochs {_span(epochs)}")
         return np.asarray(self.spatial_hist[key][epochs.index(int(epoch))], dtype=np.float64)
 
     def pooled_histogram(self, split: str, layer: str, epoch: int) -> np.ndarray:
@@ -380,8 +466,15 @@ class History:
     ) -> np.ndarray:
         """One per-channel statistic as an array indexed by channel (NaN where not recorded).
 
-        ``channels`` sets the length (default: the largest recorded channel index + 1).
+        ``channels`` sets the length (default: the largest recorded channel index + 1). Unknown
+        names raise as in :meth:`layer_series` (the statistic: a per-channel one), an epoch that is
+        not recorded a ``ValueError``; a layer without this statistic (e.g. ``spatial_mean`` of a
+        layer without spatial extent) gives NaN.
         """
+        self._check_layer_query(split, layer)
+        self.check_statistic(statistic, channels=True)
+        if int(epoch) not in self.epochs:
+            raise ValueError(f"epoch {epoch} is not recorded in this run; recorded epochs {_span(self.epochs)}")
         t = self.channels
         rows = t[(t.split == split) & (t.layer == layer) & (t.epoch == int(epoch)) & (t.statistic == statistic)]
         idx = rows.channel.to_numpy(dtype=np.int64)
@@ -411,6 +504,12 @@ class History:
         without a recorded ``dead_fraction`` are not dead.
         """
         splits = [split] if isinstance(split, str) else list(split)
+        for s in splits:
+            self._check_layer_query(s, layer)
+        if not self._has_channel_statistic("dead_fraction"):  # e.g. only layers without spatial extent
+            if channels is None:
+                channels = self.histogram(splits[0], layer, epoch).shape[0] if splits else 0
+            return np.zeros(channels, dtype=bool)
         if channels is None:
             lengths = [self.channel_values(s, layer, epoch, "dead_fraction").size for s in splits]
             channels = max(lengths, default=0)
@@ -434,11 +533,17 @@ class History:
         if key == "index":
             return np.arange(n)
         if key == "mean sparsity":
-            values = self.channel_values(split, layer, epoch, "spatial_mean", n)
+            values = (
+                self.channel_values(split, layer, epoch, "spatial_mean", n)
+                if self._has_channel_statistic("spatial_mean")
+                else np.full(n, np.nan)
+            )
             if np.all(np.isnan(values)):
                 values = np.array([histogram_mean(row, self.bin_edges) for row in counts])
-        else:
+        elif self._has_channel_statistic("dead_fraction"):
             values = self.channel_values(split, layer, epoch, "dead_fraction", n)
+        else:
+            values = np.full(n, np.nan)
         keyed = np.where(np.isnan(values), np.inf, -values)  # descending, NaN last, stable on index
         return np.argsort(keyed, kind="stable")
 

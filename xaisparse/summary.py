@@ -16,7 +16,9 @@ The rules, so that every consumer reads the same numbers:
 * ``rise after min`` is ``last loss − min loss``: 0 when the minimum is the last epoch, NaN
   when the last loss is not finite;
 * a layer's final sparsity is its ``spatial_mean`` on the summary's split at the last epoch
-  that records the layer.
+  that records the layer;
+* what a run does not record (no accuracy, no such split: an own training loop, a Lightning
+  run with a ``val`` split) is NaN, so runs of different kinds still share one table.
 
 >>> from xaisparse.history import History
 >>> h = History(config={"name": "demo", "seed": 3})
@@ -92,6 +94,13 @@ def _best(series: pd.Series) -> float:
     return float(values.max()) if values.size else math.nan
 
 
+def _metric(history: History, split: str, name: str) -> pd.Series:
+    """The metric over epochs; empty where the run does not record it (its cells are then NaN)."""
+    if split not in history.splits or name not in history.metric_names():
+        return pd.Series(dtype=np.float64)
+    return history.metric(split, name)
+
+
 def run_summary(history: History, name: str | None = None, split: str = "test") -> pd.DataFrame:
     """One row of a run's facts (see the module's rules), indexed by the run's name.
 
@@ -106,7 +115,7 @@ def run_summary(history: History, name: str | None = None, split: str = "test") 
         name = str((history.config or {}).get("name") or "run")
     elif not isinstance(name, str):
         raise TypeError(f"name must be a str or None, got {type(name).__name__}")
-    loss, acc = history.metric(split, "loss"), history.metric(split, "accuracy")
+    loss, acc = _metric(history, split, "loss"), _metric(history, split, "accuracy")
     best = history.test_loss_minimum(split)
     last_loss = _last(loss)
     seed = (history.config or {}).get("seed")
@@ -121,8 +130,9 @@ def run_summary(history: History, name: str | None = None, split: str = "test") 
         f"last {split} loss": last_loss,
         "rise after min": last_loss - best[1] if best is not None and math.isfinite(last_loss) else math.nan,
     }
-    for layer in history.layer_names:
-        row[f"sparsity {layer}"] = _last(history.layer_series(split, layer, "spatial_mean"))
+    spatial = set(history.layers.statistic[history.layers.split == split])
+    for layer in history.layer_names:  # NaN where the split or the spatial statistic is not recorded
+        row[f"sparsity {layer}"] = _last(history.layer_series(split, layer)) if "spatial_mean" in spatial else math.nan
     row["alarm epoch"] = history.alarm_epoch
     seconds = history.outcome.train_seconds
     row["train seconds"] = math.nan if seconds is None else float(seconds)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ._errors import DeviceUnavailableError
+from ._fit_inputs import check_fit_inputs
 from ._io import atomic_write_bytes
 from ._validation import check_int, check_split
 from .checkpoint import CHECKPOINT, load_checkpoint
@@ -302,6 +303,7 @@ def fit(
     _check_not_empty(train, "train")
     if test is not None:
         _check_not_empty(test, "test")
+    check_fit_inputs(model, {"train": train, "test": test}, loss_fn)  # items, dtypes, labels: clear messages
     seed_everything(seed)
     model.to(device)
     opt = _optimizer(model, optimizer, lr, weight_decay, momentum)

@@ -232,7 +232,7 @@ class SparsityCallback(pl.Callback):
     # ------------------------------------------------------------------ the penalty
     def penalty_term(self) -> Tensor:
         """``penalty()`` of the latest training forward (0 without a penalty or outside training)."""
-        if self.penalty is None or not self.penalty.recorder.attached:
+        if self.penalty is None or not self.penalty.recorder.attached or not torch.is_grad_enabled():
             return torch.zeros(())
         term = self.penalty()
         value = term.detach()
