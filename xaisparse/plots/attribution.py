@@ -29,7 +29,17 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .._validation import check_choice, check_int, check_number
-from ._style import CHANNEL_COLOR, DEAD_COLOR, PALETTE, NoData, check_columns, new_figure, panel_figure, statistic_label
+from ._style import (
+    CHANNEL_COLOR,
+    DEAD_COLOR,
+    PAGE_WIDTH,
+    PALETTE,
+    NoData,
+    check_columns,
+    new_figure,
+    panel_figure,
+    statistic_label,
+)
 from .channels import show_image
 
 __all__ = [
@@ -456,6 +466,7 @@ def channel_importance(
     activation: str = "sparsity",
     top: int | None = TOP_CHANNELS,
     title: str = "",
+    columns: int = 3,
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> Figure:
@@ -469,7 +480,9 @@ def channel_importance(
     importance and of the activation sparsity (dead fraction as diamonds). Dead-but-important
     channels are red, alive-but-irrelevant ones grey, other dead channels (``dead_fraction`` at
     least the table's ``dead_threshold``) hollow red circles with red labels. ``title`` (e.g.
-    the model's name) leads the figure title.
+    the model's name) leads the figure title. ``columns``: 3 puts the three panels in one wide
+    row; 2 or 1 put the scatter above the two bar panels in a page-wide figure whose text stays
+    legible.
 
     ``data`` receives ``layer``, ``importance``, ``activation``, ``sort``, ``shown`` (the
     sorted rows drawn, a DataFrame), ``x``/``y``/``channels`` (the scatter, all channels),
@@ -479,6 +492,7 @@ def channel_importance(
 
     result = _result(table, "ChannelTable", "table", "channel_table")
     check_choice("importance", importance, IMPORTANCES)
+    check_columns(columns)
     check_choice("activation", activation, ACTIVATION_COLUMNS)
     sort = importance if sort is None else check_choice("sort", sort, IMPORTANCES + ACTIVATION_COLUMNS)
     if top is not None:
@@ -509,8 +523,14 @@ def channel_importance(
     }
 
     k = len(shown)
-    fig = new_figure(13.5, float(np.clip(0.24 * k + 2.0, 4.4, 10.0)))
-    ax_sc, ax_imp, ax_act = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1.0, 0.75]})
+    height = float(np.clip(0.24 * k + 2.0, 4.4, 10.0))
+    if columns >= 3:
+        fig = new_figure(13.5, height)
+        ax_sc, ax_imp, ax_act = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1.0, 0.75]})
+    else:  # the scatter above, the two bar panels (one row per channel) side by side below it
+        fig = new_figure(PAGE_WIDTH, 3.8 + height)
+        grid = fig.add_gridspec(2, 2, height_ratios=[3.8, height], width_ratios=[1.0, 0.75])
+        ax_sc, ax_imp, ax_act = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
     colors = _flag_colors(channels)
     dead_threshold = float(result.thresholds.get("dead_threshold", 0.5))
     dead = _dead(channels, dead_threshold)
