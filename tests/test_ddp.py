@@ -108,7 +108,7 @@ def _tables_equal(got: SparsityReport, want: SparsityReport) -> None:
     assert got.spatial_hist.keys() == want.spatial_hist.keys()
     for key in want.spatial_hist:
         np.testing.assert_array_equal(got.spatial_hist[key], want.spatial_hist[key])
-        np.testing.assert_array_equal(got.channel_hist[key], want.channel_hist[key])
+        np.testing.assert_array_equal(got.population_hist[key], want.population_hist[key])
 
 
 def test_compute_with_idle_uneven_and_disjoint_ranks_equals_one_process(ranks_dir: Path) -> None:

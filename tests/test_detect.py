@@ -18,13 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xaisparse.detect import (
-    EVIDENCE_COLUMNS,
-    DetectionResult,
-    OverfitDetector,
-    early_stopping_epoch,
-    evaluate,
-)
+from xaisparse.detect import DetectionResult, OverfitDetector, early_stopping_epoch, evaluate_detector
+from xaisparse.detection import EVIDENCE_COLUMNS
 from xaisparse.history import LAYER_COLUMNS, History
 from xaisparse.testing import synthetic_history
 
@@ -205,7 +200,7 @@ def test_history_built_with_record_epoch_and_report_objects():
             layers=layers,
             channels=pd.DataFrame(columns=["split", "layer", "channel", "statistic", "value"]),
             spatial_hist={},
-            channel_hist={},
+            population_hist={},
             bin_edges=np.linspace(0, 1, 21),
         )
 
@@ -420,10 +415,10 @@ def test_layer_selection_names_and_globs():
     assert OverfitDetector().detect(h).monitored == ["block1.relu", "block2.relu", "head.relu"]
     assert OverfitDetector(layers="block*").detect(h).monitored == ["block1.relu", "block2.relu"]
     det = OverfitDetector(layers=["head.relu", "block[12].*"])
-    assert det.detect(h).monitored == ["head.relu", "block1.relu", "block2.relu"]
-    with pytest.raises(ValueError, match=r"block3\.relu.*available.*block1\.relu"):
+    assert det.detect(h).monitored == ["block1.relu", "block2.relu", "head.relu"]  # network order, as select_layers
+    with pytest.raises(ValueError, match=r"block3\.relu.*closest valid names.*block1\.relu"):
         OverfitDetector(layers=["block3.relu"]).detect(h)
-    with pytest.raises(ValueError, match="matches none"):
+    with pytest.raises(ValueError, match="matches no layer of the run"):
         OverfitDetector(layers=["conv*"]).detect(h)
     with pytest.raises(ValueError, match="exceeds"):
         OverfitDetector(min_layers=4).detect(h)
@@ -510,7 +505,7 @@ def test_evaluate_classifies_by_hand():
         "no_overfit_quiet": make_history({"x": [0.3] * 10}, [1 - 0.05 * e for e in range(10)]),
         "no_overfit_alarm": make_history({"x": step_at(6)}, [1 - 0.05 * e for e in range(10)]),
     }
-    ev = evaluate(runs, OverfitDetector(**HAND), max_lead=3, late=2, patience=2)
+    ev = evaluate_detector(runs, OverfitDetector(**HAND), max_lead=3, late=2, patience=2)
     t = ev.runs.set_index(["run", "method"])
     sp = t.xs("sparsity", level="method")
     assert sp["outcome"].to_dict() == {
@@ -561,24 +556,24 @@ def test_evaluate_classifies_by_hand():
 def test_evaluate_min_rise_and_inputs():
     plateau = [1.0, 0.6, 0.5, 0.501, 0.502]  # e* = 2, then a rise of only 0.002
     h = make_history({"x": [0.3] * 5}, plateau)
-    strict = evaluate(h, OverfitDetector(**HAND)).runs
+    strict = evaluate_detector(h, OverfitDetector(**HAND)).runs
     assert strict.overfits.all() and (strict.set_index("method").loc["sparsity", "outcome"] == "miss")
-    lenient = evaluate(h, OverfitDetector(**HAND), min_rise=0.01).runs.set_index("method")
+    lenient = evaluate_detector(h, OverfitDetector(**HAND), min_rise=0.01).runs.set_index("method")
     assert not lenient.overfits.any()
     assert lenient.loc["sparsity", "outcome"] == "correct_rejection"
     assert lenient.loc["early_stopping", "outcome"] == "false_alarm"  # stops at e4
     # a list of runs with clashing names is made unique
-    lst = evaluate([h, h], OverfitDetector(**HAND)).runs
+    lst = evaluate_detector([h, h], OverfitDetector(**HAND)).runs
     assert lst.run.nunique() == 2
     with pytest.raises(ValueError, match="no finite"):
-        evaluate(make_history({"x": [0.3] * 3}), OverfitDetector(**HAND))
+        evaluate_detector(make_history({"x": [0.3] * 3}), OverfitDetector(**HAND))
     with pytest.raises(ValueError):
-        evaluate(h, max_lead=-1)
+        evaluate_detector(h, max_lead=-1)
 
 
 def test_evaluate_synthetic_runs(synth_runs):
     runs = {f"k{k}": h for (k, _), h in synth_runs.items()}
-    ev = evaluate(runs)
+    ev = evaluate_detector(runs)
     t = ev.runs.set_index(["run", "method"])
     for (k, _), h in synth_runs.items():
         loss = h.metric("test", "loss")
@@ -591,3 +586,24 @@ def test_evaluate_synthetic_runs(synth_runs):
     # 0.01), after k it rises by 0.12 (e - k)^1.3: the minimum is at 6 and patience 2 stops at 8.
     assert t.loc[("k6", "early_stopping"), ["best_epoch", "stop_epoch", "lead"]].tolist() == [6, 8, -2]
     assert set(ev.summary.method) == {"sparsity", "early_stopping"}
+
+
+def test_old_names_still_work_for_one_release_with_a_warning():
+    import xaisparse
+    import xaisparse.detect as det
+    from xaisparse.detect import scoring, signals
+
+    with pytest.warns(DeprecationWarning, match="evaluate_detector"):
+        assert det.evaluate is scoring.evaluate_detector
+    with pytest.warns(DeprecationWarning, match="evaluate_detector"):
+        assert xaisparse.evaluate is scoring.evaluate_detector
+    for name, module in (("classify", scoring), ("js_divergence", signals), ("EVIDENCE_COLUMNS", xaisparse.detection)):
+        with pytest.warns(DeprecationWarning, match=f"import it from {module.__name__}"):
+            assert getattr(det, name) is getattr(module, name)
+    assert "classify" not in det.__all__ and len(det.__all__) == 12
+    with pytest.raises(AttributeError):
+        det.no_such_name  # noqa: B018
+    h = synthetic_history(epochs=6, seed=0)
+    with pytest.warns(DeprecationWarning, match="layer_frame"):
+        old = signals.sparsity(h)
+    pd.testing.assert_frame_equal(old, h.layer_frame("test"))

@@ -23,25 +23,12 @@ from scipy.spatial.distance import jensenshannon
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from xaisparse.detect import (
-    OverfitDetector,
-    chance_outcomes,
-    classify,
-    divergence,
-    early_stopping_epoch,
-    evaluate,
-    fixed_epoch,
-    gap,
-    js_divergence,
-    layer_mean,
-    overfits,
-    restored_best_epoch,
-    run_slope,
-    trailing_slope,
-    train_loss_plateau_epoch,
-)
+from xaisparse.detect import OverfitDetector, early_stopping_epoch, evaluate_detector
+from xaisparse.detect.baselines import chance_outcomes, fixed_epoch, restored_best_epoch, train_loss_plateau_epoch
 from xaisparse.detect.config import DetectorConfig
-from xaisparse.detect.signals import least_squares_slope
+from xaisparse.detect.scoring import classify, overfits
+from xaisparse.detect.signals import divergence, gap, js_divergence, layer_mean, least_squares_slope, trailing_slope
+from xaisparse.detect.slope import run_slope
 from xaisparse.history import LAYER_COLUMNS, History
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +54,7 @@ def hist_history(counts: dict[tuple[str, str], np.ndarray]) -> History:
     h = History(layers=pd.DataFrame(rows, columns=LAYER_COLUMNS), layer_order=layers)
     for key, arr in counts.items():
         h.spatial_hist[key] = arr
-        h.channel_hist[key] = arr.sum(1)
+        h.population_hist[key] = arr.sum(1)
         h.hist_epochs[key] = list(range(n_epochs))
     return h
 
@@ -118,9 +105,9 @@ def test_divergence_signal_is_the_channel_mean_of_scipy_js():
 # --------------------------------------------------------------------------- gap, mean, slope
 def test_gap_is_train_minus_test():
     h = two_split_history(
-        {"a": [0.5, 0.6, 0.7], "b": [0.1, 0.1, 0.2]}, {"a": [0.5, 0.5, 0.5], "b": [0.2, 0.1, 0.0]}, "channel_mean"
+        {"a": [0.5, 0.6, 0.7], "b": [0.1, 0.1, 0.2]}, {"a": [0.5, 0.5, 0.5], "b": [0.2, 0.1, 0.0]}, "population_mean"
     )
-    g = gap(h, "channel_mean")
+    g = gap(h, "population_mean")
     np.testing.assert_allclose(g["a"], [0.0, 0.1, 0.2], atol=1e-12)
     np.testing.assert_allclose(g["b"], [-0.1, 0.0, 0.2], atol=1e-12)
     with pytest.raises(ValueError, match="available"):
@@ -211,9 +198,9 @@ def test_exclude_undefined_layers():
 
 def test_gap_and_divergence_detectors_by_hand():
     # train − test gap of layer a: 0, 0, 0, .1, .2 -> rises above .05 at epoch 3
-    h = two_split_history({"a": [0.5, 0.5, 0.5, 0.6, 0.7]}, {"a": [0.5, 0.5, 0.5, 0.5, 0.5]}, "channel_mean")
+    h = two_split_history({"a": [0.5, 0.5, 0.5, 0.6, 0.7]}, {"a": [0.5, 0.5, 0.5, 0.5, 0.5]}, "population_mean")
     det = OverfitDetector(
-        signal="gap", statistic="channel_mean", smooth=1, threshold=0.05, noise=0.0, patience=1, warmup=0
+        signal="gap", statistic="population_mean", smooth=1, threshold=0.05, noise=0.0, patience=1, warmup=0
     )
     assert det.detect(h).alarm_epoch == 3
     assert "gap" in det.detect(h).summary()
@@ -353,7 +340,7 @@ def test_relative_rise_by_hand():
     rows = [(e, "test", "c", "spatial_mean", 0.3) for e in range(4)]
     h.layers = pd.DataFrame(rows, columns=LAYER_COLUMNS)
     h.layer_order = ["c"]
-    assert not evaluate(h, min_rise=0.05, relative_rise=True).runs.overfits.any()
-    assert evaluate(h, min_rise=0.03, relative_rise=True).runs.overfits.all()
+    assert not evaluate_detector(h, min_rise=0.05, relative_rise=True).runs.overfits.any()
+    assert evaluate_detector(h, min_rise=0.03, relative_rise=True).runs.overfits.all()
     with pytest.raises(TypeError, match="relative_rise"):
-        evaluate(h, relative_rise="yes")
+        evaluate_detector(h, relative_rise="yes")

@@ -1,10 +1,10 @@
 """Tests of the streaming estimator ``xaisparse.estimators.LayerSparsity``.
 
-Every expected value comes from :func:`reference`, a plain NumPy/SciPy computation of DESIGN §1
+Every expected value comes from ``tests.oracle.layer_reference``, a plain NumPy/SciPy computation of docs/measure.md
 on *all* the data at once (``scipy.stats.entropy`` for H, ``np.histogram`` on
 ``np.linspace(0, 1, bins + 1)`` for the histograms) — never from the code under test.
 
-Semantics pinned here (read from DESIGN §1 and ``layer.py``):
+Semantics pinned here (read from docs/measure.md and ``layer.py``):
 
 * values are ``|x|``; a dead (all-zero) vector has sparsity 1 and is also counted as dead;
 * ``spatial``: one vector per (sample, channel) map; a map holding NaN/Inf is excluded and
@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import datetime
 import io
-import math
 import os
 import pickle
 import re
@@ -61,106 +60,8 @@ HSET = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 
 # --------------------------------------------------------------------------------------------
-# Independent one-shot reference (NumPy / SciPy, written from DESIGN §1)
+# Agreement with the independent one-shot reference (tests/oracle.layer_reference)
 # --------------------------------------------------------------------------------------------
-
-
-def _stats(vals: list[float], bins: int) -> dict[str, object]:
-    v = np.asarray(vals, dtype=np.float64)
-    return {
-        "mean": float(v.mean()) if v.size else math.nan,
-        "std": float(v.std(ddof=1)) if v.size > 1 else math.nan,
-        "hist": np.histogram(v, bins=np.linspace(0.0, 1.0, bins + 1))[0],
-        "values": v,
-    }
-
-
-def reference(x: np.ndarray, bins: int) -> dict[str, np.ndarray]:
-    """All of ``compute()``'s keys for activations ``x`` ((N, C, ...) or (N, C)), in one shot."""
-    x = np.asarray(x, dtype=np.float64)
-    n, c = x.shape[:2]
-    a = np.abs(x.reshape(n, c, -1))  # (N, C, L): one map per (sample, channel)
-    length = a.shape[-1]
-    finite = np.isfinite(a).all(-1)  # (N, C)
-    means = np.full((n, c), np.nan)
-    for i in range(n):
-        for ch in range(c):
-            if finite[i, ch]:
-                means[i, ch] = a[i, ch].mean()
-    out: dict[str, np.ndarray] = {}
-
-    # spatial: each (sample, channel) map
-    sp_mean, sp_std, sp_hist, sp_count, sp_dead, sp_nonfinite, sp_values = [], [], [], [], [], [], []
-    for ch in range(c):
-        if length > 1:
-            vals = [oracle.sparsity_rows(a[i, ch], clip=True) for i in range(n) if finite[i, ch]]
-            dead = sum(1 for i in range(n) if finite[i, ch] and not a[i, ch].any())
-            bad = int((~finite[:, ch]).sum())
-        else:  # no spatial sparsity for maps of size 1: nothing counted at all
-            vals, dead, bad = [], 0, 0
-        st_ = _stats(vals, bins)
-        sp_mean.append(st_["mean"])
-        sp_std.append(st_["std"])
-        sp_hist.append(st_["hist"])
-        sp_count.append(len(vals))
-        sp_dead.append(dead)
-        sp_nonfinite.append(bad)
-        sp_values.append(st_["values"])
-    out.update(
-        spatial_mean=np.array(sp_mean),
-        spatial_std=np.array(sp_std),
-        spatial_hist=np.array(sp_hist).reshape(c, bins),
-        spatial_count=np.array(sp_count),
-        spatial_dead=np.array(sp_dead),
-        spatial_nonfinite=np.array(sp_nonfinite),
-    )
-    out["_spatial_values"] = sp_values  # type: ignore[assignment]
-
-    # channel (population): each sample's vector of per-channel means
-    rows_ok = finite.all(1)
-    vals = [oracle.sparsity_rows(means[i], clip=True) for i in range(n) if rows_ok[i]] if c > 1 else []
-    dead = sum(1 for i in range(n) if rows_ok[i] and not a[i].any()) if c > 1 else 0
-    st_ = _stats(vals, bins)
-    out.update(
-        channel_mean=np.array(st_["mean"]),
-        channel_std=np.array(st_["std"]),
-        channel_hist=st_["hist"],
-        channel_count=np.array(len(vals)),
-        channel_dead=np.array(dead),
-        channel_nonfinite=np.array(int((~rows_ok).sum())),
-    )
-    out["_channel_values"] = st_["values"]
-
-    # sample (lifetime): each channel's means over the samples whose map of *that* channel is finite
-    pp, sp, cnt = np.full(c, np.nan), np.full(c, np.nan), np.zeros(c, dtype=int)
-    for ch in range(c):
-        m = means[finite[:, ch], ch]
-        cnt[ch] = m.size
-        if m.size == 0:
-            continue
-        pp[ch] = 1.0 if m.sum() == 0 else float(oracle.perplexity_rows(m))
-        if m.size > 1:
-            sp[ch] = np.clip(1.0 - (pp[ch] - 1.0) / (m.size - 1.0), 0.0, 1.0)
-    out.update(sample_perplexity=pp, sample_sparsity=sp, sample_count=cnt, sample_nonfinite=n - cnt)
-    return out
-
-
-def assert_hist_matches(got: np.ndarray, values: np.ndarray, bins: int, tol: float) -> None:
-    """``got == np.histogram(values, np.linspace(0, 1, bins + 1))``, except that a value within
-    ``tol`` of an inner edge may land on either side (the estimator's value and the reference's
-    differ by rounding) — such values get exactly that freedom and nothing more."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ref = np.histogram(values, bins=edges)[0]
-    assert got.sum() == values.size, (got, values)
-    inner = edges[1:-1]
-    near = (np.abs(values[:, None] - inner[None, :]).min(1) < tol) if inner.size else np.zeros(values.size, bool)
-    if not near.any():
-        np.testing.assert_array_equal(got, ref)
-        return
-    sure = np.histogram(values[~near], bins=edges)[0]
-    lo = np.histogram(np.clip(values[near] - tol, 0, 1), bins=edges)[0]
-    hi = np.histogram(np.clip(values[near] + tol, 0, 1), bins=edges)[0]
-    assert np.all(got >= sure) and np.all(got <= sure + lo + hi), (got, ref)
 
 
 def assert_matches_reference(out: dict[str, torch.Tensor], ref: dict, bins: int, dtype: torch.dtype) -> None:
@@ -186,8 +87,8 @@ def assert_matches_reference(out: dict[str, torch.Tensor], ref: dict, bins: int,
     assert o["spatial_hist"].shape == (len(ref["spatial_mean"]), bins)
     assert o["channel_hist"].shape == (bins,)
     for ch, values in enumerate(ref["_spatial_values"]):
-        assert_hist_matches(o["spatial_hist"][ch], values, bins, tol)
-    assert_hist_matches(o["channel_hist"], ref["_channel_values"], bins, tol)
+        oracle.hist_matches(o["spatial_hist"][ch], values, bins, tol)
+    oracle.hist_matches(o["channel_hist"], ref["_channel_values"], bins, tol)
 
 
 def outputs_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -264,7 +165,7 @@ def cases(draw):
 
 
 def ref_of(x: torch.Tensor, bins: int) -> dict:
-    return reference(x.double().numpy(), bins)  # exactly the values the estimator saw
+    return oracle.layer_reference(x.double().numpy(), bins)  # exactly the values the estimator saw
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,7 +375,7 @@ def test_fused_update_equals_the_old_formulas_on_edge_cases(name):
     for k in STATE_NAMES:
         assert new[k].dtype == old[k].dtype and new[k].shape == old[k].shape, k
         if k == "channel_hist":  # old: float32 p-space; new: float64 sums; values on an edge may move
-            assert_hist_matches(new[k].numpy(), channel_values, bins, 1e-12 if double else 1e-6)
+            oracle.hist_matches(new[k].numpy(), channel_values, bins, 1e-12 if double else 1e-6)
         elif new[k].dtype == torch.long:
             assert torch.equal(new[k], old[k]), (k, new[k], old[k])
         else:
@@ -847,11 +748,13 @@ def test_wrong_shape_is_a_value_error_with_expected_and_got(shape):
     assert "(N, 3, ...)" in msg and f"got shape {tuple(shape)}" in msg, msg
 
 
-@pytest.mark.parametrize("bad", [0, -2, 2.5, "3", None])
-def test_bad_num_channels_or_bins_is_a_value_error(bad):
-    with pytest.raises(ValueError, match="num_channels"):
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "3", None, True])
+def test_bad_num_channels_or_bins_is_a_clear_error(bad):
+    """A wrong kind of value is a TypeError, an int below 1 a ValueError (the _validation rule)."""
+    error = ValueError if isinstance(bad, int) and not isinstance(bad, bool) else TypeError
+    with pytest.raises(error, match="num_channels"):
         LayerSparsity(bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="bins"):
+    with pytest.raises(error, match="bins"):
         LayerSparsity(3, bins=bad)  # type: ignore[arg-type]
 
 

@@ -1,7 +1,7 @@
 """Tests for ``xaisparse.functional`` against independent references.
 
 Every expected value here comes from SciPy/NumPy or from a plain Python loop written from the
-definition in DESIGN §1 — never from the code under test.
+definition in docs/measure.md — never from the code under test.
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-
 
 
 # --------------------------------------------------------------------------------------------
-# Independent references (NumPy / SciPy, literal loops over DESIGN §1)
+# Independent references (NumPy / SciPy, literal loops over docs/measure.md)
 # --------------------------------------------------------------------------------------------
 
 
 def ref_vectors(x: np.ndarray, axis: str) -> dict[tuple, np.ndarray]:
-    """The vectors of DESIGN §1's axis table, built with explicit loops. Keys are output indices."""
+    """The vectors of docs/measure.md's axis table, built with explicit loops. Keys are output indices."""
     x = np.abs(np.asarray(x, dtype=np.float64))
     n_samples, n_channels = x.shape[:2]
 
@@ -257,7 +257,7 @@ def test_one_entropy_in_every_mode_equals_scipy(a):
 
 
 # --------------------------------------------------------------------------------------------
-# perplexity_sparsity() vs the literal DESIGN §1 loop
+# perplexity_sparsity() vs the literal docs/measure.md loop
 # --------------------------------------------------------------------------------------------
 
 signed_elements = st.one_of(st.just(0.0), st.floats(-1e3, 1e3, allow_subnormal=False, width=32))

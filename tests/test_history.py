@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests import oracle
 from tests.killsave import RUN, new_history, old_history
 from xaisparse import HistoryFormatError, _runfiles
 from xaisparse.detect import OverfitDetector
@@ -36,7 +37,7 @@ def _same(h1: History, h2: History) -> None:
     assert sorted(h1.spatial_hist) == sorted(h2.spatial_hist)
     for key in h1.spatial_hist:
         np.testing.assert_array_equal(h1.spatial_hist[key], h2.spatial_hist[key])
-        np.testing.assert_array_equal(h1.channel_hist[key], h2.channel_hist[key])
+        np.testing.assert_array_equal(h1.population_hist[key], h2.population_hist[key])
         assert h1.hist_epochs[key] == h2.hist_epochs[key]
     assert h1.config == h2.config and h1.layer_names == h2.layer_names
 
@@ -68,12 +69,15 @@ def test_round_trip(tmp_path, hist):
 def test_tidy_tables_and_accessors(hist):
     assert list(hist.to_dataframe("channels").columns) == ["epoch", "split", "layer", "channel", "statistic", "value"]
     assert hist.epochs == [0, 1, 2, 3, 4]
-    m = hist.layer_matrix("test")
-    assert list(m.index) == ["a", "b"] and list(m.columns) == [0, 1, 2, 3, 4]
+    m = hist.layer_frame("test")
+    assert list(m.columns) == ["a", "b"] and list(m.index) == [0, 1, 2, 3, 4]
     rows = hist.layers[
         (hist.layers.split == "test") & (hist.layers.layer == "b") & (hist.layers.statistic == "spatial_mean")
     ]
-    assert m.loc["b"].tolist() == rows.value.tolist()
+    assert m["b"].tolist() == rows.value.tolist()
+    with pytest.warns(DeprecationWarning, match="layer_frame"):
+        old = hist.layer_matrix("test")
+    pd.testing.assert_frame_equal(old, m.T, check_names=False)
     assert hist.histogram("test", "a", 2).shape == (3, 20)
     with pytest.raises(ValueError, match="recorded epochs"):
         hist.histogram("test", "a", 99)
@@ -181,7 +185,7 @@ def _truncate(path, name):
             lambda p: (p / "history.json").write_text(
                 json.dumps({"format": "xaisparse.history", "schema_version": 99})
             ),
-            "schema version 99; this xaisparse reads versions 1..3",
+            "schema version 99; this xaisparse reads versions 1..4",
         ),
         (lambda p: (p / "history.json").unlink(), "not an xaisparse run directory"),
         # the examples of issue 17, each given a matching manifest checksum so that the schema decides
@@ -416,9 +420,46 @@ def test_a_load_racing_a_save_reads_the_run_again(tmp_path, hist, monkeypatch):
     _same(other, History.load(path))
 
 
-def _save_schema_2(h: History, path):
-    """A run as xaisparse 0.x wrote it (schema 2): flat files beside the manifest, histograms by index."""
+_OLD_NAMES = {"population_mean": "channel_mean", "population_std": "channel_std"}
+
+
+def _save_schema_3(h: History, path):
+    """A run as schema 3 wrote it: this layout, the population histograms under "channel" (arrays
+    channel_<i>), the population statistics named channel_mean/channel_std."""
     h.save(path)
+    manifest = _manifest(path)
+    data = path / manifest["data"]
+    t = pd.read_parquet(data / "layers.parquet")
+    t["statistic"] = t["statistic"].replace(_OLD_NAMES)
+    t.to_parquet(data / "layers.parquet", index=False)
+    with np.load(data / "histograms.npz") as npz:
+        arrays = {k.replace("population_", "channel_"): npz[k] for k in npz.files}
+    np.savez_compressed(data / "histograms.npz", **arrays)
+    manifest["schema_version"] = 3
+    for settings in (manifest["config"].get("detector"), (manifest["detection"] or {}).get("params")):
+        if isinstance(settings, dict) and settings.get("statistic") in _OLD_NAMES:
+            settings["statistic"] = _OLD_NAMES[settings["statistic"]]
+    manifest["histograms"] = [
+        {
+            "split": e["split"],
+            "layer": e["layer"],
+            "epochs": e["epochs"],
+            "spatial": e["spatial"],
+            "channel": e["population"].replace("population_", "channel_"),
+        }
+        for e in manifest["histograms"]
+    ]
+    for name in manifest["files"]:
+        blob = (data / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    _resign(path, lambda m: m.update(manifest))
+    return path
+
+
+def _save_schema_2(h: History, path):
+    """A run as xaisparse 0.x wrote it (schema 2): flat files beside the manifest, histograms by index
+    (arrays channel_<i>), the population statistics named channel_mean/channel_std."""
+    _save_schema_3(h, path)
     manifest = _manifest(path)
     for f in (path / DATA).iterdir():
         f.rename(path / f.name)
@@ -484,8 +525,8 @@ def test_schema_1_runs_load_with_the_new_names(tmp_path, hist):
 
 def test_queries_the_widgets_and_reports_use(hist):
     nan_h = synthetic_history(epochs=5, layers=("a", "b"), channels=3, seed=1, nan_epoch=3)
-    m = nan_h.layer_matrix("test")
-    assert list(m.columns) == [0, 1, 2, 3, 4] and m[3].isna().all()  # an all-NaN epoch keeps its column
+    m = nan_h.layer_frame("test")
+    assert list(m.index) == [0, 1, 2, 3, 4] and m.loc[3].isna().all()  # an all-NaN epoch keeps its row
     loss = hist.metric("test", "loss")
     assert hist.test_loss_minimum() == (int(loss.idxmin()), pytest.approx(loss.min()))
     frame = hist.metric_frame("loss")
@@ -499,3 +540,104 @@ def test_queries_the_widgets_and_reports_use(hist):
             query()
     with pytest.raises(ValueError, match="closest"):
         hist.check_layer("c")
+
+
+def test_one_value_per_epoch_is_the_one_rule(tmp_path, hist):
+    """Duplicates are refused where tables enter a History, so no reader drops them."""
+    from xaisparse.detect import early_stopping_epoch
+    from xaisparse.detect.baselines import restored_best_epoch, train_loss_plateau_epoch
+    from xaisparse.history import epoch_series
+
+    twice = pd.concat([hist.metrics, hist.metrics.iloc[:1]], ignore_index=True)
+    with pytest.raises(ValueError, match="duplicate row"):
+        History(metrics=twice)
+    with pytest.raises(ValueError, match="duplicate row"):
+        History(layers=pd.concat([hist.layers, hist.layers.iloc[-1:]], ignore_index=True))
+    path = hist.save(tmp_path / "run")
+    twice.to_parquet(path / DATA / "metrics.parquet", index=False)
+    _refile(path, "metrics.parquet")  # a consistent run directory whose table repeats an epoch
+    with pytest.raises(HistoryFormatError, match="duplicate row"):
+        History.load(path)
+    doubled = pd.Series([1.0, 0.5, 0.7], index=[0, 1, 1])
+    for use in (
+        epoch_series,
+        early_stopping_epoch,
+        lambda s: restored_best_epoch(s, 1),
+        lambda s: train_loss_plateau_epoch(s, window=1),
+    ):
+        with pytest.raises(ValueError, match=r"epoch\(s\) \[1\] more than once"):
+            use(doubled)
+    assert epoch_series(pd.Series([3.0, 1.0], index=[5, 2])).index.tolist() == [2, 5]  # sorted by epoch
+
+
+def test_loss_minimum_is_the_earliest_finite_argmin():
+    from xaisparse.history import loss_minimum
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        values = rng.choice([0.5, 0.7, 1.0, np.nan, np.inf], size=8)
+        epochs = rng.permutation(np.arange(10, 18))
+        finite = [(e, v) for e, v in zip(epochs, values) if np.isfinite(v)]
+        expected = min(finite, key=lambda ev: (ev[1], ev[0])) if finite else None  # lowest value, then epoch
+        got = loss_minimum(pd.Series(values, index=epochs))
+        assert got == (None if expected is None else (int(expected[0]), float(expected[1])))
+
+
+def test_queries_over_one_epoch_and_the_histogram_keys(hist):
+    metrics = {"train": {"loss": 0.25, "accuracy": 0.5}, "val": {"loss": 0.75}}
+    h = History()
+    h.record_epoch(3, metrics)
+    assert h.epoch_metrics(3) == metrics and h.epoch_metrics(4) == {}
+    assert h.sparsity_epochs == [] and h.epochs == [3]
+    assert hist.sparsity_epochs == [0, 1, 2, 3, 4]
+    for epoch in (0, 4):
+        for stat in ("spatial_mean", "sample_mean"):
+            expected = oracle.epochs_by_layers(hist.layers, "train", stat)[epoch]
+            assert hist.layer_values("train", epoch, stat) == expected
+    assert hist.layer_values("train", 99) == {}
+    assert hist.histogram_splits == ["train", "test"] and hist.histogram_layers == ["a", "b"]
+    assert History().histogram_splits == [] and History().histogram_layers == []
+
+
+@pytest.mark.parametrize("schema", [2, 3])
+def test_schema_2_and_3_runs_load_with_the_population_names(tmp_path, hist, schema):
+    """Schemas 2 and 3 called the population (channel-axis) statistics channel_* and their histograms
+    channel: they load as population_*, also in the detector's settings; the next save writes schema 4."""
+    hist.detection = OverfitDetector(signal="gap", statistic="population_mean").detect(hist)
+    hist.config["detector"] = {"statistic": "population_mean", "signal": "gap"}
+    expected = History.load(hist.save(tmp_path / "now"))
+    path = (_save_schema_2 if schema == 2 else _save_schema_3)(expected, tmp_path / "old")
+    manifest = _manifest(path)
+    assert manifest["schema_version"] == schema and "channel_mean" in json.dumps(manifest)
+    old = History.load(path)
+    assert "channel_mean" not in old.statistics() and {"population_mean", "population_std"} <= set(old.statistics())
+    _same(hist, old)
+    for key, counts in hist.population_hist.items():
+        np.testing.assert_array_equal(old.population_hist[key], counts)
+    assert old.config["detector"]["statistic"] == old.detection.params["statistic"] == "population_mean"
+    saved = old.save(tmp_path / "new")
+    assert _manifest(saved)["schema_version"] == 4
+
+
+def test_the_old_statistic_names_still_work_with_a_warning(hist):
+    from xaisparse import plots
+    from xaisparse.detect import DetectorConfig
+
+    with pytest.warns(DeprecationWarning, match="population_mean"):
+        old = hist.layer_frame("test", statistic="channel_mean")
+    pd.testing.assert_frame_equal(old, hist.layer_frame("test", statistic="population_mean"))
+    with pytest.warns(DeprecationWarning, match="population_std"):
+        assert DetectorConfig(statistic="channel_std").statistic == "population_std"
+    with pytest.warns(DeprecationWarning, match="population_mean"):
+        plots.timeline(hist, statistic="channel_mean")
+    with pytest.warns(DeprecationWarning, match="population_hist"):
+        assert hist.channel_hist is hist.population_hist
+
+
+def test_the_saved_study_runs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parent / "data" / "explore").iterdir()):
+        h = History.load(path)  # schema 2 on disk
+        assert "population_mean" in h.statistics() and "channel_mean" not in h.statistics()
+        assert set(h.population_hist) == set(h.spatial_hist) and h.layer_frame("test").shape[0] == len(h.epochs)

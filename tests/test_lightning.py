@@ -101,31 +101,19 @@ def reference(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, Any]]:
         for h in handles:
             h.remove()
         model.train(was)
-    out = {}
-    for name, a in acts.items():
-        n, c = a.shape[:2]
-        maps = oracle.sparsity_rows(a.reshape(n, c, -1))  # (N, C): one value per map, dead = 1
-        means = a.reshape(n, c, -1).mean(-1)
-        out[name] = {
-            "channel_spatial_mean": maps.mean(0),
-            "layer_spatial_mean": maps.mean(),
-            "sample_sparsity": oracle.sparsity_rows(means.T),  # each channel's means over the samples
-            "channel_mean": oracle.sparsity_rows(means).mean(),
-            "dead_fraction": (a.reshape(n, c, -1).sum(-1) == 0).mean(),
-        }
-    return out
+    return {name: oracle.layer_reference(a) for name, a in acts.items()}
 
 
 def assert_matches(history: Any, split: str, epoch: int, ref: dict[str, dict[str, Any]]) -> None:
     for layer, want in ref.items():
         got = history.channel_values(split, layer, epoch, "spatial_mean")
-        np.testing.assert_allclose(got, want["channel_spatial_mean"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, want["spatial_mean"], rtol=1e-5, atol=1e-6)
         got = history.channel_values(split, layer, epoch, "sample_sparsity")
         np.testing.assert_allclose(got, want["sample_sparsity"], rtol=1e-5, atol=1e-6)
         for stat, key in (
             ("spatial_mean", "layer_spatial_mean"),
-            ("channel_mean", "channel_mean"),
-            ("dead_fraction", "dead_fraction"),
+            ("population_mean", "channel_mean"),  # History name, oracle (estimator) key
+            ("dead_fraction", "layer_dead_fraction"),
         ):
             got = history.layer_series(split, layer, stat).loc[epoch]
             np.testing.assert_allclose(got, want[key], rtol=1e-5, atol=1e-6, err_msg=f"{layer} {stat}")

@@ -1,7 +1,7 @@
 """Tests of xaisparse.monitor.SparsityMonitor against independent references.
 
 Every number the monitor reports is compared with a one-shot NumPy/SciPy computation of
-DESIGN §1 on *all* the data at once, on activations captured independently with Captum's
+docs/measure.md on *all* the data at once, on activations captured independently with Captum's
 ``LayerActivation`` (never with the project's own recorder, estimator or functional code).
 """
 
@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerActivation
 from torch import nn
-from torchvision.models import resnet18
 
 from tests import oracle
 from xaisparse.monitor import CHANNEL_STATISTICS, LAYER_STATISTICS, SparsityMonitor, SparsityReport
@@ -26,38 +25,6 @@ BINS = 10
 ATOL = 2e-5  # float32 activations and float32 maths inside the estimator vs float64 reference
 
 
-# -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------
-def reference(acts: torch.Tensor) -> dict[str, np.ndarray | float]:
-    """DESIGN §1 statistics of one layer's activations ``(N, C, H, W)``, all data at once."""
-    a = np.abs(acts.detach().double().cpu().numpy())
-    n, c = a.shape[:2]
-    flat = a.reshape(n, c, -1)
-    finite = np.isfinite(flat).all(-1)  # (N, C) maps free of NaN/Inf
-    clean = np.where(np.isfinite(flat), flat, 0.0)
-    means = clean.mean(-1)  # (N, C) spatial means of |a|
-    out: dict[str, np.ndarray | float] = {"finite": finite, "nonfinite": (~finite).sum(0).astype(float)}
-    if flat.shape[-1] > 1:
-        s = np.where(finite, oracle.sparsity_rows(clean), np.nan)  # (N, C) per-map sparsity
-        dead = finite & (clean.sum(-1) == 0)
-        count = finite.sum(0)
-        out.update(
-            maps=s,
-            spatial_mean=np.nanmean(s, axis=0),
-            dead_fraction=dead.sum(0) / count,
-            count=count.astype(float),
-            layer_spatial_mean=float(np.nanmean(s)),
-            layer_dead_fraction=float(dead.sum() / finite.sum()),
-        )
-    # lifetime: one channel's spatial means over all finite samples
-    out["sample_sparsity"] = oracle.sparsity_rows(np.where(finite, means, 0.0).T, finite.sum(0))
-    # population: per sample, the vector of channel means (rows with any non-finite map excluded)
-    rows = finite.all(1)
-    pop = oracle.sparsity_rows(means[rows])
-    out["population"] = pop
-    out["channel_mean"] = float(pop.mean())
-    return out
-
-
 def channel_values(report: SparsityReport, split: str, layer: str, statistic: str) -> np.ndarray:
     t = report.channels
     rows = t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)].sort_values("channel")
@@ -65,46 +32,23 @@ def channel_values(report: SparsityReport, split: str, layer: str, statistic: st
     return rows.value.to_numpy()
 
 
-def assert_hist_matches(got: np.ndarray, values: np.ndarray, bins: int, tol: float = 1e-5) -> int:
-    """``got`` equals ``np.histogram(values, np.linspace(0, 1, bins + 1))``.
-
-    A value within ``tol`` of an interior bin edge may legitimately land on either side
-    (float32 inside the estimator vs float64 here); such values get that freedom and nothing
-    else. Returns how many values were that close (0 means the comparison was exact).
-    """
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    values = values[np.isfinite(values)]
-    ref, _ = np.histogram(values, bins=edges)
-    inner = edges[1:-1]
-    near = np.abs(values[:, None] - inner[None, :]).min(1) < tol if inner.size else np.zeros(len(values), bool)
-    assert got.sum() == len(values)
-    if not near.any():
-        np.testing.assert_array_equal(got, ref)
-        return 0
-    sure, _ = np.histogram(values[~near], bins=edges)
-    lo = np.histogram(np.clip(values[near] - tol, 0, 1), bins=edges)[0]
-    hi = np.histogram(np.clip(values[near] + tol, 0, 1), bins=edges)[0]
-    assert np.all(got >= sure) and np.all(got <= sure + lo + hi)
-    return int(near.sum())
-
-
 def check_layer(report: SparsityReport, split: str, layer: str, acts: torch.Tensor) -> None:
-    """All per-channel, per-layer and histogram outputs of one (split, layer) vs the reference."""
-    ref = reference(acts)
+    """All per-channel, per-layer and histogram outputs of one (split, layer) vs the oracle."""
+    ref = oracle.layer_reference(acts, BINS)
     c = acts.shape[1]
     close = dict(rtol=0, atol=ATOL)
     np.testing.assert_allclose(channel_values(report, split, layer, "sample_sparsity"), ref["sample_sparsity"], **close)
-    np.testing.assert_array_equal(channel_values(report, split, layer, "nonfinite"), ref["nonfinite"])
-    np.testing.assert_allclose(report.layer_value(split, layer, "channel_mean"), ref["channel_mean"], **close)
+    np.testing.assert_array_equal(channel_values(report, split, layer, "nonfinite"), ref["sample_nonfinite"])
+    np.testing.assert_allclose(report.layer_value(split, layer, "population_mean"), ref["channel_mean"], **close)
     assert report.layer_value(split, layer, "num_channels") == c
-    assert report.layer_value(split, layer, "samples") == ref["finite"].sum(0).max()
-    assert_hist_matches(report.channel_hist[(split, layer)], ref["population"], BINS)
-    if "maps" in ref:
+    assert report.layer_value(split, layer, "samples") == ref["sample_count"].max()
+    oracle.hist_matches(report.population_hist[(split, layer)], ref["_channel_values"], BINS)
+    if int(np.prod(acts.shape[2:])) > 1:  # maps of more than one value: spatial statistics
         np.testing.assert_allclose(channel_values(report, split, layer, "spatial_mean"), ref["spatial_mean"], **close)
         np.testing.assert_allclose(
             channel_values(report, split, layer, "dead_fraction"), ref["dead_fraction"], rtol=0, atol=1e-12
         )
-        np.testing.assert_array_equal(channel_values(report, split, layer, "count"), ref["count"])
+        np.testing.assert_array_equal(channel_values(report, split, layer, "count"), ref["spatial_count"])
         np.testing.assert_allclose(report.layer_value(split, layer, "spatial_mean"), ref["layer_spatial_mean"], **close)
         np.testing.assert_allclose(
             report.layer_value(split, layer, "dead_fraction"), ref["layer_dead_fraction"], atol=1e-12
@@ -112,7 +56,7 @@ def check_layer(report: SparsityReport, split: str, layer: str, acts: torch.Tens
         hist = report.spatial_hist[(split, layer)]
         assert hist.shape == (c, BINS)
         for ch in range(c):
-            assert_hist_matches(hist[ch], ref["maps"][:, ch], BINS)
+            oracle.hist_matches(hist[ch], ref["_spatial_values"][ch], BINS)
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -171,12 +115,6 @@ def cnn() -> SmallCNN:
     return SmallCNN().eval()
 
 
-@pytest.fixture(scope="module")
-def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return resnet18(num_classes=10).eval()
-
-
 # -- agreement with the reference ------------------------------------------------------------------
 def test_small_cnn_matches_captum_numpy_reference(cnn: SmallCNN) -> None:
     xs = batches(1)
@@ -224,7 +162,7 @@ def test_resnet18_matches_captum_numpy_reference(resnet: nn.Module) -> None:
         assert len(channel_values(report, "test", site, "spatial_mean")) == 0
         assert len(channel_values(report, "test", site, "count")) == 0
         assert np.isfinite(channel_values(report, "test", site, "sample_sparsity")).all()
-        assert np.isfinite(report.layer_value("test", site, "channel_mean"))
+        assert np.isfinite(report.layer_value("test", site, "population_mean"))
 
 
 def test_one_by_one_maps_warn_once_and_report_channel_and_lifetime() -> None:
@@ -257,7 +195,7 @@ def test_one_by_one_maps_warn_once_and_report_channel_and_lifetime() -> None:
     check_layer(report, "train", "4", acts["4"])
     # no NaN rows: the spatial statistics are not in the tables for this layer
     layer_stats = set(report.layers[report.layers.layer == "4"].statistic)
-    assert "spatial_mean" not in layer_stats and "dead_fraction" not in layer_stats and "channel_mean" in layer_stats
+    assert "spatial_mean" not in layer_stats and "dead_fraction" not in layer_stats and "population_mean" in layer_stats
     channel_stats = set(report.channels[report.channels.layer == "4"].statistic)
     assert channel_stats == {"nonfinite", "sample_sparsity", "sample_perplexity"}
     assert report.channels.value[report.channels.layer == "4"].notna().all()
@@ -291,10 +229,10 @@ def test_nan_activations_counted_and_excluded() -> None:
     assert report.layer_value("test", "2", "nonfinite") == 6
     for stat in ("spatial_mean", "spatial_std", "sample_sparsity", "sample_perplexity"):
         assert np.isfinite(channel_values(report, "test", "2", stat)).all(), stat
-    for stat in ("spatial_mean", "dead_fraction", "channel_mean", "sample_mean"):
+    for stat in ("spatial_mean", "dead_fraction", "population_mean", "sample_mean"):
         assert np.isfinite(report.layer_value("test", "2", stat)), stat
     assert report.spatial_hist[("test", "2")].sum(1).tolist() == [8, 4, 6, 8]
-    assert report.channel_hist[("test", "2")].sum() == 8 - 6  # samples 0, 2, 3 of each batch dropped
+    assert report.population_hist[("test", "2")].sum() == 8 - 6  # samples 0, 2, 3 of each batch dropped
 
 
 def test_nan_in_one_by_one_maps_counted() -> None:
@@ -457,7 +395,7 @@ def test_compute_before_data_warns_and_returns_empty_tables(cnn: SmallCNN) -> No
     assert list(report.channels.columns) == ["split", "layer", "channel", "statistic", "value"]
     assert list(report.layers.columns) == ["split", "layer", "statistic", "value"]
     assert report.channels.empty and report.layers.empty
-    assert report.spatial_hist == {} and report.channel_hist == {}
+    assert report.spatial_hist == {} and report.population_hist == {}
     with pytest.raises(KeyError):
         report.layer_value("test", "relu1")
 
@@ -509,10 +447,12 @@ def test_report_tables_are_tidy(cnn: SmallCNN) -> None:
     assert pd.api.types.is_integer_dtype(ch.channel) and pd.api.types.is_float_dtype(ch.value)
     assert pd.api.types.is_float_dtype(ly.value)
     assert (
-        set(report.spatial_hist) == set(report.channel_hist) == {(s, l) for s in ("train", "test") for l in n_channels}
+        set(report.spatial_hist)
+        == set(report.population_hist)
+        == {(s, l) for s in ("train", "test") for l in n_channels}
     )
     assert report.spatial_hist[("train", "relu2")].shape == (8, BINS)
-    assert report.channel_hist[("test", "relu1")].shape == (BINS,)
+    assert report.population_hist[("test", "relu1")].shape == (BINS,)
     np.testing.assert_array_equal(report.bin_edges, np.linspace(0, 1, BINS + 1))
 
 

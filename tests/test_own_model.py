@@ -217,7 +217,7 @@ def test_history_queries_name_what_exists(run: History) -> None:
     with pytest.raises(ValueError, match=r"metric 'acc' is not recorded in this run; recorded metrics: \['loss'"):
         run.metric("test", "acc")
     with pytest.raises(ValueError, match=r"split 'validation' is not recorded in this run; .*\['train', 'test'\]"):
-        run.layer_matrix("validation")
+        run.layer_frame("validation")
     with pytest.raises(ValueError, match=r"split 'validation' is not recorded"):
         run.metric("validation", "loss")
     with pytest.raises(UnknownLayerError, match="closest recorded layers"):
@@ -242,10 +242,10 @@ def test_plots_name_the_valid_splits_layers_and_statistics(run: History) -> None
     with pytest.warns(RuntimeWarning, match="no spatial extent"):
         report = measure(tabular, torch.randn(5, 4, generator=torch.Generator().manual_seed(0)), nn.ReLU).compute()
     with pytest.raises(
-        plots.NoData, match=r"records no 'spatial_mean'; recorded statistics: \['nonfinite', 'channel_mean'"
+        plots.NoData, match=r"records no 'spatial_mean'; recorded statistics: \['nonfinite', 'population_mean'"
     ):
         plots.heatmap(report)  # (N, F) features: no spatial statistics; the message names the ones there are
-    plots.heatmap(report, statistic="channel_mean")
+    plots.heatmap(report, statistic="population_mean")
     with pytest.raises(UnknownLayerError, match="closest recorded layers"):
         plots.distribution(run, "block9.relu")
     with pytest.raises(plots.NoData, match=r"no histograms for split 'val'; splits with histograms of it: \['train'"):
@@ -322,7 +322,7 @@ def test_tabular_features_are_measured_on_the_channel_axis_with_one_warning_per_
     with torch.no_grad():
         hidden = model[1](model[0](torch.cat(train))).double().numpy()
     np.testing.assert_allclose(
-        report.layer_value("train", "1", "channel_mean"), oracle.sparsity_rows(hidden).mean(), atol=ATOL
+        report.layer_value("train", "1", "population_mean"), oracle.sparsity_rows(hidden).mean(), atol=ATOL
     )
     # the penalty measures the same axis
     with SparsityPenalty(model, "1", weight=1.0) as penalty:

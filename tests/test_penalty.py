@@ -1,6 +1,6 @@
 """Tests of xaisparse.penalty.SparsityPenalty: gradients, value, layer weights, lifecycle, effect.
 
-Penalty values are compared with an independent NumPy/SciPy computation of DESIGN §1 on
+Penalty values are compared with an independent NumPy/SciPy computation of docs/measure.md on
 activations captured with Captum's ``LayerActivation`` (or a manual forward of a Sequential),
 never with the project's own recorder or functional code.
 """
@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from captum.attr import LayerActivation
 from torch import nn
 from torch.func import functional_call
-from torchvision.models import resnet18
 
 from tests import oracle
 from xaisparse._errors import UnknownLayerError
@@ -27,15 +26,12 @@ from xaisparse.testing import count_hooks
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# -- independent reference (NumPy + SciPy, DESIGN §1) ---------------------------------------------
+# -- independent reference (NumPy + SciPy, docs/measure.md) ---------------------------------------------
 def ref_layer_mean(acts: torch.Tensor) -> float:
     """Mean sparsity of one layer: over (sample, channel) maps, or over samples for 1x1 maps."""
-    a = acts.detach().double().numpy()
-    n, c = a.shape[:2]
-    flat = a.reshape(n, c, -1)
-    if flat.shape[-1] > 1:
-        return float(oracle.sparsity_rows(flat).mean())
-    return float(oracle.sparsity_rows(flat.mean(-1)).mean())  # channel axis: per-sample channel vector
+    ref = oracle.layer_reference(acts)
+    spatial = int(np.prod(acts.shape[2:])) > 1
+    return float(ref["layer_spatial_mean"] if spatial else ref["channel_mean"])  # 1x1: the channel axis
 
 
 def captum(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -83,12 +79,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
-
-
-@pytest.fixture(scope="module")
-def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return resnet18(num_classes=10).eval()
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def same_history(a, b) -> None:
     assert sorted(a.spatial_hist) == sorted(b.spatial_hist)
     for key in a.spatial_hist:
         np.testing.assert_array_equal(a.spatial_hist[key], b.spatial_hist[key])
-        np.testing.assert_array_equal(a.channel_hist[key], b.channel_hist[key])
+        np.testing.assert_array_equal(a.population_hist[key], b.population_hist[key])
     assert a.alarm_epoch == b.alarm_epoch
 
 
@@ -175,7 +175,7 @@ def test_the_run_is_the_same_as_training_directly(trained):
     )
     for split in ("train", "test"):
         np.testing.assert_array_equal(history.metric(split, "loss"), direct.metric(split, "loss"))
-    np.testing.assert_array_equal(history.layer_matrix("test"), direct.layer_matrix("test"))
+    np.testing.assert_array_equal(history.layer_frame("test"), direct.layer_frame("test"))
 
 
 def test_zero_weight_trains_exactly_as_without_a_penalty():

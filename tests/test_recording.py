@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerActivation
 from torch import nn
-from torchvision.models import resnet18, vgg11
+from torchvision.models import vgg11
 
 from xaisparse._errors import UnknownLayerError
 from xaisparse.recording import (
@@ -57,12 +57,6 @@ class Collect:
     def __call__(self, name: str, a: torch.Tensor) -> None:
         self.order.append(name)
         self.seen[name] = a.detach().clone()
-
-
-@pytest.fixture(scope="module")
-def resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return resnet18(num_classes=10).eval()
 
 
 @pytest.fixture
@@ -668,3 +662,73 @@ def test_dataparallel_is_recorded_through_its_module_and_replicas_raise(cnn: Sma
     with ActivationRecorder(dp, callback=ours), pytest.raises(RuntimeError, match="DistributedDataParallel"):
         replica(X)
     assert count_hooks(cnn) == 0
+
+
+# -- modes and one layer's capture ---------------------------------------------------------------
+def _mixed_mode() -> nn.Module:
+    """A training model whose batch norm is deliberately kept in eval mode (a frozen part)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Dropout(0.5)).train()
+    net[1].eval()
+    return net
+
+
+def test_evaluating_restores_every_submodule_flag_also_after_an_error() -> None:
+    from xaisparse.recording import evaluating, restoring_modes
+
+    net = _mixed_mode()
+    before = [m.training for m in net.modules()]
+    assert before == [True, True, False, True, True]
+    with evaluating(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == before  # net.train(True) would have set the batch norm too
+    with pytest.raises(RuntimeError, match="boom"), evaluating(net):
+        raise RuntimeError("boom")
+    assert [m.training for m in net.modules()] == before
+    with evaluating(net, enabled=False):
+        assert [m.training for m in net.modules()] == before
+    with restoring_modes(net):
+        net.eval()
+    assert [m.training for m in net.modules()] == before
+
+
+def test_capture_layer_equals_the_slice_of_the_model_and_leaves_it_as_it_was() -> None:
+    from xaisparse.recording import capture_layer
+
+    net = _mixed_mode()
+    before = [m.training for m in net.modules()]
+    x = torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    out, sites = capture_layer(net, x, "2")
+    with torch.no_grad():
+        net.eval()
+        expected = torch.relu(net[1](net[0](x)))  # the model's first three layers in eval mode, by hand
+        net.train()
+        net[1].eval()
+    assert list(sites) == ["2"]
+    torch.testing.assert_close(sites["2"], expected)
+    torch.testing.assert_close(out, expected)  # eval mode: dropout is the identity
+    assert not sites["2"].requires_grad
+    assert [m.training for m in net.modules()] == before and count_hooks(net) == 0
+    with pytest.raises(UnknownLayerError, match="closest"):
+        capture_layer(net, x, "3x")
+    assert count_hooks(net) == 0
+
+
+def test_layer_names_and_globs_follow_one_rule_for_models_and_runs(cnn: SmallCNN) -> None:
+    """select_layers (a model) and select_names (a run's recorded names): same order, same errors."""
+    from xaisparse._validation import select_names
+
+    names = [n for n, _ in cnn.named_modules() if n]
+    for patterns in (["classifier.*", "features.1"], ["features.[13]", "classifier.2"], ["*.0"]):
+        chosen = select_layers(cnn, patterns)
+        assert select_names(patterns, names) == chosen
+        assert chosen == [n for n in names if n in chosen]  # registration (network) order, not pattern order
+    for bad, message in (
+        ("features.9", "no layer named 'features.9'; closest valid names"),
+        ("head.*", "matches no layer"),
+    ):
+        with pytest.raises(UnknownLayerError, match=message) as on_model:
+            select_layers(cnn, [bad])
+        with pytest.raises(UnknownLayerError, match=message) as on_run:
+            select_names([bad], names)
+        assert str(on_model.value).replace("SmallCNN", "the run") == str(on_run.value)

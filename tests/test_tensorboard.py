@@ -94,7 +94,9 @@ def test_live_callback_during_fit_equals_the_history(tmp_path: Path) -> None:
     with TensorBoardCallback(tmp_path) as tb:
         h = fit(net, data, data, epochs=2, progress=False, callbacks=[tb], detector=OverfitDetector(warmup=0))
     acc = events(tmp_path)
-    assert check_against(acc, h, ("spatial_mean", "channel_mean", "sample_mean"), ("spatial_mean", "sample_sparsity"))
+    assert check_against(
+        acc, h, ("spatial_mean", "population_mean", "sample_mean"), ("spatial_mean", "sample_sparsity")
+    )
     alarm = {e.step: e.value for e in acc.Scalars("sparsity/alarm")}
     assert alarm == {e: float(h.alarm_epoch is not None and e >= h.alarm_epoch) for e in h.epochs}
 

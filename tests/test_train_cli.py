@@ -221,7 +221,38 @@ def test_build_mnist_embedded_takes_the_image_size():
         width=4,
         depth=2,
     )
-    split, model = _build(args)[:2]
-    assert model(split.train[0][0][None]).shape == (1, 10)
-    x, _ = split.train[0]
-    assert split.name == "mnist_embedded" and tuple(x.shape) == (1, 12, 12) and len(split.train) == 50
+    data, model = _build(args)[:2]
+    assert model(data.train[0][0][None]).shape == (1, 10)
+    x, _ = data.train[0]
+    assert data.name == "mnist_embedded" and tuple(x.shape) == (1, 12, 12) and len(data.train) == 50
+
+
+def test_the_epoch_step_leaves_a_mixed_mode_model_as_it_was():
+    """measure_split / measure_epoch (fit's and the Lightning callback's step) restore every flag."""
+    from xaisparse.epoch import measure_epoch, measure_split
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 2))
+    net.train()
+    net[1].eval()  # deliberately frozen
+    before = [m.training for m in net.modules()]
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 2, (12,))
+    loader = [(x[:6], y[:6]), (x[6:], y[6:])]
+    got = measure_split(net, loader, "cpu", split="test")
+    assert [m.training for m in net.modules()] == before
+    with torch.no_grad():
+        net.eval()
+        logits = net(x)
+        net.train()
+        net[1].eval()
+    assert got["loss"] == pytest.approx(float(nn.functional.cross_entropy(logits, y)), rel=1e-6)
+    assert got["accuracy"] == pytest.approx(float((logits.argmax(1) == y).float().mean()))
+    history = History()
+    step = measure_epoch(
+        net, history, 0, SparsityMonitor(net), {"test": [x]}, device="cpu", metrics={"train": {"a": 1.0}}
+    )
+    assert [m.training for m in net.modules()] == before
+    assert step.metrics == {"train": {"a": 1.0}} and step.stop_reason is None
+    assert history.sparsity_epochs == [0] and history.epoch_metrics(0) == {"train": {"a": 1.0}}
+    fit(net, TensorDataset(x, y), TensorDataset(x, y), epochs=0, progress=False)  # epoch 0: measuring only
+    assert [m.training for m in net.modules()] == before

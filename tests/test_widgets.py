@@ -32,8 +32,8 @@ from xaisparse.widgets import (
     ChannelInspector,
     LayerEpochHeatmap,
     LiveDashboard,
-    PerplexityDistribution,
     RunComparison,
+    SparsityDistribution,
     SparsityTimeline,
 )
 
@@ -156,11 +156,12 @@ def test_channel_order_and_dead_channels_against_the_channel_table():
 def test_timeline_frame_loss_minimum_alarm_and_heatmap(hist):
     frame = hist.layer_frame("test", [L1, L3], "spatial_mean")
     assert list(frame.columns) == [L1, L3] and frame.index.name == "epoch"
-    for layer in (L1, L3):
-        np.testing.assert_array_equal(frame[layer].to_numpy(), hist.layer_series("test", layer).to_numpy())
-        np.testing.assert_array_equal(frame.index.to_numpy(), hist.layer_series("test", layer).index.to_numpy())
-    test_loss = hist.metric("test", "loss")
-    assert hist.test_loss_minimum() == (int(test_loss.idxmin()), pytest.approx(test_loss.min()))
+    epochs, values = oracle.wide(hist.layers, "test", "spatial_mean", [L1, L3])  # a loop over the tidy rows
+    assert frame.index.tolist() == epochs
+    np.testing.assert_array_equal(frame.to_numpy(), values)
+    rows = [(int(e), v) for e, s, m, v in hist.metrics.itertuples(index=False) if (s, m) == ("test", "loss")]
+    low = min(v for _, v in rows)
+    assert hist.test_loss_minimum() == (min(e for e, v in rows if v == low), pytest.approx(low))
     assert History().test_loss_minimum() is None
     assert hist.alarm_epoch == 4
     h = History()
@@ -168,10 +169,10 @@ def test_timeline_frame_loss_minimum_alarm_and_heatmap(hist):
         h.detection = None if alarm is None else detection(alarm)
         assert h.alarm_epoch == alarm
     nan_h = synthetic_history(nan_epoch=3)
-    m = nan_h.layer_matrix("test")
-    assert 3 in m.columns and m[3].isna().all()  # the all-NaN epoch keeps its column
-    assert nonfinite_epochs(m, axis="columns") == [3]
-    assert nonfinite_epochs(nan_h.layer_frame("test")) == [3]
+    m = nan_h.layer_frame("test")
+    assert 3 in m.index and m.loc[3].isna().all()  # the all-NaN epoch keeps its row
+    assert nonfinite_epochs(m.T, axis="columns") == [3]
+    assert nonfinite_epochs(m) == [3]
     with pytest.raises(ValueError, match="closest"):
         hist.layer_frame("test", ["block9.relu"])
 
@@ -189,9 +190,9 @@ def test_runs_helpers():
         as_runs(a)
 
 
-# ================================================================== PerplexityDistribution
+# ================================================================== SparsityDistribution
 def test_distribution_follows_the_controls(hist):
-    w = PerplexityDistribution(hist, layer=L2)
+    w = SparsityDistribution(hist, layer=L2)
     assert w.epoch_slider.min == 0 and w.epoch_slider.max == 11 and w.epoch_slider.value == 11
     assert w.message == ""
     fig = w.to_figure()
@@ -200,8 +201,14 @@ def test_distribution_follows_the_controls(hist):
     assert ax.get_ylabel() == "spatial sparsity (0 dense – 1 one unit)"
     assert ax.get_xlabel().startswith("channel")
     assert len([c for c in ax.collections if c.get_gid() == "violin:test"]) == 8
-    order = hist.channel_order("test", L2, 11, "mean sparsity")
-    np.testing.assert_array_equal(w.data["counts"]["test"], hist.histogram("test", L2, 11)[order])
+    raw = hist.spatial_hist[("test", L2)]  # (epochs, channels, bins), epochs as recorded
+    means = {
+        int(ch): v
+        for e, s, name, ch, stat, v in hist.channels.itertuples(index=False)
+        if (int(e), s, name, stat) == (11, "test", L2, "spatial_mean")
+    }
+    order = sorted(range(8), key=lambda ch: (-means[ch], ch))  # sparsest first, ties by index: by hand
+    np.testing.assert_array_equal(w.data["counts"]["test"], raw[hist.hist_epochs[("test", L2)].index(11)][order])
     assert [t.get_text() for t in ax.get_xticklabels()] == [str(c) for c in order]
     png = bytes(w.image.value)
     assert png.startswith(PNG)
@@ -209,7 +216,9 @@ def test_distribution_follows_the_controls(hist):
     w.epoch_slider.value = 5
     assert bytes(w.image.value) != png and bytes(w.image.value).startswith(PNG)
     assert "epoch 5" in w.to_figure().axes[0].get_title()
-    np.testing.assert_array_equal(w.data["counts"]["test"].sum(), hist.histogram("test", L2, 5).sum())
+    np.testing.assert_array_equal(
+        np.sort(w.data["counts"]["test"], axis=0), np.sort(raw[hist.hist_epochs[("test", L2)].index(5)], axis=0)
+    )
 
     w.order_dropdown.value = "index"
     labels = [t.get_text() for t in w.to_figure().axes[0].get_xticklabels()]
@@ -232,7 +241,7 @@ def test_distribution_follows_the_controls(hist):
 
 def test_distribution_marks_dead_channels_in_every_kind():
     h = with_dead(synthetic_history(epochs=4), L2, [2, 5])
-    w = PerplexityDistribution(h, layer=L2, order="index")
+    w = SparsityDistribution(h, layer=L2, order="index")
     fig = w.to_figure()
     ax = fig.axes[0]
     assert "2 dead channels" in ax.get_title()
@@ -252,7 +261,8 @@ def test_distribution_marks_dead_channels_in_every_kind():
     counts = h.histogram("test", L2, 3)
     share = counts / counts.sum(1, keepdims=True)
     np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(counts.shape), share)
-    w.split_buttons.value = "both"
+    assert ("train + test", ("train", "test")) in w.split_buttons.options
+    w.split_buttons.value = ("train", "test")
     fig = w.to_figure()
     assert len([a for a in fig.axes if a.get_title() in ("train", "test")]) == 2
     w.kind_dropdown.value = "violin"
@@ -262,35 +272,35 @@ def test_distribution_marks_dead_channels_in_every_kind():
 
 
 def test_distribution_robustness_messages():
-    w = PerplexityDistribution(History())
+    w = SparsityDistribution(History())
     assert "no epochs" in w.message and bytes(w.image.value) == b"" and w._repr_png_().startswith(PNG)
 
-    one = PerplexityDistribution(synthetic_history(epochs=1))
+    one = SparsityDistribution(synthetic_history(epochs=1))
     assert one.epoch_slider.value == 0 and one.message == "" and bytes(one.image.value).startswith(PNG)
 
-    nan = PerplexityDistribution(synthetic_history(nan_epoch=3), epoch=3)
+    nan = SparsityDistribution(synthetic_history(nan_epoch=3), epoch=3)
     assert "No finite sparsity values" in nan.message
     nan.epoch_slider.value = 4
     assert nan.message == "" and bytes(nan.image.value).startswith(PNG)
 
-    single = PerplexityDistribution(synthetic_history(epochs=3, layers=("only",), channels=1))
+    single = SparsityDistribution(synthetic_history(epochs=3, layers=("only",), channels=1))
     assert single.layer_dropdown.options == ("only",) and single.message == ""
 
-    train_only = PerplexityDistribution(synthetic_history(epochs=3, splits=("train",)))
+    train_only = SparsityDistribution(synthetic_history(epochs=3, splits=("train",)))
     assert "'test' is not recorded" in train_only.message and train_only.split_buttons.value == "train"
     assert bytes(train_only.image.value).startswith(PNG)
 
     with pytest.raises(TypeError, match="History"):
-        PerplexityDistribution({"not": "a history"})
+        SparsityDistribution({"not": "a history"})
     with pytest.raises(ValueError, match="kind"):
-        PerplexityDistribution(synthetic_history(epochs=1), kind="pie")
+        SparsityDistribution(synthetic_history(epochs=1), kind="pie")
     with pytest.raises(ValueError, match="closest"):
-        PerplexityDistribution(synthetic_history(epochs=1), layer="block9.relu")
+        SparsityDistribution(synthetic_history(epochs=1), layer="block9.relu")
 
 
 def test_callbacks_route_errors_into_the_message():
     h = synthetic_history(epochs=3)
-    w = PerplexityDistribution(h)
+    w = SparsityDistribution(h)
     h.spatial_hist[("test", L1)] = np.ones((3, 8, 7))  # corrupt: 7 bins against 21 edges
     w.epoch_slider.value = 1  # must not raise
     assert w.message_level == "error" and "could not draw" in w.message
@@ -358,12 +368,13 @@ def test_timeline_robustness():
         SparsityTimeline(synthetic_history(epochs=1), statistic="bogus")
 
 
-def test_heatmap_equals_layer_matrix(hist):
+def test_heatmap_draws_the_layer_table(hist):
     w = LayerEpochHeatmap(hist)
     fig = w.to_figure()
     ax = fig.axes[0]
     image = ax.get_images()[0].get_array()
-    np.testing.assert_allclose(np.ma.filled(image, np.nan), hist.layer_matrix("test", "spatial_mean").to_numpy())
+    _, expected = oracle.wide(hist.layers, "test", "spatial_mean", [L1, L2, L3])
+    np.testing.assert_allclose(np.ma.filled(image, np.nan), expected.T)
     assert [t.get_text() for t in ax.get_yticklabels()] == [L1, L2, L3]
     assert ax.get_xlabel() == "epoch"
     assert fig.axes[1].get_ylabel() == "spatial sparsity (0 dense – 1 one unit)"  # the colorbar
@@ -371,7 +382,9 @@ def test_heatmap_equals_layer_matrix(hist):
     w.split_buttons.value = "train"
     w.statistic_dropdown.value = "sample_mean"
     image = w.to_figure().axes[0].get_images()[0].get_array()
-    np.testing.assert_allclose(np.ma.filled(image, np.nan), hist.layer_matrix("train", "sample_mean").to_numpy())
+    np.testing.assert_allclose(
+        np.ma.filled(image, np.nan), oracle.wide(hist.layers, "train", "sample_mean", [L1, L2, L3])[1].T
+    )
     assert bytes(w.image.value) != png
     assert "no epochs" in LayerEpochHeatmap(History()).message
     nan = LayerEpochHeatmap(synthetic_history(nan_epoch=3))
@@ -401,13 +414,13 @@ def test_run_comparison_curves_per_run_and_missing_layer():
     w.epoch_slider.value = 3
     assert w.message == ""
     w.layer_dropdown.value = L2
-    w.statistic_dropdown.value = "channel_mean"
+    w.statistic_dropdown.value = "population_mean"
     w.kind_dropdown.value = "box"
     fig = w.to_figure()
     assert fig.axes[1].get_ylabel().startswith("population sparsity")
     assert "block2.relu · epoch 3" in fig.axes[2].get_title()
     np.testing.assert_array_equal(
-        line_by_gid(fig, "layer:a").get_ydata(), a.layer_series("test", L2, "channel_mean").to_numpy()
+        line_by_gid(fig, "layer:a").get_ydata(), a.layer_series("test", L2, "population_mean").to_numpy()
     )
 
     missing = RunComparison([a, b], layer=L3)
@@ -585,7 +598,7 @@ def test_live_dashboard_follows_the_fit_callback_protocol():
 # ================================================================== static forms, imports
 def test_static_forms_and_mimebundle(hist):
     before = plt.get_fignums()
-    for w in (PerplexityDistribution(hist), SparsityTimeline(History())):
+    for w in (SparsityDistribution(hist), SparsityTimeline(History())):
         assert isinstance(w.to_figure(), Figure)
         png = w._repr_png_()
         assert png.startswith(PNG)
@@ -602,7 +615,15 @@ def test_imports_stay_light():
     code = (
         "import sys, xaisparse; assert 'ipywidgets' not in sys.modules and 'matplotlib' not in sys.modules; "
         "import xaisparse.widgets as w; assert 'torch' not in sys.modules, 'widgets imported torch'; "
-        "assert set(w.__all__) >= {'PerplexityDistribution', 'SparsityTimeline', 'LayerEpochHeatmap', "
+        "assert set(w.__all__) >= {'SparsityDistribution', 'SparsityTimeline', 'LayerEpochHeatmap', "
         "'ChannelInspector', 'RunComparison', 'LiveDashboard'}"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_old_widget_name_still_works_with_a_warning():
+    from xaisparse.widgets import PerplexityDistribution
+
+    with pytest.warns(DeprecationWarning, match="SparsityDistribution"):
+        w = PerplexityDistribution(synthetic_history(epochs=2))
+    assert isinstance(w, SparsityDistribution) and w._describe().startswith("PerplexityDistribution(")

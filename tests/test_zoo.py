@@ -224,7 +224,7 @@ def check(model: nn.Module, key: str) -> tuple[int, int, str | None]:
         layers = report.layers.pivot(index="layer", columns="statistic", values="value")
         assert sorted(layers.index) == sorted(sites)
         assert (layers["nonfinite"] == 0).all()
-        assert np.isfinite(layers["channel_mean"]).all() and layers["channel_mean"].between(0, 1).all()
+        assert np.isfinite(layers["population_mean"]).all() and layers["population_mean"].between(0, 1).all()
         assert np.isfinite(layers["sample_mean"]).all()
         spatial = layers["spatial_mean"].dropna()  # NaN only where maps are 1x1 (no spatial sparsity)
         assert spatial.between(0, 1).all()

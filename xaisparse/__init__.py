@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ._deprecation import deprecated
 from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
@@ -41,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "compare_runs": "xaisparse.summary",
     "load_weights": "xaisparse.checkpoint",
     "DetectionResult": "xaisparse.detect",
-    "evaluate": "xaisparse.detect",
+    "evaluate_detector": "xaisparse.detect",
     # Captum attributions beside activation sparsity
     "attribute": "xaisparse.attribution",
     "attribution_sparsity": "xaisparse.attribution",
@@ -54,10 +55,19 @@ _EXPORTS: dict[str, str] = {
     "DeviceUnavailableError": "xaisparse._errors",
 }
 
+#: Old names that still work for one release, with a ``DeprecationWarning``: old -> (module, new).
+_DEPRECATED: dict[str, tuple[str, str]] = {
+    "evaluate": ("xaisparse.detect", "evaluate_detector"),
+}
+
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        old_home, new = _DEPRECATED[name]
+        deprecated(f"xaisparse.{name} is deprecated: use xaisparse.{new}", stacklevel=2)
+        return getattr(importlib.import_module(old_home), new)
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'xaisparse' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The on-disk layout of a saved run: writing it crash-safely, reading and validating it.
 
-A run directory (schema 3) holds one manifest and one data directory::
+A run directory (schema 4) holds one manifest and one data directory::
 
     RUN/history.json          the manifest: what the run is, which files hold it, their SHA-256
     RUN/data-000007/          the files of the latest save (Parquet tables, one NPZ of histograms)
@@ -20,7 +20,9 @@ Reading validates before it trusts: the manifest's own SHA-256, then its structu
 schema (every key, type and reference), then each data file's size and SHA-256, and only then
 the arrays and tables, which are checked against the manifest (shapes, epochs, columns). Every
 failure is a :class:`~xaisparse.HistoryFormatError` that names the file and what was wrong.
-Schema 1 and 2 runs (flat files beside the manifest) load too.
+Schema 1 and 2 runs (flat files beside the manifest) load too, and so do schema 3 runs (this
+layout, with the population histograms named ``channel``); :meth:`History.load
+<xaisparse.History.load>` upgrades the statistic names of schemas 1 to 3.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ __all__ = [
 
 FORMAT = "xaisparse.history"
 MANIFEST = "history.json"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TABLE_COLUMNS: dict[str, list[str]] = {
     "metrics": ["epoch", "split", "metric", "value"],
     "layers": ["epoch", "split", "layer", "statistic", "value"],
@@ -69,7 +71,7 @@ TABLE_COLUMNS: dict[str, list[str]] = {
 _ARRAYS = "histograms.npz"
 _EVIDENCE = "detection.parquet"
 _DATA_DIR = re.compile(r"^data-(\d{6,})$")
-# the flat data files of schema 1/2 runs (removed once a schema-3 save has committed)
+# the flat data files of schema 1/2 runs (removed once a schema-4 save has committed)
 _LEGACY_FILES = (*(f"{kind}.parquet" for kind in TABLE_COLUMNS), _ARRAYS, _EVIDENCE)
 _TRIES = 3  # reads that start over when a concurrent save replaced the run meanwhile
 
@@ -103,70 +105,79 @@ _OUTCOME = {
         "phase_seconds": {"type": "object", "additionalProperties": {"type": "number"}},
     },
 }
-#: Schema 3: everything required, nothing unknown (a newer writer bumps the version).
-SCHEMA_3: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": [
-        "format",
-        "schema_version",
-        "config",
-        "detection",
-        "outcome",
-        "layer_order",
-        "data",
-        "tables",
-        "evidence",
-        "arrays",
-        "histograms",
-        "files",
-        "manifest_sha256",
-    ],
-    "additionalProperties": False,
-    "properties": {
-        "format": {"const": FORMAT},
-        "schema_version": {"const": 3},
-        "config": {"type": "object"},
-        "detection": {"anyOf": [{"type": "null"}, _DETECTION]},
-        "outcome": {**_OUTCOME, "additionalProperties": False},
-        "layer_order": {**_NAMES, "uniqueItems": True},
-        "data": {"type": "string", "pattern": _DATA_DIR.pattern},
-        "tables": {
-            "type": "object",
-            "required": list(TABLE_COLUMNS),
-            "additionalProperties": False,
-            "properties": {kind: {"type": "array", "items": _FILE_NAME, "minItems": 1} for kind in TABLE_COLUMNS},
-        },
-        "evidence": {"anyOf": [{"type": "null"}, _FILE_NAME]},
-        "arrays": _FILE_NAME,
-        "histograms": {
-            "type": "array",
-            "items": {
+
+
+def _layout_schema(version: int, population: str) -> dict[str, Any]:
+    """The schema of a run directory (schemas 3 and 4: ``population`` is the key of the population histograms)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": [
+            "format",
+            "schema_version",
+            "config",
+            "detection",
+            "outcome",
+            "layer_order",
+            "data",
+            "tables",
+            "evidence",
+            "arrays",
+            "histograms",
+            "files",
+            "manifest_sha256",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "format": {"const": FORMAT},
+            "schema_version": {"const": version},
+            "config": {"type": "object"},
+            "detection": {"anyOf": [{"type": "null"}, _DETECTION]},
+            "outcome": {**_OUTCOME, "additionalProperties": False},
+            "layer_order": {**_NAMES, "uniqueItems": True},
+            "data": {"type": "string", "pattern": _DATA_DIR.pattern},
+            "tables": {
                 "type": "object",
-                "required": ["split", "layer", "epochs", "spatial", "channel"],
+                "required": list(TABLE_COLUMNS),
                 "additionalProperties": False,
-                "properties": {
-                    "split": {"enum": list(SPLITS)},
-                    "layer": {"type": "string"},
-                    "epochs": _EPOCHS,
-                    "spatial": _ARRAY_NAME,
-                    "channel": _ARRAY_NAME,
+                "properties": {kind: {"type": "array", "items": _FILE_NAME, "minItems": 1} for kind in TABLE_COLUMNS},
+            },
+            "evidence": {"anyOf": [{"type": "null"}, _FILE_NAME]},
+            "arrays": _FILE_NAME,
+            "histograms": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["split", "layer", "epochs", "spatial", population],
+                    "additionalProperties": False,
+                    "properties": {
+                        "split": {"enum": list(SPLITS)},
+                        "layer": {"type": "string"},
+                        "epochs": _EPOCHS,
+                        "spatial": _ARRAY_NAME,
+                        population: _ARRAY_NAME,
+                    },
                 },
             },
-        },
-        "files": {
-            "type": "object",
-            "propertyNames": _FILE_NAME,
-            "additionalProperties": {
+            "files": {
                 "type": "object",
-                "required": ["sha256", "bytes"],
-                "additionalProperties": False,
-                "properties": {"sha256": _SHA256, "bytes": {"type": "integer", "minimum": 0}},
+                "propertyNames": _FILE_NAME,
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["sha256", "bytes"],
+                    "additionalProperties": False,
+                    "properties": {"sha256": _SHA256, "bytes": {"type": "integer", "minimum": 0}},
+                },
             },
+            "manifest_sha256": _SHA256,
         },
-        "manifest_sha256": _SHA256,
-    },
-}
+    }
+
+
+#: Schema 4 (written now): everything required, nothing unknown (a newer writer bumps the version).
+SCHEMA_4: dict[str, Any] = _layout_schema(4, "population")
+#: Schema 3: the layout of schema 4, the population histograms under ``channel``.
+SCHEMA_3: dict[str, Any] = _layout_schema(3, "channel")
 #: Schemas 1 and 2 (flat files beside the manifest): what the reader needs, other keys allowed.
 SCHEMA_2: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -202,7 +213,7 @@ SCHEMA_2: dict[str, Any] = {
 def _validator(version: int) -> Any:
     import jsonschema
 
-    schema = SCHEMA_3 if version == 3 else SCHEMA_2
+    schema = {4: SCHEMA_4, 3: SCHEMA_3}.get(version, SCHEMA_2)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
@@ -214,7 +225,7 @@ class RunFiles:
     """The contents of a run directory, checked: what :meth:`History.load` builds a History from.
 
     ``manifest`` is the parsed manifest (schema 1 and 2 as written); ``hists`` maps
-    ``(split, layer)`` to ``(epochs, spatial counts, channel counts)``.
+    ``(split, layer)`` to ``(epochs, spatial counts, population counts)``.
     """
 
     version: int
@@ -244,12 +255,12 @@ def check_histograms(
 ) -> None:
     """Each histogram's epochs strictly increasing and its arrays shaped ``(epochs, channels, bins)``
     and ``(epochs, bins)`` of non-negative integer counts; ``fail(message)`` builds the error."""
-    for (split, layer), (epochs, spatial, channel) in hists.items():
+    for (split, layer), (epochs, spatial, population) in hists.items():
         where = f"histograms of ({split!r}, {layer!r})"
         if any(b <= a for a, b in itertools.pairwise(epochs)):
             raise fail(f"{where}: epochs must be strictly increasing, got {epochs}")
         n = len(epochs)
-        for name, arr, shape in (("spatial", spatial, (n, None, bins)), ("channel", channel, (n, bins))):
+        for name, arr, shape in (("spatial", spatial, (n, None, bins)), ("population", population, (n, bins))):
             ok = arr.ndim == len(shape) and all(s is None or a == s for a, s in zip(arr.shape, shape))
             if not ok:
                 want = "(" + ", ".join("channels" if s is None else str(s) for s in shape) + ")"
@@ -302,15 +313,15 @@ def write_run(
     blobs: dict[str, bytes] = {f"{kind}.parquet": _parquet_bytes(tables[kind]) for kind in TABLE_COLUMNS}
     arrays: dict[str, np.ndarray] = {"bin_edges": np.asarray(bin_edges, dtype=np.float64)}
     entries = []
-    for i, ((split, layer), (epochs, spatial, channel)) in enumerate(sorted(hists.items())):
-        arrays[f"spatial_{i}"], arrays[f"channel_{i}"] = spatial, channel
+    for i, ((split, layer), (epochs, spatial, population)) in enumerate(sorted(hists.items())):
+        arrays[f"spatial_{i}"], arrays[f"population_{i}"] = spatial, population
         entries.append(
             {
                 "split": split,
                 "layer": layer,
                 "epochs": list(epochs),
                 "spatial": f"spatial_{i}",
-                "channel": f"channel_{i}",
+                "population": f"population_{i}",
             }
         )
     blobs[_ARRAYS] = _npz_bytes(arrays)
@@ -484,7 +495,7 @@ def _parse(man_path: Path, raw: bytes) -> tuple[dict[str, Any], int]:
             f"{man_path} has schema version {version!r}; this xaisparse reads versions 1..{SCHEMA_VERSION} "
             "(upgrade xaisparse to read newer runs)"
         )
-    if version == 3:
+    if version >= 3:
         stored = manifest.get("manifest_sha256")
         if stored != _manifest_digest(manifest):
             raise bad("its SHA-256 does not match its contents (the file was edited or damaged)")
@@ -495,9 +506,14 @@ def _parse(man_path: Path, raw: bytes) -> tuple[dict[str, Any], int]:
 
 
 def _layout(manifest: dict[str, Any], version: int, bad: Callable[[str], HistoryFormatError]) -> dict[str, Any]:
-    """Where the data are, in schema-3 terms (schemas 1 and 2 keep flat files beside the manifest)."""
-    if version == 3:
+    """Where the data are, in schema-4 terms (schemas 1 and 2 keep flat files beside the manifest)."""
+    if version >= 3:
         layout = {k: manifest[k] for k in ("data", "tables", "evidence", "arrays", "histograms", "files")}
+        if version == 3:  # schema 3 named the population histograms "channel"
+            layout["histograms"] = [
+                {**{k: v for k, v in h.items() if k != "channel"}, "population": h["channel"]}
+                for h in layout["histograms"]
+            ]
     else:
         files = manifest["files"]
         layout = {
@@ -506,7 +522,7 @@ def _layout(manifest: dict[str, Any], version: int, bad: Callable[[str], History
             "evidence": _EVIDENCE if _EVIDENCE in files else None,
             "arrays": _ARRAYS,
             "histograms": [
-                {**h, "spatial": f"spatial_{h['index']}", "channel": f"channel_{h['index']}"}
+                {**h, "spatial": f"spatial_{h['index']}", "population": f"channel_{h['index']}"}
                 for h in manifest["histograms"]
             ],
             "files": {name: {"sha256": digest, "bytes": None} for name, digest in files.items()},
@@ -522,7 +538,7 @@ def _layout(manifest: dict[str, Any], version: int, bad: Callable[[str], History
         if key in keys:
             raise bad(f"histograms[{i}] repeats split {key[0]!r}, layer {key[1]!r}")
         keys.add(key)
-        for name in (h["spatial"], h["channel"]):
+        for name in (h["spatial"], h["population"]):
             if name in arrays or name == "bin_edges":
                 raise bad(f"histograms[{i}] uses array {name!r} twice")
             arrays.add(name)
@@ -567,7 +583,7 @@ def _read(root: Path, man_path: Path, raw: bytes) -> RunFiles:
         return HistoryFormatError(f"{folder / layout['arrays']} does not match {man_path}: {problem}")
 
     edges = arrays.get("bin_edges")
-    if edges is None and version == 3:
+    if edges is None and version >= 3:
         raise wrong("no bin_edges array")
     if edges is not None and (
         edges.ndim != 1 or edges.size < 2 or edges.dtype.kind != "f" or not np.all(np.diff(edges) > 0)
@@ -575,10 +591,10 @@ def _read(root: Path, man_path: Path, raw: bytes) -> RunFiles:
         raise wrong(f"bin_edges must be increasing floats (at least 2), got {edges.dtype} of shape {edges.shape}")
     hists = {}
     for h in layout["histograms"]:
-        for name in (h["spatial"], h["channel"]):
+        for name in (h["spatial"], h["population"]):
             if name not in arrays:
                 raise wrong(f"array {name!r} of ({h['split']!r}, {h['layer']!r}) is missing")
-        hists[(h["split"], h["layer"])] = ([int(e) for e in h["epochs"]], arrays[h["spatial"]], arrays[h["channel"]])
+        hists[(h["split"], h["layer"])] = ([int(e) for e in h["epochs"]], arrays[h["spatial"]], arrays[h["population"]])
     bins = edges.size - 1 if edges is not None else 20
     check_histograms(hists, bins, wrong)
     evidence = None

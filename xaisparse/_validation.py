@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import numbers
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 __all__ = [
@@ -24,8 +24,12 @@ __all__ = [
     "check_str",
     "is_int",
     "is_number",
+    "match_name",
     "select_names",
+    "short_names",
 ]
+
+_GLOB_CHARS = "*?["
 
 #: The data splits a run records. ``train`` and ``test`` are measured by :func:`~xaisparse.train.fit`;
 #: ``val`` is for loops that keep a separate validation set (e.g. the Lightning callback).
@@ -143,29 +147,60 @@ def check_split(value: Any, name: str = "split") -> str:
     return check_choice(name, value, SPLITS)
 
 
-def select_names(patterns: Collection[str] | None, available: Collection[str], what: str = "layer") -> list[str]:
-    """The names of ``available`` chosen by exact names and ``fnmatch`` globs, in pattern order.
+def short_names(names: Sequence[str], n: int = 12) -> str:
+    """The first ``n`` names, quoted, and how many more there are (for error messages).
 
-    ``None`` chooses everything. An exact name that does not exist raises ``UnknownLayerError``
-    with the closest valid names; a glob that matches nothing raises one listing what exists.
+    >>> short_names(["a", "b", "c"], 2)
+    "'a', 'b', ... (1 more)"
+    """
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
-    >>> select_names(["head", "block*"], ["block1", "block2", "head"])
-    ['head', 'block1', 'block2']
+
+def match_name(pattern: str, available: Sequence[str], what: str = "layer", where: str = "the run") -> list[str]:
+    """The names of ``available`` one exact name or ``fnmatch`` glob chooses, in the order of ``available``.
+
+    An exact name is looked up first (so a name holding ``[`` is found); an unknown name
+    raises ``UnknownLayerError`` with the closest valid names, a glob that matches nothing one
+    listing what exists. ``where`` names the owner in the message (a model's class, ``"the run"``).
+
+    >>> match_name("block*", ["block1", "head", "block2"])
+    ['block1', 'block2']
     """
     from ._errors import UnknownLayerError, closest
 
     names = list(available)
+    if pattern in names:
+        return [pattern]
+    if any(ch in pattern for ch in _GLOB_CHARS):
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if hits:
+            return hits
+        raise UnknownLayerError(
+            f"the pattern {pattern!r} matches no {what} of {where}; available: {short_names(names)}"
+        )
+    raise UnknownLayerError(
+        f"{where} has no {what} named {pattern!r}; closest valid names: {short_names(closest(pattern, names))}; "
+        f"available: {short_names(names)}"
+    )
+
+
+def select_names(
+    patterns: Collection[str] | None, available: Sequence[str], what: str = "layer", where: str = "the run"
+) -> list[str]:
+    """The names of ``available`` chosen by exact names and ``fnmatch`` globs (:func:`match_name`), in its order.
+
+    ``None`` chooses everything. The order is that of ``available`` (a model's or a run's
+    network order), whatever the order of the patterns: the same rule as
+    :func:`~xaisparse.recording.select_layers`.
+
+    >>> select_names(["head", "block*"], ["block1", "block2", "head"])
+    ['block1', 'block2', 'head']
+    """
+    names = list(available)
     if patterns is None:
         return names
-    chosen: list[str] = []
-    for pat in patterns:
-        if any(ch in pat for ch in "*?["):
-            hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-            if not hits:
-                raise UnknownLayerError(f"{what} pattern {pat!r} matches none of the available {what}s {names}")
-        elif pat in names:
-            hits = [pat]
-        else:
-            raise UnknownLayerError(f"unknown {what} {pat!r}; closest: {closest(pat, names)}; available: {names}")
-        chosen += [h for h in hits if h not in chosen]
-    return chosen
+    chosen: set[str] = set()
+    for pattern in patterns:
+        chosen.update(match_name(pattern, names, what, where))
+    return [n for n in names if n in chosen]

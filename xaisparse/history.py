@@ -3,7 +3,7 @@
 A :class:`History` holds the configuration, per-epoch metrics, per-layer and per-channel
 sparsity (tidy pandas tables), the fixed-bin per-channel histograms, the overfitting
 detector's result and the run's outcome. Every consumer — widgets, plots, reports, the CLI,
-the detector's evaluation, notebooks — asks it for what it needs (:meth:`History.layer_matrix`,
+the detector's evaluation, notebooks — asks it for what it needs (:meth:`History.layer_frame`,
 :meth:`History.test_loss_minimum`, :meth:`History.histogram`, …) instead of filtering the
 tables itself.
 
@@ -14,29 +14,27 @@ holds the previous run or the new one, complete (the layout is described in
 ``xaisparse/_runfiles.py``). Loading validates the manifest against a schema before it reads
 any data, so a damaged, truncated, foreign or newer run gets a
 :class:`~xaisparse.HistoryFormatError` naming the file and the problem. Runs saved by earlier
-versions (schemas 1 and 2) load too.
+versions (schemas 1 to 3) load too, upgraded to the current names.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ._deprecation import deprecated, renamed_keyword
 from ._errors import HistoryFormatError, UnknownLayerError, closest
 from ._io import jsonable
 from ._runfiles import SCHEMA_VERSION, TABLE_COLUMNS, read_run, write_run
 from ._validation import check_split
+from .detection import DetectionResult
 from .histogram_stats import histogram_mean
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .detect.result import DetectionResult
 
 __all__ = [
     "CHANNEL_COLUMNS",
@@ -48,10 +46,13 @@ __all__ = [
     "History",
     "RunOutcome",
     "as_runs",
+    "canonical_statistic",
     "channel_ordering",
     "check_history",
     "common_layers",
+    "epoch_series",
     "load_runs",
+    "loss_minimum",
     "run_names",
 ]
 
@@ -65,6 +66,27 @@ _V1_STATISTICS = {
     "lifetime_perplexity": "sample_perplexity",
     "lifetime_mean": "sample_mean",
 }
+#: Schema 2 named the population (channel-axis) layer statistics ``channel_*``, which read as
+#: per-channel values; schema 4 calls them ``population_*``. The old names still work, with a warning.
+RENAMED_STATISTICS = {"channel_mean": "population_mean", "channel_std": "population_std"}
+
+
+def canonical_statistic(statistic: str) -> str:
+    """A layer statistic's current name: an old one (``"channel_mean"``) warns and is translated.
+
+    >>> canonical_statistic("spatial_mean")
+    'spatial_mean'
+    """
+    new = RENAMED_STATISTICS.get(statistic) if isinstance(statistic, str) else None
+    if new is None:
+        return statistic
+    deprecated(
+        f"the layer statistic {statistic!r} is now called {new!r} (the population, i.e. channel-axis, "
+        "sparsity: not a per-channel value); the old name works for one release",
+        stacklevel=3,
+    )
+    return new
+
 
 #: A channel whose ``dead_fraction`` is at least this counts as dead in plots and tables.
 DEAD_THRESHOLD = 0.5
@@ -123,14 +145,56 @@ class RunOutcome:
         )
 
 
+#: What makes a row of each table unique: one value per key (``record_epoch`` refuses a second epoch).
+_KEYS = {
+    "metrics": ["epoch", "split", "metric"],
+    "layers": ["epoch", "split", "layer", "statistic"],
+    "channels": ["epoch", "split", "layer", "channel", "statistic"],
+}
+
+
 def _series(rows: pd.DataFrame, name: str) -> pd.Series:
-    """``value`` by epoch (first of duplicates, ascending)."""
+    """``value`` by epoch, ascending (the rows of one key: no epoch twice, see :data:`_KEYS`)."""
     s = pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=np.int64), name=name)
-    s = s[~s.index.duplicated(keep="first")].sort_index()
+    s = s.sort_index()
     s.index.name = "epoch"
     return s
 
 
+def epoch_series(series: object, what: str = "series") -> pd.Series:
+    """``series`` as floats by epoch, ascending; a ``ValueError`` when an epoch appears twice.
+
+    The one check of a per-epoch series given to the detector's baselines and evaluation (a
+    History's queries never hold an epoch twice: :meth:`History.record_epoch` refuses it).
+
+    >>> epoch_series(pd.Series([0.5, 1.0], index=[2, 1])).tolist()
+    [1.0, 0.5]
+    """
+    if not isinstance(series, pd.Series):
+        raise TypeError(f"{what} must be a pandas Series indexed by epoch, got {type(series).__name__}")
+    twice = series.index[series.index.duplicated()].unique().tolist()
+    if twice:
+        raise ValueError(f"{what} has epoch(s) {twice[:5]} more than once; expected one value per epoch")
+    return series.sort_index().astype(np.float64)
+
+
+def loss_minimum(loss: pd.Series) -> tuple[int, float] | None:
+    """``(epoch, value)`` of the smallest finite value of a per-epoch series (earliest on ties), or None.
+
+    The yardstick of overfitting (:meth:`History.test_loss_minimum` applies it to the test loss).
+
+    >>> loss_minimum(pd.Series([1.0, 0.6, float("nan"), 0.6]))
+    (1, 0.6)
+    """
+    s = epoch_series(loss, "loss")
+    s = s[np.isfinite(s.to_numpy())]
+    if s.empty:
+        return None
+    pos = int(np.argmin(s.to_numpy()))
+    return int(s.index[pos]), float(s.iloc[pos])
+
+
+@renamed_keyword("channel_hist", "population_hist")
 @dataclass
 class History:
     """Everything a run produced, epoch by epoch.
@@ -139,9 +203,10 @@ class History:
     * ``layers``: ``epoch, split, layer, statistic, value`` (see ``monitor.LAYER_STATISTICS``)
     * ``channels``: ``epoch, split, layer, channel, statistic, value``
     * ``spatial_hist[(split, layer)]``: ``(epochs, channels, bins)`` counts of per-sample map
-      sparsity, aligned with ``hist_epochs[(split, layer)]``; ``channel_hist``: ``(epochs, bins)``
+      sparsity (one histogram per channel), aligned with ``hist_epochs[(split, layer)]``;
+      ``population_hist``: ``(epochs, bins)`` counts of per-sample population sparsity
     * ``config``: the run's settings (JSON-safe); ``detection``: the detector's
-      :class:`~xaisparse.detect.DetectionResult` (or None); ``outcome``: a :class:`RunOutcome`
+      :class:`~xaisparse.detection.DetectionResult` (or None); ``outcome``: a :class:`RunOutcome`
 
     >>> h = History(config={"model": "demo"})
     >>> h.record_epoch(0, {"train": {"loss": 1.0}, "test": {"loss": 1.2}})
@@ -155,12 +220,25 @@ class History:
     layers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LAYER_COLUMNS))
     channels: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CHANNEL_COLUMNS))
     spatial_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    channel_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    population_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     hist_epochs: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     bin_edges: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 21))
     layer_order: list[str] = field(default_factory=list)
     detection: DetectionResult | None = None
     outcome: RunOutcome = field(default_factory=RunOutcome)
+
+    def __post_init__(self) -> None:
+        for kind, keys in _KEYS.items():
+            table = getattr(self, kind)
+            if kind == "channels" or table.empty:  # channels: written with their layer rows, one per key
+                continue
+            twice = table.duplicated(keys)
+            if twice.any():
+                first = table.loc[twice, keys].iloc[0].to_dict()
+                raise ValueError(
+                    f"the {kind} table holds {int(twice.sum())} duplicate row(s) (e.g. {first}); a History keeps "
+                    "one value per epoch (record_epoch refuses a recorded epoch)"
+                )
 
     # ------------------------------------------------------------------ building
     def record_epoch(
@@ -189,7 +267,7 @@ class History:
             self.channels = _append(self.channels, report.channels.assign(epoch=epoch)[CHANNEL_COLUMNS])
             self.bin_edges = np.asarray(report.bin_edges, dtype=np.float64)
             for key, hist in report.spatial_hist.items():
-                self._push_hist(key, epoch, hist, report.channel_hist[key])
+                self._push_hist(key, epoch, hist, report.population_hist[key])
             for layer in report.layers.layer.unique():
                 if layer not in self.layer_order:
                     self.layer_order.append(str(layer))
@@ -209,18 +287,18 @@ class History:
         >>> with monitor.track("test"), torch.no_grad():
         ...     _ = net(torch.randn(8, 1, 6, 6))
         >>> h = History.from_report(monitor.compute())
-        >>> h.epochs, h.layer_names, h.layer_matrix("test").shape
+        >>> h.epochs, h.layer_names, h.layer_frame("test").shape
         ([0], ['1'], (1, 1))
         """
         history = cls(config=dict(config or {}))
         history.record_epoch(epoch, None, report)
         return history
 
-    def _push_hist(self, key: tuple[str, str], epoch: int, spatial: np.ndarray, channel: np.ndarray) -> None:
+    def _push_hist(self, key: tuple[str, str], epoch: int, spatial: np.ndarray, population: np.ndarray) -> None:
         prev = self.spatial_hist.get(key)
         self.spatial_hist[key] = spatial[None] if prev is None else np.concatenate([prev, spatial[None]])
-        prev_c = self.channel_hist.get(key)
-        self.channel_hist[key] = channel[None] if prev_c is None else np.concatenate([prev_c, channel[None]])
+        prev_p = self.population_hist.get(key)
+        self.population_hist[key] = population[None] if prev_p is None else np.concatenate([prev_p, population[None]])
         self.hist_epochs.setdefault(key, []).append(epoch)
 
     # ------------------------------------------------------------------ what is recorded
@@ -242,9 +320,27 @@ class History:
         return _split_order(list(dict.fromkeys(self.layers.split.astype(str))))
 
     @property
+    def sparsity_epochs(self) -> list[int]:
+        """Epochs with layer sparsity recorded, ascending (never read from the metrics: no labels)."""
+        return sorted(set(self.layers.epoch.astype(int)))
+
+    @property
     def layer_names(self) -> list[str]:
-        """Recorded layers in network order."""
-        return list(self.layer_order) or list(dict.fromkeys(self.layers.layer.astype(str)))
+        """Recorded layers in network order (then any layer of the tables that the order lacks)."""
+        order = list(self.layer_order)
+        return order + [n for n in dict.fromkeys(self.layers.layer.astype(str)) if n not in order]
+
+    @property
+    def histogram_splits(self) -> list[str]:
+        """Splits with per-channel histograms (same order as :attr:`splits`)."""
+        return _split_order(list(dict.fromkeys(s for s, _ in self.spatial_hist)))
+
+    @property
+    def histogram_layers(self) -> list[str]:
+        """Layers with per-channel histograms, in network order."""
+        have = list(dict.fromkeys(name for _, name in self.spatial_hist))
+        names = self.layer_names
+        return [n for n in names if n in have] + [n for n in have if n not in names]
 
     @property
     def is_empty(self) -> bool:
@@ -298,6 +394,8 @@ class History:
         """``statistic`` if this run records it (per layer, or per channel); else a ``ValueError`` listing them."""
         if not isinstance(statistic, str):
             raise TypeError(f"statistic must be a statistic name (str), got {type(statistic).__name__}")
+        if not channels:
+            statistic = canonical_statistic(statistic)
         table = self.channels if channels else self.layers
         names = list(dict.fromkeys(table.statistic.astype(str)))
         if statistic not in names:
@@ -324,7 +422,7 @@ class History:
 
     # ------------------------------------------------------------------ metrics
     def metric(self, split: str, name: str = "loss") -> pd.Series:
-        """One metric over epochs (index: epoch).
+        """One metric over epochs (index: epoch, ascending).
 
         An unknown split or metric raises ``ValueError`` listing the recorded ones; a metric that is
         recorded, but not for this split, gives an empty series.
@@ -332,8 +430,21 @@ class History:
         self.check_split(split)
         self.check_metric(name)
         m = self.metrics
-        rows = m[(m.split == split) & (m.metric == name)]
-        return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=f"{split} {name}")
+        return _series(m[(m.split == split) & (m.metric == name)], f"{split} {name}")
+
+    def epoch_metrics(self, epoch: int) -> dict[str, dict[str, float]]:
+        """What :meth:`record_epoch` got at one epoch: ``metrics[split][name]`` (empty if none).
+
+        >>> h = History()
+        >>> h.record_epoch(0, {"train": {"loss": 1.0}, "test": {"loss": 1.5}})
+        >>> h.epoch_metrics(0)
+        {'train': {'loss': 1.0}, 'test': {'loss': 1.5}}
+        """
+        m = self.metrics[self.metrics.epoch == int(epoch)]
+        out: dict[str, dict[str, float]] = {}
+        for split, name, value in zip(m.split.astype(str), m.metric.astype(str), m.value.astype(float)):
+            out.setdefault(split, {})[name] = float(value)
+        return out
 
     def metric_frame(self, metric: str = "loss") -> pd.DataFrame:
         """Epochs × splits table of one metric (``train``/``test`` loss by default); empty where no split records it
@@ -362,13 +473,7 @@ class History:
         """
         if split not in self.splits or metric not in self.metric_names():
             return None
-        ser = self.metric(split, metric)
-        ser = ser[np.isfinite(ser.to_numpy(dtype=np.float64))]
-        if ser.empty:
-            return None
-        ser = ser.sort_index()
-        pos = int(np.argmin(ser.to_numpy()))
-        return int(ser.index[pos]), float(ser.iloc[pos])
+        return loss_minimum(self.metric(split, metric))
 
     def summary(self, name: str | None = None, split: str = "test") -> pd.DataFrame:
         """The run's facts in one row (best/last accuracy and loss, epoch of the loss minimum, rise
@@ -386,52 +491,64 @@ class History:
 
     # ------------------------------------------------------------------ layer statistics
     def layer_series(self, split: str, layer: str, statistic: str = "spatial_mean") -> pd.Series:
-        """One layer statistic over epochs (index: epoch).
+        """One layer statistic over epochs (index: epoch, ascending).
 
         Unknown names raise: the layer :class:`~xaisparse.UnknownLayerError` (closest names), the split or
         the statistic a ``ValueError`` listing the recorded ones.
         """
+        statistic = canonical_statistic(statistic)
         self._check_layer_query(split, layer, statistic)
         t = self.layers
-        rows = t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)]
-        return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=layer)
+        return _series(t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)], layer)
 
     def layer_frame(
         self, split: str, layers: Sequence[str] | None = None, statistic: str = "spatial_mean"
     ) -> pd.DataFrame:
-        """Epochs × layers table of one layer statistic (columns in the order given; default network order).
+        """Epochs × layers table of one layer statistic: the one wide table of a run's layer sparsity.
 
-        NaN where a value is missing or not finite. Unknown names raise, as in :meth:`layer_series`.
+        Columns in the order given (default: every layer with this statistic in this split, in
+        network order), epochs ascending; every epoch with a value of these layers keeps its row,
+        also when all its values are NaN (they stay visible as gaps). NaN where a value is missing
+        or not finite. Unknown names raise, as in :meth:`layer_series`.
+
+        >>> from xaisparse.testing import synthetic_history
+        >>> synthetic_history(epochs=4, layers=("a", "b")).layer_frame("test").shape
+        (4, 2)
         """
+        statistic = canonical_statistic(statistic)
         self._check_layer_query(split, None, statistic)
-        names = self.layer_names if layers is None else [self.check_layer(n) for n in layers]
         t = self.layers
         t = t[(t.split == split) & (t.statistic == statistic)]
-        series = [_series(t[t.layer == name], name) for name in names]
-        frame = pd.concat(series, axis=1) if series else pd.DataFrame()
-        frame = frame.reindex(columns=names).sort_index()
-        frame.index = frame.index.astype(np.int64) if len(frame.index) else pd.Index([], dtype=np.int64)
-        frame.index.name = "epoch"
+        if layers is None:
+            present = set(t.layer.astype(str))
+            names = [n for n in self.layer_names if n in present]
+        else:
+            names = [self.check_layer(n) for n in layers]
+            t = t[t.layer.isin(names)]
+        wide = t.pivot(index="epoch", columns="layer", values="value") if not t.empty else pd.DataFrame()
+        frame = wide.reindex(columns=names).sort_index()
+        frame.index = pd.Index(frame.index.to_numpy(dtype=np.int64), name="epoch")
+        frame.columns = pd.Index([str(c) for c in frame.columns], dtype=object)
         return frame.astype(np.float64)
 
-    def layer_matrix(self, split: str, statistic: str = "spatial_mean") -> pd.DataFrame:
-        """Layers × epochs table of one statistic (rows in network order, epochs ascending).
+    def layer_values(self, split: str, epoch: int, statistic: str = "spatial_mean") -> dict[str, float]:
+        """One epoch's row of :meth:`layer_frame`: ``{layer: value}`` in network order (empty if none)."""
+        frame = self.layer_frame(split, statistic=canonical_statistic(statistic))
+        if int(epoch) not in frame.index:
+            return {}
+        row = frame.loc[int(epoch)]
+        return {str(name): float(value) for name, value in zip(row.index, row.to_numpy(dtype=np.float64))}
 
-        Every epoch with rows for this split and statistic keeps its column, also when all its
-        values are NaN (they stay visible as gaps). Unknown names raise, as in :meth:`layer_series`.
-        """
-        self._check_layer_query(split, None, statistic)
-        t = self.layers[(self.layers.split == split) & (self.layers.statistic == statistic)]
-        if t.empty:
-            return pd.DataFrame()
-        t = t.assign(epoch=t.epoch.astype(np.int64), layer=t.layer.astype(str), value=t.value.astype(np.float64))
-        t = t.drop_duplicates(["layer", "epoch"], keep="first")
-        wide = t.pivot(index="layer", columns="epoch", values="value")
-        order = [name for name in self.layer_names if name in wide.index]
-        order += [name for name in wide.index if name not in order]
-        wide = wide.reindex(index=order, columns=sorted(wide.columns))
+    def layer_matrix(self, split: str, statistic: str = "spatial_mean") -> pd.DataFrame:
+        """Deprecated: ``layer_frame(split, statistic=statistic).T`` (layers × epochs)."""
+        deprecated(
+            "History.layer_matrix(split, statistic) is deprecated: use History.layer_frame(split, "
+            "statistic=statistic) (epochs × layers; .T for layers × epochs)",
+            stacklevel=2,
+        )
+        wide = self.layer_frame(split, statistic=canonical_statistic(statistic)).T
         wide.index.name, wide.columns.name = "layer", "epoch"
-        return wide.astype(np.float64)
+        return wide
 
     # ------------------------------------------------------------------ histograms and channels
     def histogram_epochs(self, split: str, layer: str) -> list[int]:
@@ -549,13 +666,19 @@ class History:
 
     # ------------------------------------------------------------------ deprecated
     @property
-    def detector(self) -> dict[str, Any] | None:
-        """Deprecated: the detector's result as a dict; use :attr:`detection`."""
-        warnings.warn(
-            "History.detector is deprecated; use History.detection (a DetectionResult)",
-            DeprecationWarning,
+    def channel_hist(self) -> dict[tuple[str, str], np.ndarray]:
+        """Deprecated: :attr:`population_hist` (the population-sparsity histograms, not per channel)."""
+        deprecated(
+            "History.channel_hist is deprecated: it is History.population_hist (per-channel histograms are "
+            "History.spatial_hist)",
             stacklevel=2,
         )
+        return self.population_hist
+
+    @property
+    def detector(self) -> dict[str, Any] | None:
+        """Deprecated: the detector's result as a dict; use :attr:`detection`."""
+        deprecated("History.detector is deprecated; use History.detection (a DetectionResult)", stacklevel=2)
         return None if self.detection is None else self.detection.to_dict()
 
     # ------------------------------------------------------------------ persistence
@@ -581,7 +704,7 @@ class History:
                 key: (
                     [int(e) for e in self.hist_epochs.get(key, [])],
                     np.asarray(self.spatial_hist[key], dtype=np.int64),
-                    np.asarray(self.channel_hist[key], dtype=np.int64),
+                    np.asarray(self.population_hist[key], dtype=np.int64),
                 )
                 for key in keys
             },
@@ -601,27 +724,30 @@ class History:
         config = dict(manifest.get("config") or {})
         if run.version == 1:
             _upgrade_v1(tables, config, manifest)
-        h = cls(
-            config=config,
-            metrics=tables["metrics"],
-            layers=tables["layers"],
-            channels=tables["channels"],
-            bin_edges=run.bin_edges if run.bin_edges is not None else np.linspace(0, 1, 21),
-            layer_order=list(manifest.get("layer_order") or []),
-            outcome=RunOutcome.from_dict(manifest.get("outcome")),
-        )
+        if run.version <= 3:
+            _upgrade_statistics(tables, config, manifest)
+        try:
+            h = cls(
+                config=config,
+                metrics=tables["metrics"],
+                layers=tables["layers"],
+                channels=tables["channels"],
+                bin_edges=run.bin_edges if run.bin_edges is not None else np.linspace(0, 1, 21),
+                layer_order=list(manifest.get("layer_order") or []),
+                outcome=RunOutcome.from_dict(manifest.get("outcome")),
+            )
+        except ValueError as exc:  # e.g. a table that repeats an epoch
+            raise HistoryFormatError(f"run directory {path} is inconsistent: {exc}") from None
         detection = manifest.get("detection")
         if isinstance(detection, Mapping):
-            from .detect.result import DetectionResult
-
             try:
                 h.detection = DetectionResult.from_dict(detection, run.evidence)
             except (KeyError, TypeError, ValueError) as exc:
                 raise HistoryFormatError(
                     f"the detection result of run {path} cannot be read: {type(exc).__name__}: {exc}"
                 ) from None
-        for key, (epochs, spatial, channel) in run.hists.items():
-            h.spatial_hist[key], h.channel_hist[key], h.hist_epochs[key] = spatial, channel, epochs
+        for key, (epochs, spatial, population) in run.hists.items():
+            h.spatial_hist[key], h.population_hist[key], h.hist_epochs[key] = spatial, population, epochs
         return h
 
     def __repr__(self) -> str:
@@ -640,6 +766,15 @@ def _upgrade_v1(tables: dict[str, pd.DataFrame], config: dict[str, Any], manifes
     old = manifest.get("detector")
     if isinstance(old, Mapping) and "alarm_epoch" in old:
         manifest["detection"] = {**old, "epochs": old.get("epochs") or []}
+
+
+def _upgrade_statistics(tables: dict[str, pd.DataFrame], config: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Schemas 2 and 3 -> 4: ``channel_mean``/``channel_std`` renamed ``population_*`` (also in the
+    detector's settings). The population histograms' new key is the reader's (:mod:`xaisparse._runfiles`)."""
+    tables["layers"]["statistic"] = tables["layers"]["statistic"].replace(RENAMED_STATISTICS)
+    for settings in (config.get("detector"), (manifest.get("detection") or {}).get("params")):
+        if isinstance(settings, dict) and settings.get("statistic") in RENAMED_STATISTICS:
+            settings["statistic"] = RENAMED_STATISTICS[settings["statistic"]]
 
 
 def _split_order(found: list[str]) -> list[str]:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_split
+from ._deprecation import deprecated, renamed_keyword
+from ._validation import check_int, check_split
 from .estimators import LayerSparsity
 from .recording import ActivationRecorder, LayerSelector
 
@@ -32,19 +33,23 @@ CHANNEL_STATISTICS = (
     "sample_sparsity",  # sparsity of the channel's spatial means over all samples seen
     "sample_perplexity",
 )
-#: Per-layer statistics in :attr:`SparsityReport.layers`.
+#: Per-layer statistics in :attr:`SparsityReport.layers`. The prefix says which vector's
+#: sparsity it summarises: ``spatial_`` a channel's map, ``population_`` a sample's channel means
+#: (the ``channel`` axis of :func:`~xaisparse.functional.perplexity_sparsity`), ``sample_`` a
+#: channel's means over the samples (the ``sample`` axis, lifetime).
 LAYER_STATISTICS = (
     "spatial_mean",  # mean map sparsity over all channels and samples
     "dead_fraction",
     "nonfinite",
-    "channel_mean",  # population sparsity: mean over samples of sparsity across channels
-    "channel_std",
+    "population_mean",  # population sparsity: mean over samples of sparsity across channels
+    "population_std",
     "sample_mean",  # mean over channels of the sample-axis (lifetime) sparsity
     "num_channels",
     "samples",
 )
 
 
+@renamed_keyword("channel_hist", "population_hist")
 @dataclass
 class SparsityReport:
     """What a :class:`SparsityMonitor` measured, as tidy tables plus fixed-bin histograms.
@@ -52,15 +57,21 @@ class SparsityReport:
     ``channels``: columns ``split, layer, channel, statistic, value`` (see
     :data:`CHANNEL_STATISTICS`). ``layers``: ``split, layer, statistic, value`` (see
     :data:`LAYER_STATISTICS`). ``spatial_hist[(split, layer)]``: ``(channels, bins)`` counts of
-    per-sample map sparsity; ``channel_hist[(split, layer)]``: ``(bins,)`` counts of per-sample
-    population sparsity; both on ``bin_edges``.
+    per-sample map sparsity, one histogram per channel; ``population_hist[(split, layer)]``:
+    ``(bins,)`` counts of per-sample population sparsity; both on ``bin_edges``.
     """
 
     channels: pd.DataFrame
     layers: pd.DataFrame
     spatial_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    channel_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    population_hist: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     bin_edges: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 21))
+
+    @property
+    def channel_hist(self) -> dict[tuple[str, str], np.ndarray]:
+        """Deprecated: :attr:`population_hist`."""
+        deprecated("SparsityReport.channel_hist is deprecated: it is SparsityReport.population_hist", stacklevel=2)
+        return self.population_hist
 
     def layer_value(self, split: str, layer: str, statistic: str = "spatial_mean") -> float:
         """One layer-level number, e.g. ``report.layer_value("test", "block1.relu")``."""
@@ -111,8 +122,8 @@ def _frames(out: dict[str, Tensor]) -> tuple[dict[str, np.ndarray], dict[str, fl
             "spatial_mean": spatial_mean,
             "dead_fraction": float(dead.sum() / total) if total else np.nan,
             "nonfinite": float(np_out["sample_nonfinite"].sum()),  # non-finite maps, like per channel
-            "channel_mean": float(np_out["channel_mean"]),
-            "channel_std": float(np_out["channel_std"]),
+            "population_mean": float(np_out["channel_mean"]),  # the estimator's channel axis
+            "population_std": float(np_out["channel_std"]),
             "sample_mean": float(np.nanmean(lifetime)) if np.isfinite(lifetime).any() else np.nan,
             "num_channels": float(c),
             "samples": float(np_out["sample_count"].max(initial=0)),
@@ -170,9 +181,7 @@ class SparsityMonitor:
     """
 
     def __init__(self, model: nn.Module, layers: LayerSelector = None, *, bins: int = 20) -> None:
-        if not isinstance(bins, int) or bins < 1:
-            raise ValueError(f"bins must be a positive int, got {bins!r}")
-        self.bins = bins
+        self.bins = check_int("bins", bins, minimum=1)
         self.recorder = ActivationRecorder(model, layers, callback=self._on_activation)
         self._split: str | None = None
         self._estimators: dict[tuple[str, str], LayerSparsity] = {}
@@ -232,7 +241,7 @@ class SparsityMonitor:
         shape = ", ".join(["N", *map(str, x.shape[1:])])
         warnings.warn(
             f"layer {name!r} has no spatial extent (activations ({shape})): it is measured on the channel axis "
-            f"('channel_mean': how concentrated each sample's {x.shape[1]} features are) and the sample axis "
+            f"('population_mean': how concentrated each sample's {x.shape[1]} features are) and the sample axis "
             f"('sample_mean'); its spatial statistics (spatial_mean, dead_fraction, ...) are left out of the tables",
             RuntimeWarning,
             stacklevel=4,
@@ -305,7 +314,7 @@ class SparsityMonitor:
             )
         tables: list[dict[str, np.ndarray]] = []
         rows: list[dict[str, object]] = []
-        spatial_hist, channel_hist = {}, {}
+        spatial_hist, population_hist = {}, {}
         for (split, layer), est in measured.items():
             with warnings.catch_warnings():
                 if not est.update_count:  # another rank's data only: no "before any update" warning
@@ -315,14 +324,14 @@ class SparsityMonitor:
             tables.append(table)
             rows.extend({"split": split, "layer": layer, "statistic": k, "value": v} for k, v in layer_stats.items())
             spatial_hist[(split, layer)] = out["spatial_hist"].cpu().numpy()
-            channel_hist[(split, layer)] = out["channel_hist"].cpu().numpy()
+            population_hist[(split, layer)] = out["channel_hist"].cpu().numpy()
         channels = _channel_table(list(measured), tables)
         layers = pd.DataFrame(rows, columns=["split", "layer", "statistic", "value"])
         return SparsityReport(
             channels=channels,
             layers=layers,
             spatial_hist=spatial_hist,
-            channel_hist=channel_hist,
+            population_hist=population_hist,
             bin_edges=np.linspace(0.0, 1.0, self.bins + 1),
         )
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import UnknownLayerError, closest
+from ._validation import check_choice, check_number
 from .functional.perplexity import AXES, Axis, perplexity_sparsity
 from .recording import ActivationRecorder, LayerSelector, call_site_base
 
@@ -104,25 +105,19 @@ class SparsityPenalty(nn.Module):
         axis: Axis = "spatial",
     ) -> None:
         super().__init__()
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool):
-            raise TypeError(f"weight must be a number (λ), got {type(weight).__name__}")
-        if axis not in AXES:
-            raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
-        self.weight = float(weight)
-        self.axis: Axis = axis
+        self.weight = check_number("weight (λ)", weight)
+        self.axis: Axis = check_choice("axis", axis, AXES)  # type: ignore[assignment]
         # A plain attribute, not a submodule: the penalty must not adopt the user's model.
         self.__dict__["recorder"] = ActivationRecorder(model, layers, callback=self._collect)
         known = set(self.recorder.modules) | set(self.recorder.functional_sites)
         weights = dict(layer_weights or {})
-        for name, w in weights.items():
+        for name in weights:
             if name not in known and call_site_base(name) not in known:
                 raise UnknownLayerError(
                     f"layer_weights names {name!r}, which is not a selected layer; selected layers are "
                     f"{sorted(known)[:12]} (closest: {closest(name, known)})"
                 )
-            if not isinstance(w, (int, float)) or isinstance(w, bool):
-                raise TypeError(f"layer_weights[{name!r}] must be a number, got {type(w).__name__}")
-        self.layer_weights = {k: float(v) for k, v in weights.items()}
+        self.layer_weights = {k: check_number(f"layer_weights[{k!r}]", v) for k, v in weights.items()}
         self._terms: dict[str, Tensor] = {}
         self._fed = False  # a forward with gradients reached a selected layer since the last penalty()
         self._no_grad_forward = False  # the latest forward through the selected layers ran without gradients

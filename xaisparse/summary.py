@@ -16,9 +16,7 @@ The rules, so that every consumer reads the same numbers:
 * ``rise after min`` is ``last loss − min loss``: 0 when the minimum is the last epoch, NaN
   when the last loss is not finite;
 * a layer's final sparsity is its ``spatial_mean`` on the summary's split at the last epoch
-  that records the layer;
-* what a run does not record (no accuracy, no such split: an own training loop, a Lightning
-  run with a ``val`` split) is NaN, so runs of different kinds still share one table.
+  that records the layer.
 
 >>> from xaisparse.history import History
 >>> h = History(config={"name": "demo", "seed": 3})
@@ -94,13 +92,6 @@ def _best(series: pd.Series) -> float:
     return float(values.max()) if values.size else math.nan
 
 
-def _metric(history: History, split: str, name: str) -> pd.Series:
-    """The metric over epochs; empty where the run does not record it (its cells are then NaN)."""
-    if split not in history.splits or name not in history.metric_names():
-        return pd.Series(dtype=np.float64)
-    return history.metric(split, name)
-
-
 def run_summary(history: History, name: str | None = None, split: str = "test") -> pd.DataFrame:
     """One row of a run's facts (see the module's rules), indexed by the run's name.
 
@@ -115,7 +106,7 @@ def run_summary(history: History, name: str | None = None, split: str = "test") 
         name = str((history.config or {}).get("name") or "run")
     elif not isinstance(name, str):
         raise TypeError(f"name must be a str or None, got {type(name).__name__}")
-    loss, acc = _metric(history, split, "loss"), _metric(history, split, "accuracy")
+    loss, acc = _recorded_metric(history, split, "loss"), _recorded_metric(history, split, "accuracy")
     best = history.test_loss_minimum(split)
     last_loss = _last(loss)
     seed = (history.config or {}).get("seed")
@@ -130,14 +121,22 @@ def run_summary(history: History, name: str | None = None, split: str = "test") 
         f"last {split} loss": last_loss,
         "rise after min": last_loss - best[1] if best is not None and math.isfinite(last_loss) else math.nan,
     }
-    spatial = set(history.layers.statistic[history.layers.split == split])
-    for layer in history.layer_names:  # NaN where the split or the spatial statistic is not recorded
-        row[f"sparsity {layer}"] = _last(history.layer_series(split, layer)) if "spatial_mean" in spatial else math.nan
+    sparse = split in history.sparsity_splits and "spatial_mean" in history.statistics(split)
+    for layer in history.layer_names:
+        series = history.layer_series(split, layer, "spatial_mean") if sparse else pd.Series(dtype=np.float64)
+        row[f"sparsity {layer}"] = _last(series)
     row["alarm epoch"] = history.alarm_epoch
     seconds = history.outcome.train_seconds
     row["train seconds"] = math.nan if seconds is None else float(seconds)
     frame = pd.DataFrame([row], index=pd.Index([name], name="run"))
     return _typed(frame)
+
+
+def _recorded_metric(history: History, split: str, name: str) -> pd.Series:
+    """``history.metric(split, name)``, empty where the run does not record it (a summary has NaN there)."""
+    if split in history.splits and name in history.metric_names():
+        return history.metric(split, name)
+    return pd.Series(dtype=np.float64)
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:

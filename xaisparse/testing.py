@@ -91,8 +91,8 @@ def synthetic_history(
                     "spatial_mean": float(np.mean(samples)),
                     "dead_fraction": float(dead.sum() / (64 * channels)),
                     "nonfinite": 0.0,
-                    "channel_mean": float(np.clip(level * 0.6, 0, 1)),
-                    "channel_std": 0.05,
+                    "population_mean": float(np.clip(level * 0.6, 0, 1)),
+                    "population_std": 0.05,
                     "sample_mean": float(np.mean(stats["sample_sparsity"])),
                     "num_channels": float(channels),
                     "samples": 64.0,
@@ -104,7 +104,7 @@ def synthetic_history(
             channels=pd.DataFrame(ch_rows, columns=["split", "layer", "channel", "statistic", "value"]),
             layers=pd.DataFrame(layer_rows, columns=["split", "layer", "statistic", "value"]),
             spatial_hist=sh,
-            channel_hist=chh,
+            population_hist=chh,
             bin_edges=edges,
         )
         h.record_epoch(e, metrics, report)

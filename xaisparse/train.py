@@ -12,7 +12,6 @@ the current epoch.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import math
@@ -20,7 +19,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,12 +29,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._deprecation import deprecated
 from ._errors import DeviceUnavailableError
 from ._fit_inputs import check_fit_inputs
 from ._io import atomic_write_bytes
-from ._validation import check_int, check_split
+from ._validation import check_int
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .data import probe_subset
+from .epoch import EpochStep, measure_epoch, measure_split, timed
 from .history import History
 from .monitor import SparsityMonitor
 from .penalty import SparsityPenalty
@@ -43,7 +44,7 @@ from .penalty import SparsityPenalty
 if TYPE_CHECKING:  # pragma: no cover
     from .detect import OverfitDetector
 
-__all__ = ["Callback", "TrainState", "evaluate_split", "fit", "load_checkpoint", "seed_everything"]
+__all__ = ["Callback", "TrainState", "fit", "load_checkpoint", "seed_everything"]
 
 LossFn = Callable[..., Tensor]
 
@@ -62,7 +63,8 @@ class TrainState:
     ``epoch``/``epochs``: the current epoch and the last one; ``batch``/``batches``: the
     position in the current epoch; ``loss``/``penalty``: the latest batch's task loss and
     penalty; ``metrics``: the latest epoch's measurements (``metrics[split][name]``); set
-    ``stop = True`` to end training after the current epoch.
+    ``stop = True`` to end training after the current epoch. ``info``: a dict that callbacks may
+    use to pass data to one another (``fit`` itself never reads or writes it).
     """
 
     model: nn.Module
@@ -147,7 +149,6 @@ def _probe(data: Dataset | DataLoader | None, size: int, seed: int) -> DataLoade
     return DataLoader(probe_subset(dataset, size, seed), batch_size=256, shuffle=False)
 
 
-@torch.no_grad()
 def evaluate_split(
     model: nn.Module,
     loader: DataLoader,
@@ -156,33 +157,9 @@ def evaluate_split(
     split: str = "test",
     loss_fn: LossFn = nn.functional.cross_entropy,
 ) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` on ``loader`` (eval mode), feeding ``monitor`` if given."""
-    check_split(split)
-    was_training = model.training
-    model.eval()
-    total, correct, loss_sum = 0, 0, 0.0
-    try:
-        ctx = monitor.track(split) if monitor is not None else _null()
-        with ctx:
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                out = model(x)
-                loss_sum += float(loss_fn(out, y, reduction="sum"))
-                correct += int((out.argmax(1) == y).sum())
-                total += len(y)
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise ValueError(f"the {split} probe set is empty")
-    return {"loss": loss_sum / total, "accuracy": correct / total}
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    """Deprecated: :func:`xaisparse.epoch.measure_split` (mean loss and accuracy on a probe set)."""
+    deprecated("xaisparse.train.evaluate_split is deprecated: use xaisparse.epoch.measure_split (same arguments)")
+    return measure_split(model, loader, device, monitor, split, loss_fn)
 
 
 def _optimizer(
@@ -357,40 +334,38 @@ def fit(
     bar = _progress(range(start_epoch, epochs + 1), progress, initial=start_epoch, total=epochs + 1)
     t0 = time.perf_counter()
     phases = history.outcome.phase_seconds
+    measured = {split: loader for split, loader in probes.items() if loader is not None}
     try:
         if pen is not None:
             pen.attach()
         for epoch in bar:
             state.epoch = epoch
+            running: dict[str, dict[str, float]] = {}
             if epoch > 0:
-                with _timed(phases, "train"):
-                    _train_one_epoch(train_loader, pen, device, loss_fn, state, cbs)
-            with _timed(phases, "measure"):
-                monitor.reset()
-                metrics = {
-                    split: evaluate_split(model, loader, device, monitor, split, loss_fn)
-                    for split, loader in probes.items()
-                    if loader is not None
-                }
-                if epoch > 0:
-                    metrics["train"]["running_loss"] = state.info.pop("loss_mean")
-                    if pen is not None:
-                        metrics["train"]["penalty"] = state.info.pop("penalty_mean")
-                history.record_epoch(epoch, metrics, monitor.compute())
-            state.metrics = metrics
-            if detector is not None:
-                with _timed(phases, "detect"):
-                    detector.update(history)
-                    history.detection = detector.result()
+                with timed(phases, "train"):
+                    running = {"train": _train_one_epoch(train_loader, pen, device, loss_fn, state, cbs)}
+            step = measure_epoch(
+                model,
+                history,
+                epoch,
+                monitor,
+                measured,
+                device=device,
+                loss_fn=loss_fn,
+                metrics=running,
+                detector=detector,
+                phases=phases,
+            )
+            state.metrics = step.metrics
             if cbs:
-                with _timed(phases, "callbacks"):
+                with timed(phases, "callbacks"):
                     for cb in cbs:
                         _epoch_end(cb, state)
             if ckpt_dir is not None:
-                with _timed(phases, "checkpoint"):
+                with timed(phases, "checkpoint"):
                     _save_checkpoint(ckpt_dir, model, opt, train_loader, history, epoch)
-            _postfix(bar, metrics, history)
-            stopper = _stop_reason(state, cbs, detector)
+            _postfix(bar, step.metrics, history)
+            stopper = _stop_reason(state, cbs, step)
             if stopper is not None and epoch < epochs:
                 history.outcome.stopped_early_at, history.outcome.stop_reason = epoch, stopper
                 break
@@ -403,22 +378,11 @@ def fit(
     return history
 
 
-@contextlib.contextmanager
-def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
-    """Add the wall time of the block to ``phases[name]`` (each phase ends in a host read of its
-    results, so on CUDA too the time is the phase's own)."""
-    t = time.perf_counter()
-    try:
-        yield
-    finally:
-        phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
-
-
-def _stop_reason(state: TrainState, cbs: list[Any], detector: Any) -> str | None:
+def _stop_reason(state: TrainState, cbs: list[Any], step: EpochStep) -> str | None:
     if state.stop:
         return "state.stop"
-    if detector is not None and getattr(detector, "stop_requested", False):
-        return f"detector alarm at epoch {detector.alarm_epoch}"
+    if step.stop_reason is not None:
+        return step.stop_reason
     for cb in cbs:
         if getattr(cb, "stop_requested", False):
             return f"callback {type(cb).__name__}"
@@ -427,7 +391,8 @@ def _stop_reason(state: TrainState, cbs: list[Any], detector: Any) -> str | None
 
 def _train_one_epoch(
     loader: DataLoader, pen: SparsityPenalty | None, device: torch.device, loss_fn: LossFn, state: TrainState, cbs: list
-) -> None:
+) -> dict[str, float]:
+    """One pass over ``loader``; the epoch's means: ``running_loss`` (task loss) and, with a penalty, ``penalty``."""
     model, opt = state.model, state.optimizer
     model.train()
     loss_sum, pen_sum, n = 0.0, 0.0, 0
@@ -455,8 +420,10 @@ def _train_one_epoch(
         for cb in cbs:
             if hasattr(cb, "on_batch_end"):
                 cb.on_batch_end(state)
-    state.info["loss_mean"] = loss_sum / max(n, 1)
-    state.info["penalty_mean"] = pen_sum / max(n, 1)
+    means = {"running_loss": loss_sum / max(n, 1)}
+    if pen is not None:
+        means["penalty"] = pen_sum / max(n, 1)
+    return means
 
 
 def _save_checkpoint(

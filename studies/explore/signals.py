@@ -31,7 +31,7 @@ from xaisparse.history import History
 
 DISTANCES = ("tv", "js", "w1", "dmean")
 #: layer statistics read for both splits (see xaisparse.monitor.LAYER_STATISTICS)
-STATISTICS = ("spatial_mean", "dead_fraction", "channel_mean", "channel_std", "sample_mean")
+STATISTICS = ("spatial_mean", "dead_fraction", "population_mean", "population_std", "sample_mean")
 
 
 @dataclass

@@ -109,7 +109,7 @@ def test_widgets_gallery(lab):
     views = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output > .xaisparse-widget")
     n = views.count()
     expected = [
-        "PerplexityDistribution",
+        "SparsityDistribution",
         "SparsityTimeline",
         "LayerEpochHeatmap",
         "ChannelInspector",

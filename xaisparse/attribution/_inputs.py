@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_bool, is_int
-from ..recording import select_layers
+from ..recording import evaluating, select_layers
 from ..recording.expose import SITE_MODULE, expose_call_site
 from ..recording.sites import call_site_call
 
@@ -209,7 +209,6 @@ def modes(models: Sequence[nn.Module], eval_mode: bool | None, *, warn: bool = T
     """
     if eval_mode is not None:
         check_bool("eval_mode", eval_mode)
-    flags = [(m, m.training) for model in models for m in model.modules()]
     if eval_mode is None and warn:
         for model in dict.fromkeys(models):  # each model once, in order
             training = sum(m.training for m in model.modules())
@@ -223,14 +222,8 @@ def modes(models: Sequence[nn.Module], eval_mode: bool | None, *, warn: bool = T
                     UserWarning,
                     stacklevel=4,
                 )
-    try:
-        if eval_mode is not False:
-            for model in models:
-                model.eval()
+    with evaluating(*models, enabled=eval_mode is not False):
         yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 @contextmanager

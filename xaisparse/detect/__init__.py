@@ -14,11 +14,17 @@ from held-out labels): no loss, no accuracy, not even the ``metrics`` table of t
 * :mod:`~xaisparse.detect.config`: :class:`DetectorConfig`, the validated, frozen settings;
 * :mod:`~xaisparse.detect.online`: :class:`OverfitDetector`, fed online (after each epoch) or
   offline (a saved run), with the same answer by construction;
-* :mod:`~xaisparse.detect.result`: :class:`DetectionResult` and its :meth:`~DetectionResult.verdict`;
-* :mod:`~xaisparse.detect.evaluate`: :func:`evaluate`, the only code that reads labels: it
-  scores the alarm against the test-loss minimum beside patience early stopping;
+* :mod:`~xaisparse.detection` (below the History, which keeps one): :class:`DetectionResult` and its
+  :meth:`~DetectionResult.verdict`;
+* :mod:`~xaisparse.detect.scoring`: :func:`evaluate_detector`, the only code that reads labels:
+  it scores the alarm against the test-loss minimum beside patience early stopping;
 * :mod:`~xaisparse.detect.baselines`: comparison methods that are not detectors (training-loss
   plateau, a fixed epoch, chance, early stopping with the best epoch restored).
+
+This package exports what a user of the detector needs (its ``__all__``); the building blocks
+(the rule's tracks, the signals, the study's baselines and outcome helpers) are imported from
+their modules. Importing them from ``xaisparse.detect`` itself still works for one release,
+with a ``DeprecationWarning`` naming the module, and so does the old name ``evaluate``.
 
 >>> from xaisparse.testing import synthetic_history
 >>> result = OverfitDetector().detect(synthetic_history(epochs=16, overfit_at=7, seed=1))
@@ -26,17 +32,17 @@ from held-out labels): no loss, no accuracy, not even the ``metrics`` table of t
 (True, True)
 """
 
-from .baselines import chance_outcomes, fixed_epoch, restored_best_epoch, train_loss_plateau_epoch
+import importlib
+from typing import Any
+
+from .._deprecation import deprecated
+from ..detection import EVIDENCE_NOTE, DetectionResult, DetectorState
+from . import baselines, rule, scoring, signals, slope  # noqa: F401  (xaisparse.detect.<module> works)
 from .config import RULES, SIGNALS, DetectorConfig
-from .evaluate import OUTCOMES, Evaluation, classify, early_stopping_epoch, evaluate, overfits, summarize
-from .online import OverfitDetector, detect, sparsity_matrix
-from .result import EVIDENCE_NOTE, DetectionResult, DetectorState, evidence_frame
-from .rule import EVIDENCE_COLUMNS, LayerTrack, run_rule
-from .signals import divergence, gap, js_divergence, layer_mean, signal_matrix, sparsity, trailing_slope
-from .slope import SlopeTrack, run_slope
+from .online import OverfitDetector, detect
+from .scoring import OUTCOMES, Evaluation, early_stopping_epoch, evaluate_detector
 
 __all__ = [
-    "EVIDENCE_COLUMNS",
     "EVIDENCE_NOTE",
     "OUTCOMES",
     "RULES",
@@ -45,28 +51,47 @@ __all__ = [
     "DetectorConfig",
     "DetectorState",
     "Evaluation",
-    "LayerTrack",
     "OverfitDetector",
-    "SlopeTrack",
-    "chance_outcomes",
-    "classify",
     "detect",
-    "divergence",
     "early_stopping_epoch",
-    "evaluate",
-    "evidence_frame",
-    "fixed_epoch",
-    "gap",
-    "js_divergence",
-    "layer_mean",
-    "overfits",
-    "restored_best_epoch",
-    "run_rule",
-    "run_slope",
-    "signal_matrix",
-    "sparsity",
-    "sparsity_matrix",
-    "summarize",
-    "trailing_slope",
-    "train_loss_plateau_epoch",
+    "evaluate_detector",
 ]
+
+#: Names this package exported before, now imported from the module that defines them.
+_MOVED = {
+    "EVIDENCE_COLUMNS": "xaisparse.detection",
+    "evidence_frame": "xaisparse.detection",
+    "LayerTrack": "xaisparse.detect.rule",
+    "run_rule": "xaisparse.detect.rule",
+    "SlopeTrack": "xaisparse.detect.slope",
+    "run_slope": "xaisparse.detect.slope",
+    "classify": "xaisparse.detect.scoring",
+    "overfits": "xaisparse.detect.scoring",
+    "summarize": "xaisparse.detect.scoring",
+    "chance_outcomes": "xaisparse.detect.baselines",
+    "fixed_epoch": "xaisparse.detect.baselines",
+    "restored_best_epoch": "xaisparse.detect.baselines",
+    "train_loss_plateau_epoch": "xaisparse.detect.baselines",
+    "divergence": "xaisparse.detect.signals",
+    "gap": "xaisparse.detect.signals",
+    "js_divergence": "xaisparse.detect.signals",
+    "layer_mean": "xaisparse.detect.signals",
+    "signal_matrix": "xaisparse.detect.signals",
+    "sparsity": "xaisparse.detect.signals",
+    "trailing_slope": "xaisparse.detect.signals",
+    "sparsity_matrix": "xaisparse.detect.online",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "evaluate":
+        deprecated(
+            "xaisparse.detect.evaluate is deprecated: use xaisparse.detect.evaluate_detector (same arguments)",
+            stacklevel=2,
+        )
+        return evaluate_detector
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xaisparse.detect' has no attribute {name!r}")
+    deprecated(f"importing {name} from xaisparse.detect is deprecated: import it from {module}", stacklevel=2)
+    return getattr(importlib.import_module(module), name)

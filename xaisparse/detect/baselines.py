@@ -16,19 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import pandas as pd
 
 from .._validation import check_int, check_number
+from ..history import epoch_series, loss_minimum
 
 __all__ = ["chance_outcomes", "fixed_epoch", "restored_best_epoch", "train_loss_plateau_epoch"]
-
-
-def _clean(series: pd.Series) -> pd.Series:
-    if not isinstance(series, pd.Series):
-        raise TypeError(f"expected a pandas Series indexed by epoch, got {type(series).__name__}")
-    s = series[~series.index.duplicated(keep="last")].sort_index()
-    return s.astype(np.float64)
 
 
 def train_loss_plateau_epoch(loss: pd.Series, window: int = 10, tau: float = 0.02) -> int | None:
@@ -40,7 +33,7 @@ def train_loss_plateau_epoch(loss: pd.Series, window: int = 10, tau: float = 0.0
     """
     window = check_int("window", window, minimum=1)
     tau = check_number("tau", tau)
-    s = _clean(loss)
+    s = epoch_series(loss, "loss")
     values, epochs = s.to_numpy(), s.index.to_numpy()
     for i in range(window, len(values)):
         before, now = values[i - window], values[i]
@@ -59,10 +52,9 @@ def restored_best_epoch(loss: pd.Series, stop: int | None) -> int | None:
     """The epoch of the lowest loss up to ``stop`` (what early stopping with restored weights keeps)."""
     if stop is None:
         return None
-    s = _clean(loss)
-    s = s[s.index <= stop]
-    finite = s[np.isfinite(s.to_numpy())]
-    return None if finite.empty else int(finite.idxmin())
+    s = epoch_series(loss, "loss")
+    best = loss_minimum(s[s.index <= stop])
+    return None if best is None else best[0]
 
 
 def chance_outcomes(epochs: list[int], classify: Callable[[int | None], str], first: int = 5) -> dict[str, float]:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .._validation import check_bool, check_choice, check_int, check_number, check_split, check_str, is_int, is_number
+from ..history import canonical_statistic
 
 __all__ = ["RULES", "SIGNALS", "DetectorConfig"]
 
@@ -63,7 +64,7 @@ class DetectorConfig:
         set_ = object.__setattr__
         set_(self, "layers", layers)
         check_split(check_str("split", self.split))
-        check_str("statistic", self.statistic)
+        set_(self, "statistic", canonical_statistic(check_str("statistic", self.statistic)))
         if not is_int(self.smooth):  # a float such as 1.5 is a bad value of an epoch count
             raise ValueError(f"smooth must be an int >= 1 (epochs), got {self.smooth!r}")
         set_(self, "smooth", check_int("smooth", self.smooth, minimum=1))

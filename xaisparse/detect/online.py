@@ -8,11 +8,13 @@ from typing import Any
 
 import pandas as pd
 
+from .._deprecation import deprecated
 from .._validation import is_int, select_names
+from ..detection import DetectionResult, DetectorState, Row, evidence_frame
+from ..history import History, check_history
 from . import signals
 from .config import DetectorConfig
-from .result import DetectionResult, DetectorState, evidence_frame
-from .rule import LayerTrack, Row, alarm_facts, step_epoch
+from .rule import LayerTrack, alarm_facts, step_epoch
 from .slope import SlopeTrack, advance_slope
 
 #: The name of the one series the slope rule watches (the mean over the monitored layers).
@@ -21,13 +23,14 @@ LAYER_MEAN = "layer_mean"
 __all__ = ["OverfitDetector", "detect", "sparsity_matrix"]
 
 
-def sparsity_matrix(history: Any, split: str, statistic: str) -> tuple[pd.DataFrame, list[str]]:
-    """Epochs × layers of one layer statistic, read from ``history.layers`` only; and the layer order.
-
-    Errors name what exists: an unknown split lists the recorded splits, an unknown statistic
-    the recorded statistics. An empty history gives an empty table.
-    """
-    wide = signals.sparsity(history, split, statistic)
+def sparsity_matrix(history: History, split: str, statistic: str) -> tuple[pd.DataFrame, list[str]]:
+    """Deprecated: ``history.layer_frame(split, statistic=statistic)`` and its columns."""
+    deprecated(
+        "xaisparse.detect.sparsity_matrix(history, split, statistic) is deprecated: use "
+        "history.layer_frame(split, statistic=statistic) (its columns are the layers)",
+        stacklevel=2,
+    )
+    wide = signals.layer_statistic(history, split, statistic)
     return wide, [str(c) for c in wide.columns]
 
 
@@ -122,12 +125,9 @@ class OverfitDetector:
         record: bool | None = None,
     ) -> None:
         if record is not None:
-            import warnings
-
-            warnings.warn(
+            deprecated(
                 "OverfitDetector(record=...) is deprecated and ignored: fit() stores the detector's result "
                 "in history.detection; the detector no longer writes into the History",
-                DeprecationWarning,
                 stacklevel=2,
             )
         self.config = DetectorConfig(
@@ -257,7 +257,7 @@ class OverfitDetector:
         )
         return self.last_state
 
-    def update(self, history: Any) -> DetectorState | None:
+    def update(self, history: History) -> DetectorState | None:
         """Feed every epoch of ``history`` not seen yet; the state after the last one.
 
         Returns ``None`` when there is nothing new (e.g. no sparsity recorded yet). Epochs older
@@ -265,10 +265,9 @@ class OverfitDetector:
         History (the ``signal`` setting): the History's queries only, never its metrics.
         """
         last = self._epochs[-1] if self._epochs else None
-        layers = getattr(history, "layers", None)
         new = None
-        if last is not None and isinstance(layers, pd.DataFrame) and "epoch" in layers:
-            new = sorted(e for e in set(layers["epoch"].astype(int)) if e > last)  # never history.epochs: metrics
+        if last is not None:
+            new = [e for e in check_history(history).sparsity_epochs if e > last]  # never history.epochs: metrics
             if not new:
                 return None
         wide = signals.signal_matrix(history, self.config, epochs=new)
@@ -300,7 +299,7 @@ class OverfitDetector:
             epochs=list(self._epochs),
         )
 
-    def detect(self, history: Any) -> DetectionResult:
+    def detect(self, history: History) -> DetectionResult:
         """Offline: run a fresh copy of this detector over the whole ``history``."""
         det = self.clone()
         det.update(history)
@@ -322,6 +321,6 @@ def _number(values: Mapping[str, Any], name: str, epoch: int) -> float:
         raise TypeError(f"value of layer {name!r} at epoch {epoch} must be a number, got {raw!r}") from None
 
 
-def detect(history: Any, **kwargs: Any) -> DetectionResult:
+def detect(history: History, **kwargs: Any) -> DetectionResult:
     """Shortcut for ``OverfitDetector(**kwargs).detect(history)``."""
     return OverfitDetector(**kwargs).detect(history)

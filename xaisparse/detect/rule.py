@@ -31,27 +31,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from ..detection import EVIDENCE_COLUMNS, Row  # noqa: F401  (EVIDENCE_COLUMNS: the old import path)
 from .config import DetectorConfig
 
-__all__ = ["EVIDENCE_COLUMNS", "LayerTrack", "RuleRun", "advance", "noise_limit", "run_rule", "step_epoch"]
-
-#: Columns of the evidence table (one row per epoch and monitored layer).
-EVIDENCE_COLUMNS = [
-    "epoch",
-    "layer",
-    "value",
-    "smoothed",
-    "running_min",
-    "min_epoch",
-    "onset",
-    "rise",
-    "limit",
-    "streak",
-    "rising",
-]
-
-#: One evidence row, in :data:`EVIDENCE_COLUMNS` order.
-Row = tuple[int, str, float, float, float, "int | None", "int | None", float, float, int, bool]
+__all__ = ["LayerTrack", "RuleRun", "advance", "noise_limit", "run_rule", "step_epoch"]
 
 # Smallest number of epoch-to-epoch differences the noise estimate is trusted with; before
 # that the layer may not be declared rising (a spread of one or two numbers is meaningless).

@@ -6,8 +6,9 @@ never ``history.metrics`` (no loss, no label of any split). They return an epoch
 table (index: epochs ascending; columns: layers in the History's order; NaN where the value
 is undefined, e.g. the spatial sparsity of a 1×1 map).
 
-* :func:`sparsity`: a layer statistic of one split's probe (the default detector's input,
-  the test-probe ``spatial_mean``);
+* :func:`layer_statistic`: a layer statistic of one split's probe (the default detector's
+  input, the test-probe ``spatial_mean``): :meth:`~xaisparse.history.History.layer_frame`,
+  after checking that the run records that split and statistic;
 * :func:`divergence`: per layer, the mean over channels of the Jensen–Shannon divergence
   (base 2, in [0, 1]) between the train-probe and the test-probe histograms of the channel's
   per-sample map sparsity: how differently the network treats seen and unseen inputs;
@@ -19,25 +20,28 @@ is undefined, e.g. the spatial sparsity of a 1×1 map).
 
 >>> from xaisparse.testing import synthetic_history
 >>> h = synthetic_history(epochs=6, seed=0)
->>> sparsity(h).shape
+>>> layer_statistic(h).shape
 (6, 3)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .._deprecation import deprecated
 from .._validation import check_int
+from ..history import History, check_history
+from .config import DetectorConfig
 
 __all__ = [
     "divergence",
     "gap",
     "js_divergence",
     "layer_mean",
+    "layer_statistic",
     "least_squares_slope",
     "signal_matrix",
     "sparsity",
@@ -45,39 +49,37 @@ __all__ = [
 ]
 
 
-def _check(history: Any) -> pd.DataFrame:
-    t = getattr(history, "layers", None)
-    if not isinstance(t, pd.DataFrame) or not hasattr(history, "layer_matrix"):
-        raise TypeError(f"expected an xaisparse History (with a .layers table), got {type(history).__name__}")
-    return t
-
-
-def _statistics(t: pd.DataFrame, split: str) -> list[str]:
-    return list(dict.fromkeys(t.loc[t["split"].astype(str) == split, "statistic"].astype(str)))
-
-
-def sparsity(history: Any, split: str = "test", statistic: str = "spatial_mean") -> pd.DataFrame:
-    """Epochs × layers of one layer statistic of one split (``history.layer_matrix``, transposed).
+def layer_statistic(history: History, split: str = "test", statistic: str = "spatial_mean") -> pd.DataFrame:
+    """:meth:`History.layer_frame(split, statistic=statistic) <xaisparse.history.History.layer_frame>`, checked.
 
     An unknown split lists the recorded ones, an unknown statistic the recorded statistics; an
     empty History gives an empty table.
     """
-    t = _check(history)
-    if t.empty:
+    history = check_history(history)
+    if not history.sparsity_splits:
         return pd.DataFrame()
-    splits = list(dict.fromkeys(t["split"].astype(str)))
-    if split not in splits:
-        raise ValueError(f"unknown split {split!r}; the history has sparsity for splits {splits}")
-    if statistic not in _statistics(t, split):
-        raise ValueError(f"unknown statistic {statistic!r} for split {split!r}; available: {_statistics(t, split)}")
-    wide = history.layer_matrix(split, statistic).T
-    wide.columns = [str(c) for c in wide.columns]
-    return wide
+    if split not in history.sparsity_splits:
+        raise ValueError(f"unknown split {split!r}; the history has sparsity for splits {history.sparsity_splits}")
+    if statistic not in history.statistics(split):
+        raise ValueError(f"unknown statistic {statistic!r} for split {split!r}; available: {history.statistics(split)}")
+    return history.layer_frame(split, statistic=statistic)
 
 
-def gap(history: Any, statistic: str = "channel_mean", first: str = "train", second: str = "test") -> pd.DataFrame:
+def sparsity(history: History, split: str = "test", statistic: str = "spatial_mean") -> pd.DataFrame:
+    """Deprecated: :func:`layer_statistic` (the History's :meth:`~xaisparse.history.History.layer_frame`)."""
+    deprecated(
+        "xaisparse.detect.signals.sparsity(history, split, statistic) is deprecated: use "
+        "history.layer_frame(split, statistic=statistic)",
+        stacklevel=2,
+    )
+    return layer_statistic(history, split, statistic)
+
+
+def gap(
+    history: History, statistic: str = "population_mean", first: str = "train", second: str = "test"
+) -> pd.DataFrame:
     """``first`` minus ``second`` probe value of a layer statistic, epochs × layers (the epochs both have)."""
-    a, b = sparsity(history, first, statistic), sparsity(history, second, statistic)
+    a, b = layer_statistic(history, first, statistic), layer_statistic(history, second, statistic)
     if a.empty or b.empty:
         return pd.DataFrame()
     epochs = a.index.intersection(b.index)
@@ -109,7 +111,7 @@ def js_divergence(p_counts: np.ndarray, q_counts: np.ndarray) -> np.ndarray:
 
 
 def divergence(
-    history: Any, first: str = "train", second: str = "test", epochs: Iterable[int] | None = None
+    history: History, first: str = "train", second: str = "test", epochs: Iterable[int] | None = None
 ) -> pd.DataFrame:
     """Per layer and epoch: the mean over channels of the train/test JS divergence of their histograms.
 
@@ -118,13 +120,12 @@ def divergence(
     a layer with none left is NaN. ``epochs`` restricts the computation (default: every epoch
     both splits have histograms of).
     """
-    _check(history)
-    layers = [str(x) for x in history.layer_names]
+    history = check_history(history)
+    layers = history.layer_names
     common: dict[str, list[int]] = {}
     for layer in layers:
-        have = getattr(history, "spatial_hist", {})
-        if (first, layer) in have and (second, layer) in have:
-            a, b = history.histogram_epochs(first, layer), history.histogram_epochs(second, layer)
+        a, b = history.histogram_epochs(first, layer), history.histogram_epochs(second, layer)
+        if a and b:
             common[layer] = sorted(set(a) & set(b))
     all_epochs = sorted({e for es in common.values() for e in es})
     if epochs is not None:
@@ -179,11 +180,11 @@ def trailing_slope(series: pd.Series, window: int = 3) -> pd.Series:
     return pd.Series(out, index=series.index, name="slope")
 
 
-def signal_matrix(history: Any, config: Any, epochs: Iterable[int] | None = None) -> pd.DataFrame:
+def signal_matrix(history: History, config: DetectorConfig, epochs: Iterable[int] | None = None) -> pd.DataFrame:
     """The series ``config.signal`` names (a :class:`~xaisparse.detect.DetectorConfig`), epochs × layers."""
     kind = config.signal
     if kind == "sparsity":
-        return sparsity(history, config.split, config.statistic)
+        return layer_statistic(history, config.split, config.statistic)
     if kind == "gap":
         return gap(history, config.statistic)
     if kind == "divergence":

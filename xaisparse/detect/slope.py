@@ -12,7 +12,7 @@ At position ``i`` (epochs fed so far, from 0), once ``i >= warmup + window``:
    consecutive positions (a NaN slope resets the count).
 
 :func:`advance_slope` maps a :class:`SlopeTrack` and one new value to the next track and one
-evidence row (columns :data:`~xaisparse.detect.rule.EVIDENCE_COLUMNS`: ``smoothed`` and
+evidence row (columns :data:`~xaisparse.detection.EVIDENCE_COLUMNS`: ``smoothed`` and
 ``rise`` hold the slope, ``limit`` the bar it must clear).
 
 >>> from xaisparse.detect.config import DetectorConfig
@@ -28,8 +28,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..detection import Row
 from .config import DetectorConfig
-from .rule import MIN_DIFFS, Row
+from .rule import MIN_DIFFS
 from .signals import least_squares_slope
 
 __all__ = ["SlopeTrack", "advance_slope", "run_slope"]

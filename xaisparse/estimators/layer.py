@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._validation import check_bool, check_int
 from ..functional.perplexity import _check_float
 from ..functional.streaming import (
     FLOAT_STATES,
@@ -77,15 +78,9 @@ class LayerSparsity(SumState):
 
     def __init__(self, num_channels: int, bins: int = 20, *, compile: bool = False) -> None:
         super().__init__()
-        if not isinstance(num_channels, int) or num_channels < 1:
-            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
-        if not isinstance(bins, int) or bins < 1:
-            raise ValueError(f"bins must be a positive int, got {bins!r}")
-        if not isinstance(compile, bool):
-            raise TypeError(f"compile must be True or False, got {type(compile).__name__} {compile!r}")
-        self.num_channels = num_channels
-        self.bins = bins
-        self.compiled = compile
+        self.num_channels = check_int("num_channels", num_channels, minimum=1)
+        self.bins = check_int("bins", bins, minimum=1)
+        self.compiled = check_bool("compile", compile)
         self._warned_spatial = False
         for name, default in empty_state(num_channels, bins).items():
             self.add_state(name, default)

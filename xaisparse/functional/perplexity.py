@@ -1,4 +1,4 @@
-"""Perplexity-based activation sparsity (DESIGN §1), as pure differentiable tensor maths.
+"""Perplexity-based activation sparsity (docs/measure.md), as pure differentiable tensor maths.
 
 For a non-negative vector ``a`` of length ``N`` with ``S = Σ a_i``::
 
@@ -115,7 +115,7 @@ def _entropy_terms(
 def _entropy_from_sums(total: Tensor, t: Tensor) -> Tensor:
     """``H = ln S - T/S`` from the mergeable sums ``S = Σ a`` and ``T = Σ a ln a`` (0 where ``S = 0``).
 
-    The one place of the identity that makes the sample axis streamable (DESIGN §1).
+    The one place of the identity that makes the sample axis streamable (docs/measure.md).
 
     >>> a = torch.tensor([1.0, 3.0], dtype=torch.float64)
     >>> bool(torch.isclose(_entropy_from_sums(a.sum(), xlogx(a).sum()), entropy(a)))
@@ -288,7 +288,7 @@ def nonfinite_mask(x: Tensor, axis: Axis = "spatial") -> Tensor:
 
 
 def perplexity_sparsity(x: Tensor, axis: Axis = "spatial") -> Tensor:
-    """Perplexity sparsity of activations ``x`` along ``axis`` (DESIGN §1).
+    """Perplexity sparsity of activations ``x`` along ``axis`` (docs/measure.md).
 
     ``x`` is ``(N, C, H, W)`` or ``(N, C)``. Returns ``(N, C)`` for ``spatial``, ``(N,)`` for
     ``channel`` and ``(C,)`` for ``sample``: 0 dense, 1 a single active unit (or dead).

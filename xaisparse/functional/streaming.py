@@ -6,7 +6,7 @@ state (the sum of any number of increments, over batches and DDP ranks) to the s
 :class:`~xaisparse.estimators.LayerSparsity` only adds increments up, and the one-shot
 :func:`layer_statistics` is ``compute(update(x))``: streaming and one-shot agree by construction.
 
-The state (DESIGN §1), every entry a sum over samples:
+The state (docs/measure.md), every entry a sum over samples:
 
 * ``spatial_*`` per channel: fixed-bin histogram of the per-sample map sparsity, its sum and
   sum of squares, the number of finite maps, of dead (all-zero) maps and of maps with NaN/Inf;
@@ -30,6 +30,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from .._validation import check_int
 from .perplexity import (
     _check_float,
     _entropy_from_sums,
@@ -309,8 +310,7 @@ def layer_statistics(x: Tensor, bins: int = 20) -> dict[str, Tensor]:
     (tensor([0., 1.], dtype=torch.float64), tensor([[3, 0, 0, 0],
             [0, 0, 0, 3]]))
     """
-    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    bins = check_int("bins", bins, minimum=1)
     if isinstance(x, Tensor) and x.dim() >= 2 and _spatial_length(x) <= 1:
         _warn_no_spatial(tuple(x.shape), stacklevel=2)
     return _layer_sparsity_compute(_layer_sparsity_update(x, bins))

@@ -38,8 +38,9 @@ Under DDP (``strategy="ddp"``) every rank measures its share of the probe data (
 shares, so the History is the one a single process measures on the whole probe set, on
 every rank.
 
-The probe forward is ``pl_module(inputs)`` in eval mode under ``torch.no_grad()``; the model's
-training mode is restored and every hook is removed after each epoch and on any exception.
+The probe forward is ``pl_module(inputs)`` in eval mode under ``torch.no_grad()``, the epoch
+step of :func:`~xaisparse.train.fit` (:func:`xaisparse.epoch.measure_epoch`); every submodule's
+training flag is restored and every hook is removed after each epoch and on any exception.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .._validation import check_choice, check_int, check_str
-from ..history import History
+from ..epoch import EpochStep, measure_epoch
+from ..history import History, canonical_statistic
 from ..monitor import LAYER_STATISTICS, SparsityMonitor
 from ..penalty import SparsityPenalty
 
@@ -84,14 +86,6 @@ def _as_dataset(split: str, data: Any) -> Dataset:
     if len(data) == 0:
         raise ValueError(f"the {split} probe data is empty")
     return data
-
-
-def _inputs(batch: Any) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    raise TypeError(f"probe batches must be a tensor or (inputs, ...) tuples, got {type(batch).__name__}")
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -215,7 +209,7 @@ class SparsityCallback(pl.Callback):
         if history is not None and not isinstance(history, History):
             raise TypeError(f"history must be a History or None, got {type(history).__name__}")
         if log_statistic is not None:
-            check_choice("log_statistic", log_statistic, LAYER_STATISTICS)
+            log_statistic = check_choice("log_statistic", canonical_statistic(log_statistic), LAYER_STATISTICS)
         self.monitor = monitor
         self.penalty = penalty
         self.detector = detector
@@ -280,12 +274,12 @@ class SparsityCallback(pl.Callback):
             else:
                 metrics.setdefault("train", {})["penalty"] = float(self._penalty_sum) / self._penalty_calls
         epoch = trainer.current_epoch + 1
-        self._measure(trainer, pl_module, epoch, metrics)
-        if self.detector is not None and getattr(self.detector, "stop_requested", False):
+        step = self._measure(trainer, pl_module, epoch, metrics)
+        if step.stop_reason is not None:
             trainer.should_stop = True
             if self.history.outcome.stopped_early_at is None and epoch < (trainer.max_epochs or 0):
                 self.history.outcome.stopped_early_at = epoch
-                self.history.outcome.stop_reason = f"detector alarm at epoch {self.detector.alarm_epoch}"
+                self.history.outcome.stop_reason = step.stop_reason
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._t0 is not None:
@@ -317,32 +311,30 @@ class SparsityCallback(pl.Callback):
         epoch: int,
         metrics: dict[str, dict[str, float]],
         to_loggers: bool = False,
-    ) -> None:
+    ) -> EpochStep:
         monitor = self.monitor
         assert monitor is not None  # built in setup()
-        monitor.reset()
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad():
-                for split, loader in self._loaders():
-                    with monitor.track(split):
-                        for batch in loader:
-                            pl_module(_inputs(batch).to(pl_module.device))
-        finally:
-            pl_module.train(was_training)
-        self.history.record_epoch(epoch, metrics, monitor.compute())
-        if self.detector is not None:
-            self.detector.update(self.history)
-            self.history.detection = self.detector.result()
+        step = measure_epoch(
+            pl_module,
+            self.history,
+            epoch,
+            monitor,
+            dict(self._loaders()),
+            device=pl_module.device,
+            metrics=metrics,
+            detector=self.detector,
+        )
         self._log(trainer, pl_module, epoch, to_loggers)
+        return step
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int, to_loggers: bool) -> None:
         if self.log_statistic is None or not trainer.loggers:
             return
-        layers = self.history.layers
-        rows = layers[(layers.epoch == epoch) & (layers.statistic == self.log_statistic)]
-        values = {f"{self.log_prefix}/{s}/{name}": float(v) for s, name, v in zip(rows.split, rows.layer, rows.value)}
+        values = {
+            f"{self.log_prefix}/{split}/{name}": value
+            for split in self.history.sparsity_splits
+            for name, value in self.history.layer_values(split, epoch, self.log_statistic).items()
+        }
         if self.detector is not None:
             values[f"{self.log_prefix}/alarm"] = float(self.history.alarm_epoch is not None)
         if not values:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_choice, check_str
-from ..history import History, check_history
+from ..history import History, canonical_statistic, check_history
 from ..monitor import CHANNEL_STATISTICS, LAYER_STATISTICS
 from ..train import Callback, TrainState
 
@@ -59,7 +59,7 @@ def _writer(writer_or_logdir: Writer | str | os.PathLike[str]) -> tuple[Writer, 
 def _checked(name: str, values: Iterable[str], choices: Sequence[str]) -> tuple[str, ...]:
     if isinstance(values, str):
         values = (values,)
-    return tuple(check_choice(name, check_str(name, v), choices) for v in values)
+    return tuple(check_choice(name, canonical_statistic(check_str(name, v)), choices) for v in values)
 
 
 def write_epoch(
@@ -67,7 +67,7 @@ def write_epoch(
     writer: Writer,
     epoch: int,
     *,
-    statistics: Iterable[str] = ("spatial_mean", "channel_mean", "sample_mean"),
+    statistics: Iterable[str] = ("spatial_mean", "population_mean", "sample_mean"),
     channel_statistics: Iterable[str] = ("spatial_mean", "sample_sparsity"),
     prefix: str = "sparsity",
 ) -> list[str]:
@@ -84,13 +84,14 @@ def write_epoch(
         writer.add_scalar(tag, float(value), global_step=int(epoch))
         tags.append(tag)
 
-    m = history.metrics[history.metrics.epoch == epoch]
-    for split, name, value in zip(m.split, m.metric, m.value):
-        scalar(f"{split}/{name}", value)
-    rows = history.layers[(history.layers.epoch == epoch) & history.layers.statistic.isin(stats)]
-    for split, layer, stat, value in zip(rows.split, rows.layer, rows.statistic, rows.value):
-        if np.isfinite(value):
-            scalar(f"{prefix}/{stat}/{split}/{layer}", value)
+    for split, metrics in history.epoch_metrics(epoch).items():
+        for name, value in metrics.items():
+            scalar(f"{split}/{name}", value)
+    for split in history.sparsity_splits:
+        for stat in stats:
+            for layer, value in history.layer_values(split, epoch, stat).items():
+                if np.isfinite(value):
+                    scalar(f"{prefix}/{stat}/{split}/{layer}", value)
     for split in history.sparsity_splits:
         for layer in history.layer_names:
             for stat in channel_stats:

@@ -44,14 +44,14 @@ STATISTIC_LABELS: dict[str, str] = {
     "spatial_mean": "spatial sparsity (0 dense – 1 one unit)",
     "spatial_std": "std of spatial sparsity",
     "dead_fraction": "dead-map fraction (0 none – 1 all)",
-    "channel_mean": "population sparsity (0 dense – 1 one channel)",
-    "channel_std": "std of population sparsity",
+    "population_mean": "population sparsity (0 dense – 1 one channel)",
+    "population_std": "std of population sparsity",
     "sample_mean": "lifetime (sample-axis) sparsity (0 dense – 1 one sample)",
     "sample_sparsity": "lifetime (sample-axis) sparsity (0 dense – 1 one sample)",
     "nonfinite": "non-finite maps (count)",
 }
 #: Layer statistics offered by the timeline, heatmap and comparison plots.
-TIMELINE_STATISTICS: tuple[str, ...] = ("spatial_mean", "dead_fraction", "channel_mean", "sample_mean")
+TIMELINE_STATISTICS: tuple[str, ...] = ("spatial_mean", "dead_fraction", "population_mean", "sample_mean")
 
 
 class NoData(ValueError):
@@ -72,6 +72,9 @@ def check_statistic(statistic: object) -> str:
     """``statistic`` if it is one of :data:`TIMELINE_STATISTICS`."""
     if not isinstance(statistic, str):
         raise TypeError(f"statistic must be a str, got {type(statistic).__name__}")
+    from ..history import canonical_statistic
+
+    statistic = canonical_statistic(statistic)
     if statistic not in TIMELINE_STATISTICS:
         raise ValueError(f"statistic must be one of {list(TIMELINE_STATISTICS)}, got {statistic!r}")
     return statistic

@@ -10,6 +10,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from .._deprecation import deprecated
+from .._validation import check_split
 from ..history import DEAD_THRESHOLD, History, channel_ordering
 from ._draw import channel_ticks, dead_legend, draw_boxes, draw_ridge, draw_violins
 from ._style import DEAD_COLOR, NoData, as_history, new_figure, split_color, statistic_label
@@ -38,28 +40,52 @@ _ORDER_TEXT = {
 
 
 def histogram_splits(history: History) -> list[str]:
-    """Splits with per-channel histograms, ``train`` first."""
-    found = list(dict.fromkeys(s for s, _ in history.spatial_hist))
-    rank = {"train": 0, "val": 1, "test": 2}
-    return sorted(found, key=lambda s: (rank.get(s, 3), found.index(s)))
+    """Deprecated: :attr:`History.histogram_splits <xaisparse.history.History.histogram_splits>`."""
+    deprecated(
+        "xaisparse.plots.channels.histogram_splits(history) is deprecated: use history.histogram_splits", stacklevel=2
+    )
+    return history.histogram_splits
 
 
 def histogram_layers(history: History) -> list[str]:
-    """Layers with per-channel histograms, in network order."""
-    layers = [name for name in history.layer_names if any(name == n for _, n in history.spatial_hist)]
-    return layers + [n for _, n in history.spatial_hist if n not in layers]
+    """Deprecated: :attr:`History.histogram_layers <xaisparse.history.History.histogram_layers>`."""
+    deprecated(
+        "xaisparse.plots.channels.histogram_layers(history) is deprecated: use history.histogram_layers", stacklevel=2
+    )
+    return history.histogram_layers
 
 
-def shown_splits(split: str) -> list[str]:
-    """The splits a ``split`` choice draws (``"both"`` is train and test)."""
-    return ["train", "test"] if split == "both" else [split]
+#: The two probes overlaid by ``split=OVERLAY`` (train and test).
+OVERLAY: tuple[str, ...] = ("train", "test")
 
 
-def distribution_epochs(history: History, layer: str, split: str) -> list[int]:
+def shown_splits(split: str | Sequence[str]) -> list[str]:
+    """The data splits a ``split`` choice draws: one split, or several overlaid (e.g. :data:`OVERLAY`).
+
+    ``"both"``, the pseudo-split of earlier versions, still means ``("train", "test")`` for one
+    release, with a ``DeprecationWarning``.
+
+    >>> shown_splits("test"), shown_splits(("train", "test"))
+    (['test'], ['train', 'test'])
+    """
+    if split == "both":
+        deprecated(
+            'split="both" is deprecated: pass split=("train", "test") (a split is always a data split)', stacklevel=3
+        )
+        return list(OVERLAY)
+    if isinstance(split, str):
+        return [check_split(split)]
+    if not isinstance(split, (list, tuple)) or not split:
+        raise TypeError(f"split must be a data split ('train', 'val', 'test') or a tuple of them, got {split!r}")
+    return [check_split(s) for s in dict.fromkeys(split)]
+
+
+def distribution_epochs(history: History, layer: str, split: str | Sequence[str]) -> list[int]:
     """Epochs with a histogram of ``layer`` in any of the splits ``split`` shows."""
     found: set[int] = set()
     for s in shown_splits(split):
-        found.update(history.histogram_epochs(s, layer))
+        if (s, layer) in history.spatial_hist:  # a split without histograms of it adds none
+            found.update(history.histogram_epochs(s, layer))
     return sorted(found)
 
 
@@ -112,7 +138,7 @@ def distribution(
     history: History,
     layer: str | None = None,
     epoch: int | None = None,
-    split: str = "test",
+    split: str | Sequence[str] = "test",
     kind: str = "violin",
     order: str = "mean sparsity",
     *,
@@ -126,7 +152,7 @@ def distribution(
     Drawn from the fixed-bin histograms of the History, never from raw samples: ``kind`` is
     ``"violin"`` (bin densities), ``"box"`` (quantiles from the histogram), ``"ridge"`` (stacked
     densities) or ``"heatmap"`` (channels × bins, share of each channel's samples).
-    ``split="both"`` overlays train and test. Channels whose ``dead_fraction`` is at least
+    ``split=("train", "test")`` overlays train and test. Channels whose ``dead_fraction`` is at least
     ``dead_threshold`` are drawn in red and counted in the title and legend. ``layer`` defaults
     to the first layer with histograms, ``epoch`` to the last recorded one (an epoch without a
     histogram shows the nearest one, with a note). ``history`` may also be the
@@ -150,18 +176,16 @@ def distribution(
     h = history
     if h.is_empty:
         raise NoData("This run has no epochs yet: nothing to show.")
-    if not h.spatial_hist:
-        raise NoData(
-            "This run has no per-channel histograms (spatial_hist is empty): record it with a SparsityMonitor."
-        )
+    if not h.histogram_layers:
+        raise NoData("This run has no per-channel histograms: record it with a SparsityMonitor.")
     if layer is None:
-        layer = histogram_layers(h)[0]
+        layer = h.histogram_layers[0]
     h.check_layer(layer)  # UnknownLayerError naming the closest recorded layers
-    have = [s for s in histogram_splits(h) if (s, layer) in h.spatial_hist]
-    missing = [s for s in shown_splits(split) if s not in have]
-    if missing == shown_splits(split):
+    shown = shown_splits(split)
+    epochs = distribution_epochs(h, layer, shown)
+    if not epochs:
+        have = [s for s in h.histogram_splits if (s, layer) in h.spatial_hist]
         raise NoData(f"Layer {layer!r} has no histograms for split {split!r}; splits with histograms of it: {have}.")
-    epochs = sorted({e for s in shown_splits(split) if s in have for e in h.histogram_epochs(s, layer)})
     if epoch is None:
         epoch = epochs[-1]
     elif int(epoch) not in epochs:
@@ -172,7 +196,7 @@ def distribution(
     epoch = int(epoch)
     edges = np.asarray(h.bin_edges, dtype=np.float64)
     counts: dict[str, np.ndarray] = {}
-    for s in shown_splits(split):
+    for s in shown:
         try:
             counts[s] = h.histogram(s, layer, epoch)
         except ValueError as exc:

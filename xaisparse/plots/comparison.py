@@ -81,7 +81,7 @@ def comparison(
     runs_all = as_runs(runs)
     if not runs_all:
         raise ValueError("comparison needs at least one run (two or more to compare), got none")
-    check_statistic(statistic)
+    statistic = check_statistic(statistic)
     check_columns(columns)
     if kind not in COMPARISON_KINDS:
         raise ValueError(f"kind must be one of {list(COMPARISON_KINDS)}, got {kind!r}")
@@ -139,7 +139,6 @@ def comparison(
         if ser is None or ser.empty:
             no_split.append(name)
             continue
-        ser = ser[~ser.index.duplicated(keep="first")].sort_index()
         data["series"][name] = ser
         ax_layer.plot(
             ser.index.to_numpy(),

@@ -7,63 +7,67 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from .._deprecation import renamed_keyword
 from .._validation import check_int
 from ._style import NOISY_COLOR, NoData, new_figure
 from .channels import show_image
 
 __all__ = ["SAMPLE_PARTS", "samples"]
 
-#: Which part of a :class:`~xaisparse.data.DatasetSplit` :func:`~xaisparse.plots.samples` shows.
+#: Which part of a :class:`~xaisparse.data.TrainTestData` :func:`~xaisparse.plots.samples` shows.
 SAMPLE_PARTS: tuple[str, ...] = ("train", "test")
 
 
+@renamed_keyword("split", "dataset")
 def samples(
-    split: Any,
+    dataset: Any,
     part: str = "train",
     per_class: int = 6,
     seed: int = 0,
     *,
     data: dict[str, Any] | None = None,
 ) -> Figure:
-    """One row per class of ``per_class`` images of a :class:`~xaisparse.data.DatasetSplit`.
+    """One row per class of ``per_class`` images of a :class:`~xaisparse.data.TrainTestData`.
 
     Images are drawn at random (``seed``) among those *labelled* with the row's class, i.e. the
     labels the model is trained on: with label noise some rows hold other digits, and each of
     those is framed in red and titled with its true class. Images are shown min–max scaled, at
-    the split's resolution (what the network sees).
+    the dataset's resolution (what the network sees).
 
     ``data`` receives ``indices`` (class → indices into the part), ``labels``, ``true_labels``
     and ``images`` (``(classes, per_class, C, H, W)``, NaN where a class has fewer images).
 
     >>> from xaisparse.data import load_digits_dataset
-    >>> split = load_digits_dataset(size=8, train_subset=100, label_noise=0.2)
+    >>> digits = load_digits_dataset(size=8, train_subset=100, label_noise=0.2)
     >>> drawn = {}
-    >>> fig = samples(split, per_class=3, data=drawn)
+    >>> fig = samples(digits, per_class=3, data=drawn)
     >>> len(fig.axes), drawn["images"].shape
     (30, (10, 3, 1, 8, 8))
     """
-    from ..data import DatasetSplit, _targets_of
+    from ..data import TrainTestData, _targets_of
 
-    if not isinstance(split, DatasetSplit):
-        raise TypeError(f"split must be a xaisparse.data.DatasetSplit (from load_dataset), got {type(split).__name__}")
+    if not isinstance(dataset, TrainTestData):
+        raise TypeError(
+            f"dataset must be a xaisparse.data.TrainTestData (from load_dataset), got {type(dataset).__name__}"
+        )
     if part not in SAMPLE_PARTS:
         raise ValueError(f"part must be one of {list(SAMPLE_PARTS)}, got {part!r}")
     per_class = check_int("per_class", per_class, minimum=1, maximum=50)
     seed = check_int("seed", seed, minimum=0)
-    dataset = getattr(split, part)
-    labels = _targets_of(dataset)
-    if labels is None:  # a dataset with no cheap label attribute: read them (loads every image once)
-        labels = np.array([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+    part_data = getattr(dataset, part)
+    labels = _targets_of(part_data)
+    if labels is None:  # a part with no cheap label attribute: read them (loads every image once)
+        labels = np.array([int(part_data[i][1]) for i in range(len(part_data))], dtype=np.int64)
     if len(labels) == 0:
-        raise NoData(f"the {part} part of {split.name!r} is empty")
+        raise NoData(f"the {part} part of {dataset.name!r} is empty")
     true = labels
-    if part == "train" and split.clean_train_targets is not None:
-        true = split.clean_train_targets.cpu().numpy().astype(np.int64)
+    if part == "train" and dataset.clean_train_targets is not None:
+        true = dataset.clean_train_targets.cpu().numpy().astype(np.int64)
 
     rng = np.random.default_rng(seed)
-    classes = split.num_classes
+    classes = dataset.num_classes
     chosen = {c: np.sort(rng.permutation(np.flatnonzero(labels == c))[:per_class]) for c in range(classes)}
-    shape = tuple(np.asarray(dataset[0][0]).shape)
+    shape = tuple(np.asarray(part_data[0][0]).shape)
     images = np.full((classes, per_class, *shape), np.nan, dtype=np.float32)
 
     fig = new_figure(0.9 * per_class + 0.8, 0.9 * classes + 0.9)
@@ -78,7 +82,7 @@ def samples(
                 ax.set_axis_off()
                 continue
             i = int(chosen[c][j])
-            img = np.asarray(dataset[i][0], dtype=np.float32)
+            img = np.asarray(part_data[i][0], dtype=np.float32)
             images[c, j] = img
             show_image(ax, img)
             if true[i] != labels[i]:
@@ -89,8 +93,8 @@ def samples(
                     spine.set_linewidth(2.0)
         axes[c, 0].set_ylabel(f"label {c}", fontsize=8, rotation=0, ha="right", va="center")
     size = "×".join(str(s) for s in shape[1:])
-    noise = split.info.get("label_noise") if part == "train" else None
-    title = f"{split.name}, {part} part: {len(labels)} images at {size}, {per_class} per label"
+    noise = dataset.info.get("label_noise") if part == "train" else None
+    title = f"{dataset.name}, {part} part: {len(labels)} images at {size}, {per_class} per label"
     if noise:
         title += f"\n{n_noisy} of the shown carry a wrong label (red frame; label noise {noise:g})"
     fig.suptitle(title, fontsize=9)

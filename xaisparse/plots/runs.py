@@ -33,7 +33,7 @@ def _layer_history(history: object) -> History:
     history = as_history(history)
     if history.is_empty:
         raise NoData("This run has no epochs yet: nothing to show.")
-    if history.layers.empty:
+    if not history.sparsity_splits:
         raise NoData("This run records no layer sparsity (only metrics).")
     return history
 
@@ -189,7 +189,7 @@ def _check_names(history: History, split: str, statistic: str) -> None:
 def draw_heatmap(ax: Axes, history: History, split: str, statistic: str, notes: list[str]) -> dict[str, Any]:
     """Layers × epochs image of one statistic with a colorbar; NaN cells grey."""
     _check_names(history, split, statistic)
-    matrix = history.layer_matrix(split, statistic)
+    matrix = history.layer_frame(split, statistic=statistic).T
     if matrix.empty:
         raise NoData(f"No {statistic!r} values for split {split!r}.")
     values = matrix.to_numpy(dtype=np.float64)
@@ -271,7 +271,7 @@ def timeline(
     ['layer:block1.relu']
     """
     h = _layer_history(history)
-    check_statistic(statistic)
+    statistic = check_statistic(statistic)
     if layers is not None and not list(layers):
         raise NoData("Select at least one layer.")
     notes = [] if notes is None else notes
@@ -292,13 +292,13 @@ def heatmap(
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> Figure:
-    """Layers × epochs heatmap of one layer statistic (:meth:`~xaisparse.history.History.layer_matrix`), with a colorbar.
+    """Layers × epochs heatmap of one layer statistic (:meth:`~xaisparse.history.History.layer_frame`), with a colorbar.
 
     NaN cells are grey; the test-loss minimum (green dashed) and the alarm epoch (blue dotted)
     are marked.
     """
     h = _layer_history(history)
-    check_statistic(statistic)
+    statistic = check_statistic(statistic)
     notes = [] if notes is None else notes
     fig = new_figure(9.0, float(np.clip(0.45 * len(h.layer_names) + 1.6, 2.6, 10.0)))
     ax = fig.add_subplot()
@@ -322,9 +322,9 @@ def dashboard(
         history = as_history(history)
     if history is None or history.is_empty:
         raise NoData("waiting for the first epoch…")
-    if history.layers.empty:
+    if not history.sparsity_splits:
         raise NoData(f"epoch {history.epochs[-1]} recorded metrics only: no layer sparsity to show yet.")
-    check_statistic(statistic)
+    statistic = check_statistic(statistic)
     notes = [] if notes is None else notes
     rows = float(np.clip(0.4 * len(history.layer_names) + 1.2, 2.2, 7.0))
     fig = new_figure(10.0, 4.0 + rows)

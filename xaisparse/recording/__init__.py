@@ -9,10 +9,14 @@ modules of a traced copy instead, under the same names. ``call_site_name`` / ``c
 ``call_site_call`` write and read the call-site names (``"layer1.0.relu#2"``),
 ``functional_site_names`` names functional calls; ``select_sites`` resolves every such name given
 as ``layers=``; ``expose_call_site`` makes one call site a module of its own on a traced copy.
+``evaluating`` / ``restoring_modes`` run a model in eval mode and put every submodule's training
+flag back; ``capture_layer`` keeps one layer's outputs of one forward pass.
 """
 
+from xaisparse.recording.capture import capture_layer
 from xaisparse.recording.expose import expose_call_site, expose_functional_activations
 from xaisparse.recording.functional import FunctionalActivation, find_functional_activations
+from xaisparse.recording.modes import evaluating, restoring_modes
 from xaisparse.recording.recorder import ActivationRecorder, Callback
 from xaisparse.recording.selection import (
     ACTIVATION_TYPES,
@@ -37,12 +41,15 @@ __all__ = [
     "call_site_base",
     "call_site_call",
     "call_site_name",
+    "capture_layer",
     "default_activation_layers",
+    "evaluating",
     "expose_call_site",
     "expose_functional_activations",
     "find_functional_activations",
     "functional_site_names",
     "positionwise_activation_layers",
+    "restoring_modes",
     "select_layers",
     "select_sites",
 ]

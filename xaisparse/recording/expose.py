@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from xaisparse.recording.modes import evaluating
 from xaisparse.recording.sites import call_site_name, functional_site_names
 
 __all__ = ["SITE_MODULE", "expose_call_site", "expose_functional_activations"]
@@ -281,16 +282,9 @@ def _install(traced: fx.GraphModule, site: str, module: nn.Module, shared: set[i
 
 def _check_same_output(model: nn.Module, exposed: nn.Module, example_input: Any) -> None:
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    flags = {m: m.training for m in (*model.modules(), *exposed.modules())}
-    try:
-        model.eval()
-        exposed.eval()
-        with torch.no_grad():
-            expected = model(*args)
-            got = exposed(*args)
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
+    with evaluating(model, exposed), torch.no_grad():
+        expected = model(*args)
+        got = exposed(*args)
     try:
         torch.testing.assert_close(got, expected)
     except AssertionError as err:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from xaisparse.recording.expose import _module_for, trace
+from xaisparse.recording.modes import restoring_modes
 from xaisparse.recording.selection import _OTHER_WEIGHTED, ACTIVATION_TYPES, CONV_TYPES
 from xaisparse.recording.sites import call_site_call, call_site_name, functional_site_names
 
@@ -239,13 +240,9 @@ def _trace(model: nn.Module) -> fx.Graph:
 
 @contextmanager
 def _flipped_mode(model: nn.Module) -> Iterator[None]:
-    flags = {m: m.training for m in model.modules()}
-    model.train(not model.training)
-    try:
+    with restoring_modes(model):
+        model.train(not model.training)
         yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
 
 
 def _activations(

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from xaisparse._errors import UnknownLayerError, closest
+from xaisparse._errors import UnknownLayerError
+from xaisparse._validation import _GLOB_CHARS, match_name, short_names
 from xaisparse.recording.sites import _SEP, call_site_call
 
 __all__ = [
@@ -72,13 +73,6 @@ _OTHER_WEIGHTED: tuple[type[nn.Module], ...] = (
 _Single = str | type | nn.Module | Callable[[str, nn.Module], bool]
 #: What ``layers=`` accepts: one selector or a list/tuple of them (their union).
 LayerSelector = _Single | Sequence[_Single] | None
-
-_GLOB_CHARS = "*?["
-
-
-def _short(names: Sequence[str], n: int = 12) -> str:
-    shown = ", ".join(repr(x) for x in names[:n])
-    return shown + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -168,7 +162,7 @@ def default_activation_layers(model: nn.Module) -> list[str]:
             f"position-wise MLPs on channels-last tensors (as in ConvNeXt, Swin or ViT blocks) or a "
             f"classifier head. ActivationRecorder, SparsityMonitor and SparsityPenalty with layers=None "
             f"record those that act on a spatial or token grid, over the last (channel) axis; "
-            f"positionwise_activation_layers(model) lists them: {_short(after_linear, 4)}"
+            f"positionwise_activation_layers(model) lists them: {short_names(after_linear, 4)}"
         )
     raise ValueError(
         f"{type(model).__name__} has {n_conv} convolution layer(s) but no activation module "
@@ -183,20 +177,8 @@ def default_activation_layers(model: nn.Module) -> list[str]:
 
 
 def _match_one(sel: object, cands: list[tuple[str, nn.Module]], model: nn.Module) -> list[str]:
-    names = [n for n, _ in cands]
     if isinstance(sel, str):
-        if sel in names:
-            return [sel]
-        if any(c in sel for c in _GLOB_CHARS):
-            hits = [n for n in names if fnmatch.fnmatchcase(n, sel)]
-            if hits:
-                return hits
-            raise UnknownLayerError(
-                f"the pattern {sel!r} matches no layer of {type(model).__name__}; layers are: {_short(names)}"
-            )
-        raise UnknownLayerError(
-            f"{type(model).__name__} has no layer named {sel!r}; closest valid names: {_short(closest(sel, names))}"
-        )
+        return match_name(sel, [n for n, _ in cands], "layer", type(model).__name__)
     if isinstance(sel, nn.Module):
         hits = [n for n, m in cands if m is sel]
         if not hits:
@@ -248,7 +230,7 @@ def select_layers(model: nn.Module, layers: LayerSelector = None) -> list[str]:
     if not chosen:
         raise ValueError(
             f"layers={layers!r} selects no layer of {type(model).__name__}; layers are: "
-            f"{_short([f'{n} ({type(m).__name__})' for n, m in cands])}"
+            f"{short_names([f'{n} ({type(m).__name__})' for n, m in cands])}"
         )
     return [n for n, _ in cands if n in chosen]
 
@@ -320,20 +302,13 @@ def select_sites(
         hits = [f for f in functional() if (fnmatch.fnmatchcase(f, sel) if globbing else f == sel)]
         if globbing and any(fnmatch.fnmatchcase(n, sel) for n in names):
             whole.update(_match_one(sel, cands, model))
-        elif not hits:
-            known = [n for n, _ in cands] + functional()
-            if globbing:
-                raise UnknownLayerError(
-                    f"the pattern {sel!r} matches no layer of {type(model).__name__}; layers are: {_short(known)}"
-                )
-            raise UnknownLayerError(
-                f"{type(model).__name__} has no layer named {sel!r}; closest valid names: {_short(closest(sel, known))}"
-            )
+        elif not hits:  # nothing of that name: match_name raises with the closest names
+            match_name(sel, [n for n, _ in cands] + functional(), "layer", type(model).__name__)
         chosen_functional += [f for f in hits if f not in chosen_functional]
     if not whole and not calls and not chosen_functional:
         raise ValueError(
             f"layers={layers!r} selects no layer of {type(model).__name__}; layers are: "
-            f"{_short([f'{n} ({type(m).__name__})' for n, m in cands])}"
+            f"{short_names([f'{n} ({type(m).__name__})' for n, m in cands])}"
         )
     modules = [n for n, _ in cands if n in whole or n in calls]
     only = {n: frozenset(c) for n, c in calls.items() if n not in whole}

@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 from ._base import FigureWidget, NoData
 from .attribution import AttributionComparison
 from .comparison import RunComparison
-from .distribution import KINDS, PerplexityDistribution
+from .distribution import KINDS, PerplexityDistribution, SparsityDistribution  # noqa: F401  (deprecated alias)
 from .inspector import ChannelInspector, load_model_checkpoint
 from .live import LiveDashboard
 from .playground import KNOB_RANGES, OverfittingPlayground, PlaygroundSettings
@@ -41,9 +41,9 @@ __all__ = [
     "LiveDashboard",
     "NoData",
     "OverfittingPlayground",
-    "PerplexityDistribution",
     "PlaygroundSettings",
     "RunComparison",
+    "SparsityDistribution",
     "SparsityTimeline",
     "load_model_checkpoint",
 ]

@@ -22,6 +22,7 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 
 from ..plots import TIMELINE_STATISTICS, NoData, figure_png, message_figure
+from ..plots.channels import OVERLAY, shown_splits
 
 __all__ = ["FigureWidget", "NoData", "resolve_split", "set_slider", "split_buttons", "statistic_dropdown"]
 
@@ -211,7 +212,7 @@ def set_slider(slider: widgets.IntSlider, lo: int, hi: int, value: int | None = 
         slider.value = int(min(max(value, lo), hi))
 
 
-def resolve_split(split: str, options: Sequence[str]) -> tuple[str, str | None]:
+def resolve_split(split: Any, options: Sequence[Any]) -> tuple[Any, str | None]:
     """``split`` if it is one of ``options`` (or there are none), else ``test`` or the first option, with a note."""
     options = list(options)
     if not options or split in options:
@@ -220,20 +221,27 @@ def resolve_split(split: str, options: Sequence[str]) -> tuple[str, str | None]:
     return fallback, f"split {split!r} is not recorded in this run (recorded: {options}); showing {fallback!r}."
 
 
-def split_buttons(split: object, options: Sequence[str], sticky: list[str]) -> widgets.ToggleButtons:
+def split_buttons(
+    split: object, options: Sequence[str], sticky: list[str], *, overlay: bool = False
+) -> widgets.ToggleButtons:
     """The split control: ``split`` if recorded, else ``test`` (or the first recorded one) with a note.
 
     ``options`` are the splits the run records; an unrecorded ``split`` adds an explanation to
-    ``sticky`` (shown until a control changes).
+    ``sticky`` (shown until a control changes). With ``overlay`` (and both probes recorded) one
+    more button, "train + test", has the value ``("train", "test")`` (:data:`~xaisparse.plots.channels.OVERLAY`).
     """
-    if not isinstance(split, str):
-        raise TypeError(f"split must be a str such as 'test', 'train' or 'both', got {type(split).__name__}")
-    options = list(options)
-    split, note = resolve_split(split, options)
+    if split == "both" or isinstance(split, (list, tuple)):
+        split = tuple(shown_splits(split))  # "both": deprecated, warns
+    elif not isinstance(split, str):
+        raise TypeError(f"split must be a data split such as 'test' or a tuple of them, got {type(split).__name__}")
+    choices: list[tuple[str, Any]] = [(s, s) for s in options]
+    if overlay and set(OVERLAY) <= set(options):
+        choices.append((" + ".join(OVERLAY), OVERLAY))
+    split, note = resolve_split(split, [value for _, value in choices])
     if note:
         sticky.append(note)
     return widgets.ToggleButtons(
-        options=options or [split], value=split, description="split", style={"button_width": "64px"}
+        options=choices or [(str(split), split)], value=split, description="split", style={"button_width": "84px"}
     )
 
 

@@ -158,7 +158,7 @@ class AttributionComparison(FigureWidget):
 
         from ..attribution import ALGORITHMS, IMPORTANCES, resolve_models
         from ..attribution._inputs import model_device
-        from ..recording import ActivationRecorder
+        from ..recording import ActivationRecorder, evaluating
 
         if isinstance(models, torch.nn.Module):
             models = {type(models).__name__: models}
@@ -198,14 +198,8 @@ class AttributionComparison(FigureWidget):
                     f"model {name!r} is in train mode: attributions use eval mode (dropout off, batch norm on "
                     "its running statistics); its training flags are restored."
                 )
-            flags = [(m, m.training) for m in net.modules()]
-            try:
-                net.eval()
-                with torch.no_grad():
-                    logits = net(self.images.to(model_device(net)))
-            finally:
-                for m, flag in flags:
-                    m.training = flag
+            with evaluating(net), torch.no_grad():
+                logits = net(self.images.to(model_device(net)))
             if logits.dim() != 2 or logits.shape[1] < 2:
                 raise ValueError(
                     f"model {name!r} returns outputs of shape {tuple(logits.shape)}; AttributionComparison explains "

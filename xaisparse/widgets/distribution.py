@@ -1,4 +1,4 @@
-"""``PerplexityDistribution``: per-channel distributions of one layer's spatial sparsity."""
+"""``SparsityDistribution``: per-channel distributions of one layer's spatial sparsity."""
 
 from __future__ import annotations
 
@@ -9,22 +9,23 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .. import plots
+from .._deprecation import deprecated
 from ..history import CHANNEL_ORDERINGS, DEAD_THRESHOLD, channel_ordering, check_history
-from ..plots.channels import distribution_epochs, histogram_layers, histogram_splits
+from ..plots.channels import distribution_epochs
 from ._base import FigureWidget, split_buttons
 
-__all__ = ["KINDS", "PerplexityDistribution"]
+__all__ = ["KINDS", "PerplexityDistribution", "SparsityDistribution"]
 
-#: Plot kinds of :class:`PerplexityDistribution`.
+#: Plot kinds of :class:`SparsityDistribution`.
 KINDS: tuple[str, ...] = plots.DISTRIBUTION_KINDS
 
 
-class PerplexityDistribution(FigureWidget):
+class SparsityDistribution(FigureWidget):
     """Per-channel distributions of one layer's per-sample spatial sparsity at one epoch.
 
     Drawn by :func:`xaisparse.plots.distribution` from the History's fixed-bin histograms:
-    ``kind="violin"``, ``"box"``, ``"ridge"`` or ``"heatmap"``; ``split="both"`` overlays train
-    and test; channels whose ``dead_fraction`` is at least ``dead_threshold`` are red.
+    ``kind="violin"``, ``"box"``, ``"ridge"`` or ``"heatmap"``; ``split=("train", "test")`` (the
+    "train + test" button) overlays train and test; channels whose ``dead_fraction`` is at least ``dead_threshold`` are red.
 
     Controls: ``layer_dropdown``, ``epoch_slider`` (epochs with histograms), ``split_buttons``,
     ``kind_dropdown``, ``order_dropdown``. ``data`` holds what the last drawing showed.
@@ -37,7 +38,7 @@ class PerplexityDistribution(FigureWidget):
         history: Any,
         layer: str | None = None,
         epoch: int | None = None,
-        split: str = "test",
+        split: str | tuple[str, ...] = "test",
         kind: str = "violin",
         order: str = "mean",
         *,
@@ -51,15 +52,14 @@ class PerplexityDistribution(FigureWidget):
             raise TypeError(f"epoch must be an int or None, got {type(epoch).__name__}")
         self.dead_threshold = float(dead_threshold)
         sticky: list[str] = []
-        splits = histogram_splits(h)
-        layers = histogram_layers(h)
+        splits = h.histogram_splits
+        layers = h.histogram_layers
         if layer is not None:
             if layer not in layers:
                 h.check_layer(layer)  # UnknownLayerError with the closest names
                 sticky.append(f"layer {layer!r} has no per-channel histograms in this run.")
                 layers = [layer, *layers]
-        options = splits + (["both"] if {"train", "test"} <= set(splits) else [])
-        self.split_buttons = split_buttons(split, options, sticky)
+        self.split_buttons = split_buttons(split, splits, sticky, overlay=True)
         self.layer_dropdown = widgets.Dropdown(
             options=layers, value=layer if layer is not None else (layers[0] if layers else None), description="layer"
         )
@@ -94,7 +94,7 @@ class PerplexityDistribution(FigureWidget):
 
     def _describe(self) -> str:
         return (
-            f"PerplexityDistribution(layer={self.layer_dropdown.value!r}, epoch={self.epoch_slider.value}, "
+            f"{type(self).__name__}(layer={self.layer_dropdown.value!r}, epoch={self.epoch_slider.value}, "
             f"split={self.split_buttons.value!r}, kind={self.kind_dropdown.value!r}, "
             f"order={self.order_dropdown.value!r})"
         )
@@ -112,3 +112,14 @@ class PerplexityDistribution(FigureWidget):
             notes=notes,
             data=self.data,
         )
+
+
+class PerplexityDistribution(SparsityDistribution):
+    """Deprecated name of :class:`SparsityDistribution` (it draws sparsity, not perplexity)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+        deprecated(
+            "PerplexityDistribution is deprecated: it is called SparsityDistribution (it draws sparsity)", stacklevel=2
+        )
+        super().__init__(*args, **kwargs)

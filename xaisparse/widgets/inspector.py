@@ -123,7 +123,6 @@ class ChannelInspector(FigureWidget):
             )
         n = int(self.images.shape[0])
         chosen = list(range(min(4, n))) if indices is None else [int(i) for i in indices if 0 <= int(i) < n]
-        self._recorder_cls = ActivationRecorder
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.layer_dropdown = widgets.Dropdown(options=options, value=layer or options[0], description="layer")
         self.channel_slider = widgets.IntSlider(value=0, min=0, max=0, description="channel", continuous_update=False)
@@ -146,27 +145,14 @@ class ChannelInspector(FigureWidget):
         """``(maps, sparsity)`` of all images at ``layer``: ``(N, C, ...)`` and ``(N, C)`` arrays (cached)."""
         if layer in self._cache:
             return self._cache[layer]
-        torch = _torch()
+        from ..attribution._inputs import model_device
         from ..functional import perplexity_sparsity
+        from ..recording import capture_layer
 
-        captured: dict[str, Any] = {}
-
-        def grab(name: str, tensor: Any) -> None:
-            if name == layer and name not in captured:
-                captured[name] = tensor.detach().float().cpu().clone()
-
-        flags = [(m, m.training) for m in self.model.modules()]
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        try:
-            self.model.eval()
-            with self._recorder_cls(self.model, layers=[layer], callback=grab), torch.no_grad():
-                self.model(self.images.to(device))
-        finally:
-            for module, flag in flags:
-                module.training = flag
+        _, captured = capture_layer(self.model, self.images.to(model_device(self.model)), layer)
         if layer not in captured:
             raise NoData(f"layer {layer!r} was not called in the forward pass of the model.")
-        out = captured[layer]
+        out = captured[layer].float().cpu()
         if out.dim() < 3:
             raise NoData(
                 f"layer {layer!r} outputs shape {tuple(out.shape)}: no spatial maps to inspect (need (N, C, H, W))."

@@ -20,7 +20,7 @@ class SparsityTimeline(FigureWidget):
 
     Controls bound to :func:`xaisparse.plots.timeline`: ``layers_select``
     (``SelectMultiple``), ``split_buttons``, ``statistic_dropdown`` (spatial_mean,
-    dead_fraction, channel_mean, sample_mean). The dotted red line is the detector's alarm
+    dead_fraction, population_mean, sample_mean). The dotted red line is the detector's alarm
     (``history.detection``), the dashed green one the test-loss minimum.
     """
 
@@ -73,7 +73,7 @@ class SparsityTimeline(FigureWidget):
 
 
 class LayerEpochHeatmap(FigureWidget):
-    """Layers × epochs heatmap of one layer statistic (:meth:`~xaisparse.history.History.layer_matrix`), with a colorbar.
+    """Layers × epochs heatmap of one layer statistic (:meth:`~xaisparse.history.History.layer_frame`), with a colorbar.
 
     Controls bound to :func:`xaisparse.plots.heatmap`: ``split_buttons`` and
     ``statistic_dropdown``. NaN cells are grey; the test-loss minimum (green dashed) and the

@@ -97,7 +97,7 @@ def copy_history(h: History) -> History:
         h,
         config=dict(h.config),
         spatial_hist=dict(h.spatial_hist),
-        channel_hist=dict(h.channel_hist),
+        population_hist=dict(h.population_hist),
         hist_epochs={k: list(v) for k, v in h.hist_epochs.items()},
         layer_order=list(h.layer_order),
         outcome=copy.deepcopy(h.outcome),

@@ -7,18 +7,20 @@ each method's stop epoch is compared with it. The detector itself never sees the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .._validation import check_bool, is_int, is_number
-from ..history import History, as_runs, run_names
+from .._validation import check_bool, check_int, check_number
+from ..history import History, as_runs, epoch_series, loss_minimum, run_names
 from .online import OverfitDetector
 
-__all__ = ["OUTCOMES", "Evaluation", "classify", "early_stopping_epoch", "evaluate", "overfits", "summarize"]
+#: One run or several: a History, a list of them, or a dict name -> History.
+Runs = History | Sequence[History] | Mapping[str, History]
+
+__all__ = ["OUTCOMES", "Evaluation", "classify", "early_stopping_epoch", "evaluate_detector", "overfits", "summarize"]
 
 
 def early_stopping_epoch(loss: pd.Series, patience: int = 2, min_delta: float = 0.0) -> int | None:
@@ -30,10 +32,10 @@ def early_stopping_epoch(loss: pd.Series, patience: int = 2, min_delta: float = 
     >>> early_stopping_epoch(pd.Series([1.0, 0.8, 0.9, 0.85, 0.95]), patience=2)
     3
     """
-    if not is_int(patience) or patience < 1:
-        raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+    patience = check_int("patience", patience, minimum=1)
+    loss = epoch_series(loss, "loss")
     best, waited = math.inf, 0
-    for epoch, value in zip(loss.index, loss.to_numpy(dtype=float)):
+    for epoch, value in zip(loss.index, loss.to_numpy()):
         if math.isfinite(value) and value < best - min_delta:
             best, waited = value, 0
         else:
@@ -45,9 +47,9 @@ def early_stopping_epoch(loss: pd.Series, patience: int = 2, min_delta: float = 
 
 @dataclass
 class Evaluation:
-    """What :func:`evaluate` returns: ``runs`` (one row per run × method) and ``summary``.
+    """What :func:`evaluate_detector` returns: ``runs`` (one row per run × method) and ``summary``.
 
-    Unpacks as ``runs, summary = evaluate(...)``.
+    Unpacks as ``runs, summary = evaluate_detector(...)``.
     """
 
     runs: pd.DataFrame
@@ -63,7 +65,7 @@ class Evaluation:
 OUTCOMES = ("hit", "false_alarm", "miss", "correct_rejection")
 
 
-def _runs(histories: Any) -> dict[str, History]:
+def _runs(histories: Runs) -> dict[str, History]:
     if isinstance(histories, History):
         return dict(zip(run_names([histories]), [histories]))
     if isinstance(histories, (list, tuple, Mapping)):
@@ -102,21 +104,24 @@ def overfits(loss: pd.Series, min_rise: float = 0.0, relative: bool = False) -> 
     >>> overfits(loss, 0.05, relative=True), overfits(loss, 0.2, relative=True)
     ((1, True), (1, False))
     """
-    s = loss[~loss.index.duplicated(keep="last")].sort_index()
-    finite = s[np.isfinite(s.to_numpy(dtype=float))]
-    if finite.empty:
+    best = loss_minimum(loss)
+    if best is None:
         raise ValueError("the loss has no finite value")
-    pos = int(np.argmin(finite.to_numpy(dtype=float)))
-    e_star, best = int(finite.index[pos]), float(finite.iloc[pos])
-    after = finite[finite.index > e_star]
+    return best[0], _rises(loss, best, min_rise, relative)
+
+
+def _rises(loss: pd.Series, best: tuple[int, float], min_rise: float, relative: bool) -> bool:
+    """Whether the finite loss after the minimum ``best = (e*, value)`` exceeds it by more than ``min_rise``."""
+    e_star, low = best
+    after = loss[(loss.index > e_star) & np.isfinite(loss.to_numpy(dtype=float))]
     if after.empty:
-        return e_star, False
+        return False
     top = float(after.max())
-    return e_star, (top > (1 + min_rise) * best) if relative else (top - best > min_rise)
+    return (top > (1 + min_rise) * low) if relative else (top - low > min_rise)
 
 
-def evaluate(
-    histories: Any,
+def evaluate_detector(
+    histories: Runs,
     detector: OverfitDetector | None = None,
     *,
     max_lead: int = 5,
@@ -153,13 +158,9 @@ def evaluate(
     (late) hit whenever the loss rises for two epochs, so a hit is a real comparison
     rather than an impossible bar. ``min_delta`` is early stopping's improvement margin.
     """
-    for name, val in (("max_lead", max_lead), ("late", late)):
-        if not is_int(val) or val < 0:
-            raise ValueError(f"{name} must be an int >= 0 (epochs), got {val!r}")
-    if not is_int(patience) or patience < 1:
-        raise ValueError(f"patience must be an int >= 1, got {patience!r}")
-    if not is_number(min_rise) or not min_rise >= 0:
-        raise ValueError(f"min_rise must be a number >= 0, got {min_rise!r}")
+    max_lead, late = check_int("max_lead", max_lead, minimum=0), check_int("late", late, minimum=0)
+    patience = check_int("patience", patience, minimum=1)
+    min_rise = check_number("min_rise", min_rise, minimum=0)
     relative_rise = check_bool("relative_rise", relative_rise)
     if detector is not None and not isinstance(detector, OverfitDetector):
         raise TypeError(f"detector must be an OverfitDetector or None, got {type(detector).__name__}")
@@ -172,10 +173,8 @@ def evaluate(
                 f"run {run!r} has no finite {loss_split!r} loss to evaluate against (splits with metrics: {h.splits})"
             )
         loss = h.metric(loss_split, "loss")
-        loss = loss[~loss.index.duplicated(keep="last")].sort_index()
-        e_star, overfit = overfits(loss, min_rise, relative_rise)
+        e_star, overfit = best[0], _rises(loss, best, min_rise, relative_rise)
         acc = h.metric(loss_split, "accuracy") if "accuracy" in h.metric_names() else pd.Series(dtype=float)
-        acc = acc[~acc.index.duplicated(keep="last")]
         last = int(loss.index.max())
         result = det.detect(h)
         stops = {
@@ -216,7 +215,7 @@ def evaluate(
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per-method summary of :func:`evaluate`'s ``runs`` table."""
+    """Per-method summary of :func:`evaluate_detector`'s ``runs`` table."""
     cols = ["method", "runs", "overfitting_runs", "stops", "median_lead", "lead_q25", "lead_q75", "lead_iqr"]
     cols += [f"{o}_rate" for o in OUTCOMES] + ["mean_avoided_fraction", "median_loss_gap"]
     if runs.empty:
