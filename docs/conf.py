@@ -101,6 +101,8 @@ nitpick_ignore_regex = [
 
 # ----------------------------------------------------------------------------- HTML
 html_theme = "furo"
+html_static_path = ["_static"]  # relative to docs/ (the configuration directory)
+html_css_files = ["xaisparse.css"]  # compact notebook tables (they must fit the page width)
 html_title = f"xaisparse {release}"
 html_show_sourcelink = False
 copybutton_prompt_text = r">>> |\.\.\. |\$ "

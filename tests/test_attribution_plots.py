@@ -285,3 +285,31 @@ def test_no_pyplot_state_and_titles_are_plain_numbers(comparison):
     fig = plots.attribution_distributions(comparison)
     assert isinstance(fig, Figure) and plt.get_fignums() == before == []
     assert re.search(r"medians\na: [0-9.]+\nb: [0-9.]+", fig.axes[0].get_title())
+
+
+@pytest.mark.parametrize(("columns", "rows"), [(3, 1), (2, 2), (1, 3)])
+def test_distributions_wrap_their_panels_into_rows(comparison, columns, rows):
+    """``columns`` panels to a row: the same three panels, page-wide when they wrap."""
+    fig = plots.attribution_distributions(comparison, columns=columns)
+    tops = sorted({round(ax.get_subplotspec().rowspan.start) for ax in fig.axes})
+    assert len(fig.axes) == 3 and tops == list(range(rows))
+    assert ("paired" in fig.axes[1].get_title()) and fig.axes[2].get_xlabel() == "ρ over the pixels"
+    width = fig.get_figwidth()
+    assert width == 13.5 if rows == 1 else width == 9.0
+    with pytest.raises(ValueError, match="columns must be an int >= 1"):
+        plots.attribution_distributions(comparison, columns=0)
+
+
+def test_channel_view_wraps_the_scatter_above_the_bars():
+    """``columns=2``: the scatter across the page width on top, the two bar panels below it; the
+    same artists as in the wide row."""
+    table = hand_table()
+    wide, wrapped = plots.channel_importance(table), plots.channel_importance(table, columns=2)
+    spans = [(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.start) for ax in wrapped.axes]
+    assert spans == [(0, 0), (1, 0), (1, 1)] and wrapped.axes[0].get_subplotspec().colspan.stop == 2
+    assert (wide.get_figwidth(), wrapped.get_figwidth()) == (13.5, 9.0)
+    for i, gid in ((0, "channels"), (1, "importance"), (2, "sparsity")):
+        got, want = artist_by_gid(wrapped.axes[i], gid), artist_by_gid(wide.axes[i], gid)
+        assert len(got) == len(want) > 0
+    with pytest.raises(ValueError, match="columns must be an int >= 1"):
+        plots.channel_importance(table, columns=-1)

@@ -33,6 +33,7 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 import lab_harness as lh  # noqa: E402  (Chromium discovery, launch flags, pixel statistics)
+import site_layout  # noqa: E402  (widths of output blocks and images on a built page)
 
 
 def _load(path: Path, name: str) -> Any:
@@ -293,6 +294,37 @@ def test_notebook_page_shows_its_figures(build, site, browser, notebook):
         page.close()
 
 
+#: Notebook 07 is being rewritten by the study branch; its tables and printed lists are wider
+#: than the page until then (not strict: the test passes as soon as the rewrite lands).
+REWRITE_PENDING = {
+    "07_replication_study": pytest.mark.xfail(
+        strict=False, reason="notebook 07 is being rewritten by the study branch (wide tables and prints)"
+    )
+}
+
+
+@pytest.mark.browser
+@pytest.mark.xdist_group("docs")
+@pytest.mark.parametrize(
+    "notebook",
+    [pytest.param(nb, marks=REWRITE_PENDING.get(nb.stem, ())) for nb in NOTEBOOKS],
+    ids=lambda p: p.stem,
+)
+def test_notebook_page_fits_the_page_width(build, site, browser, notebook):
+    """Read at a glance: no output block or table of the page scrolls sideways (a conclusion cut
+    off at the right edge is the sentence the reader came for), and no figure is up-scaled."""
+    page = _open(browser, (site / "notebooks" / f"{notebook.stem}.html").as_uri())
+    try:
+        found = site_layout.measure(page)
+        assert found["blocks"] or found["images"], f"{notebook.stem}: no cell outputs on the page"
+        problems = site_layout.layout_problems(page)
+        if problems:
+            page.screenshot(path=str(ARTIFACTS / f"{notebook.stem}-too-wide.png"), full_page=True)
+        assert not problems, f"{notebook.stem}: {len(problems)} blocks wider than the page:\n" + "\n".join(problems)
+    finally:
+        page.close()
+
+
 @pytest.mark.browser
 @pytest.mark.xdist_group("docs")
 def test_api_pages_show_every_public_name(site, browser):
@@ -336,6 +368,12 @@ def test_text_pages_render(site, browser, doc):
         page.goto((site / f"{doc}.html").as_uri(), wait_until="load")
         assert page.locator("article h1").count() == 1
         assert page.locator(".sidebar-tree a").count() > 10  # the navigation of the whole site
+        empty = page.evaluate(
+            """() => [...document.querySelectorAll('.sidebar-tree p.caption')]
+                     .filter(c => !(c.nextElementSibling && c.nextElementSibling.querySelector('a')))
+                     .map(c => c.innerText)"""
+        )
+        assert not empty, f"sidebar headings without a page under them: {empty}"
         page.screenshot(path=str(ARTIFACTS / f"{doc.replace('/', '_')}.png"), full_page=True)
     finally:
         page.close()

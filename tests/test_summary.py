@@ -158,3 +158,46 @@ def test_compare_runs_with_one_baseline_and_unique_seeds():
 def test_compare_runs_errors(runs, baseline, error, match):
     with pytest.raises(error, match=match):
         compare_runs(runs, baseline=baseline)
+
+
+def test_the_comparison_report_and_the_cli_verdict_show_the_summary_facts(tmp_path):
+    """``write_comparison``'s table and the CLI's verdict read the same facts (hand-computed for
+    TIED: loss minimum 0.5 first at epoch 1, best accuracy 0.7, last 0.6, alarm at epoch 3)."""
+    import re
+
+    from xaisparse.cli import _verdict
+    from xaisparse.report import write_comparison
+
+    no_loss = _run("no loss", seed=1, test_loss=[NAN, NAN], test_acc=[0.2, 0.3], sparsity={"a": [0.1, 0.2]})
+    page = write_comparison({"tied": TIED, "no loss": no_loss}, tmp_path).read_text()
+    rows = {m[0]: re.findall(r"<td>([^<]*)</td>", m[1]) for m in re.findall(r"<tr><th>([^<]*)</th>(.*?)</tr>", page)}
+    assert rows["tied"] == ["1", "0.500", "0.700", "0.600", "3"]
+    assert rows["no loss"] == ["–"] * 5
+    quiet = _run(
+        "quiet", seed=2, test_loss=[1.0, 0.4, 0.4, 0.7], test_acc=[0.1, 0.5, 0.6, 0.55], sparsity={"a": [0.1] * 4}
+    )
+    text = _verdict(quiet)
+    assert "test-loss minimum: epoch 1 (loss 0.400); last epoch loss 0.700" in text
+
+
+def test_a_run_without_accuracy_or_without_the_split_has_nan_cells():
+    """An own loop that records only the test loss, and a run with a ``val`` split only: the
+    facts it has are read, the rest is NaN (no error), so such runs share a table."""
+    loss_only = History(config={"name": "own loop"})
+    for e, loss in enumerate([0.9, 0.4, 0.6]):
+        loss_only.record_epoch(e, {"test": {"loss": loss}})
+    facts = _facts(loss_only.summary())
+    assert (facts["min test loss"], facts["min-loss epoch"], facts["last test loss"]) == (0.4, 1, 0.6)
+    assert math.isnan(facts["best test acc"]) and math.isnan(facts["last test acc"])
+    val_only = History(config={"name": "lightning"})
+    val_only.record_epoch(0, {"val": {"loss": 1.0, "accuracy": 0.5}})
+    facts = _facts(val_only.summary())
+    assert math.isnan(facts["min test loss"]) and pd.isna(facts["min-loss epoch"])
+    assert _facts(val_only.summary(split="val"))["best val acc"] == 0.5
+    table = compare_runs({"a": loss_only, "b": val_only, "c": TIED})
+    assert table.loc["c", "best test acc"] == 0.7 and math.isnan(table.loc["b", "best test acc"])
+    features = History(config={"name": "tabular"})  # (N, F) features: no spatial statistics
+    features.record_epoch(0, {"test": {"loss": 1.0, "accuracy": 0.5}})
+    features.layers = pd.DataFrame([(0, "test", "fc", "channel_mean", 0.3)], columns=LAYER_COLUMNS)
+    features.layer_order = ["fc"]
+    assert math.isnan(_facts(features.summary())["sparsity fc"])

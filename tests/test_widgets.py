@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from tests import oracle
 from xaisparse import histogram_stats as HS
+from xaisparse import plots
 from xaisparse.detect import DetectionResult
 from xaisparse.history import History, as_runs, common_layers
 from xaisparse.plots._style import DEAD_COLOR
@@ -428,6 +429,20 @@ def test_run_comparison_curves_per_run_and_missing_layer():
         RunComparison("runs")
     with pytest.raises(TypeError):
         RunComparison({"a": a, "b": 1})
+
+
+def test_comparison_wraps_its_panels_into_rows():
+    """``plots.comparison(columns=2)``: loss and layer panels side by side, the distribution below
+    across the page width; the panels hold the same lines as in one row."""
+    runs = {"a": synthetic_history(epochs=6, seed=0), "b": synthetic_history(epochs=6, seed=1)}
+    wide, wrapped = plots.comparison(runs), plots.comparison(runs, columns=2)
+    spans = [(ax.get_subplotspec().rowspan.start, ax.get_subplotspec().colspan.stop) for ax in wrapped.axes]
+    assert spans == [(0, 1), (0, 2), (1, 2)]
+    assert (wide.get_figwidth(), wrapped.get_figwidth()) == (14.0, 9.0)
+    for gid in ("loss:a:test", "layer:b"):
+        np.testing.assert_array_equal(line_by_gid(wrapped, gid).get_ydata(), line_by_gid(wide, gid).get_ydata())
+    with pytest.raises(ValueError, match="columns must be an int >= 1"):
+        plots.comparison(runs, columns=True)
 
 
 def test_run_comparison_robustness():

@@ -166,10 +166,13 @@ def _verdict(history) -> str:
     Runs recorded by an own loop may start at any epoch, have no timing, no test loss, no detector:
     each line says what is there, and the detector's caveat is printed only when a detector ran.
     """
+    import pandas as pd
+
     from .detect import EVIDENCE_NOTE, evaluate_detector
     from .report import run_verdict
 
-    best = history.test_loss_minimum()
+    facts = history.summary().iloc[0]  # the run's facts, as every table of runs shows them
+    best = None if pd.isna(facts["min-loss epoch"]) else (int(facts["min-loss epoch"]), facts["min test loss"])
     epochs = history.epochs
     span = "no epochs" if not epochs else f"{len(epochs)} recorded epoch{'s' if len(epochs) != 1 else ''}"
     if len(epochs) > 1:
@@ -182,7 +185,7 @@ def _verdict(history) -> str:
         f"run: {history.config.get('name') or '(unnamed)'}  ({span}{timing})",
         "test-loss minimum: "
         + ("none (no test loss)" if best is None else f"epoch {best[0]} (loss {best[1]:.3f})")
-        + ("" if best is None else f"; last epoch loss {history.metric('test', 'loss').iloc[-1]:.3f}"),
+        + ("" if best is None else f"; last epoch loss {facts['last test loss']:.3f}"),
         f"sparsity detector: {run_verdict(history)}",
     ]
     if history.detection is not None:
@@ -225,9 +228,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_verdict(histories[label]), flush=True)
         print(f"report: {write_report(histories[label], run_dir / 'report')}", flush=True)
     page = write_comparison(histories, out / "comparison")
-    b, p = (histories[k].metric("test", "accuracy") for k in ("baseline", "penalty"))
+    b, p = (histories[k].summary().iloc[0] for k in ("baseline", "penalty"))
     print("== baseline vs penalty (test accuracy) ==")
-    print(f"best epoch: {b.max():.3f} vs {p.max():.3f}; last epoch: {b.iloc[-1]:.3f} vs {p.iloc[-1]:.3f}")
+    print(
+        f"best epoch: {b['best test acc']:.3f} vs {p['best test acc']:.3f}; "
+        f"last epoch: {b['last test acc']:.3f} vs {p['last test acc']:.3f}"
+    )
     print(f"comparison: {page}")
     print(f"run directory: {out}")
     return 0

@@ -12,8 +12,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
+
 from ._io import atomic_write_bytes, atomic_write_text
 from .history import History
+from .summary import compare_runs
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -101,18 +104,14 @@ def write_comparison(runs: Mapping[str, History], out_dir: str | os.PathLike[str
     out.mkdir(parents=True, exist_ok=True)
     name = _save_figure(_figure(lambda: plots.comparison(dict(runs)), "run comparison"), out / "comparison.png")
     rows = []
-    for run, h in runs.items():
-        best = h.test_loss_minimum()
-        has_acc = "test" in h.splits and "accuracy" in h.metric_names()
-        acc = h.metric("test", "accuracy") if has_acc else None
+    for run, facts in compare_runs(dict(runs)).iterrows():  # the facts of History.summary()
         cells = ["–"] * 5
-        if best is not None:
-            cells[:2] = [str(best[0]), f"{best[1]:.3f}"]
-        if acc is not None and not acc.empty:
-            cells[2:4] = [f"{acc.max():.3f}", f"{acc.iloc[-1]:.3f}"]
-        if h.alarm_epoch is not None:
-            cells[4] = str(h.alarm_epoch)
-        rows.append(f"<tr><th>{html.escape(run)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        if not pd.isna(facts["min-loss epoch"]):
+            numbers = facts[["min test loss", "best test acc", "last test acc"]]
+            cells = [str(facts["min-loss epoch"]), *(f"{v:.3f}" for v in numbers), "–"]
+        if not pd.isna(facts["alarm epoch"]):
+            cells[4] = str(facts["alarm epoch"])
+        rows.append(f"<tr><th>{html.escape(str(run))}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     table = (
         "<table><tr><th>run</th><th>test-loss min epoch</th><th>min test loss</th><th>best test acc</th>"
         "<th>last test acc</th><th>alarm epoch</th></tr>" + "".join(rows) + "</table>"

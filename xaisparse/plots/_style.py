@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import sys
 import textwrap
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,6 +106,43 @@ class PlotFigure(Figure):
 def new_figure(width: float = 9.0, height: float = 4.2) -> PlotFigure:
     """A pyplot-free figure with constrained layout (displayed as a PNG in notebooks)."""
     return PlotFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+#: Width (inches) of a figure whose panels wrap into rows: at the notebooks' 80 dpi it is shown
+#: at its natural size on the documentation page (no shrinking, so its text stays legible).
+PAGE_WIDTH = 9.0
+
+
+def check_columns(columns: object) -> int:
+    """``columns`` (panels to a row) as an int >= 1, else a ValueError saying what was got."""
+    if not isinstance(columns, int) or isinstance(columns, bool) or columns < 1:
+        raise ValueError(f"columns must be an int >= 1 (panels to a row), got {columns!r}")
+    return columns
+
+
+def panel_figure(
+    n: int, columns: int, width: float, height: float, ratios: Sequence[float] | None = None
+) -> tuple[PlotFigure, list[Any]]:
+    """A figure of ``n`` panels, ``columns`` to a row, and its axes in reading order.
+
+    With all panels in one row the figure is ``width`` × ``height`` inches and ``ratios`` sets
+    the panels' relative widths. With fewer columns than panels the rows wrap: the figure is
+    :data:`PAGE_WIDTH` wide and ``height`` per row, and the last panel of a short last row
+    spans what is left of it.
+    """
+    columns = min(check_columns(columns), n)
+    if columns == n:
+        fig = new_figure(width, height)
+        return fig, list(fig.subplots(1, n, gridspec_kw={"width_ratios": list(ratios or [1.0] * n)}))
+    rows = -(-n // columns)
+    fig = new_figure(PAGE_WIDTH, height * rows)
+    grid = fig.add_gridspec(rows, columns)
+    axes = []
+    for i in range(n):
+        row, col = divmod(i, columns)
+        last = i == n - 1
+        axes.append(fig.add_subplot(grid[row, col:] if last else grid[row, col]))
+    return fig, axes
 
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:

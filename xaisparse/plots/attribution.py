@@ -29,7 +29,17 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .._validation import check_choice, check_int, check_number
-from ._style import CHANNEL_COLOR, DEAD_COLOR, PALETTE, NoData, new_figure, statistic_label
+from ._style import (
+    CHANNEL_COLOR,
+    DEAD_COLOR,
+    PAGE_WIDTH,
+    PALETTE,
+    NoData,
+    check_columns,
+    new_figure,
+    panel_figure,
+    statistic_label,
+)
 from .channels import show_image
 
 __all__ = [
@@ -325,6 +335,7 @@ def attribution_distributions(
     statistic: str = "sparsity",
     kind: str = "violin",
     *,
+    columns: int = 3,
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> Figure:
@@ -335,7 +346,8 @@ def attribution_distributions(
     paired values, one dot per image (model b against model a; on the diagonal they agree),
     titled with the paired summary (median difference b − a, Wilcoxon signed-rank p-value).
     Right: the per-image Spearman correlation of the two maps over the pixels (1: both models
-    rank the pixels alike).
+    rank the pixels alike). ``columns``: panels to a row (3: one wide row; 2 or 1 wrap them
+    into a page-wide figure whose text stays legible).
 
     ``data`` receives ``names``, ``statistic``, ``values`` (``{name: (images,)}`` by sample),
     ``samples``, ``summary`` (the summary row as a dict) and ``map_spearman``.
@@ -345,6 +357,7 @@ def attribution_distributions(
     result = _result(comparison, "ModelComparison", "comparison", "compare_models")
     check_choice("statistic", statistic, MEASURES)
     check_choice("kind", kind, ATTRIBUTION_KINDS)
+    check_columns(columns)
     notes = [] if notes is None else notes
     a_name, b_name = result.names
     per = result.per_image
@@ -363,8 +376,7 @@ def attribution_distributions(
     colors = [PALETTE[0], PALETTE[1]]
     label = _MEASURE_LABELS.get(statistic, statistic_label(statistic))
 
-    fig = new_figure(13.5, 4.4)
-    ax_dist, ax_pair, ax_rho = fig.subplots(1, 3, gridspec_kw={"width_ratios": [0.9, 1.0, 1.0]})
+    fig, (ax_dist, ax_pair, ax_rho) = panel_figure(3, columns, 13.5, 4.4, ratios=[0.9, 1.0, 1.0])
     _distribution(ax_dist, [finite[a_name], finite[b_name]], colors, kind)
     ax_dist.set_xticks([0, 1], [a_name, b_name], fontsize=9)
     ax_dist.set_xlim(-0.6, 1.9)
@@ -454,6 +466,7 @@ def channel_importance(
     activation: str = "sparsity",
     top: int | None = TOP_CHANNELS,
     title: str = "",
+    columns: int = 3,
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> Figure:
@@ -467,7 +480,9 @@ def channel_importance(
     importance and of the activation sparsity (dead fraction as diamonds). Dead-but-important
     channels are red, alive-but-irrelevant ones grey, other dead channels (``dead_fraction`` at
     least the table's ``dead_threshold``) hollow red circles with red labels. ``title`` (e.g.
-    the model's name) leads the figure title.
+    the model's name) leads the figure title. ``columns``: 3 puts the three panels in one wide
+    row; 2 or 1 put the scatter above the two bar panels in a page-wide figure whose text stays
+    legible.
 
     ``data`` receives ``layer``, ``importance``, ``activation``, ``sort``, ``shown`` (the
     sorted rows drawn, a DataFrame), ``x``/``y``/``channels`` (the scatter, all channels),
@@ -477,6 +492,7 @@ def channel_importance(
 
     result = _result(table, "ChannelTable", "table", "channel_table")
     check_choice("importance", importance, IMPORTANCES)
+    check_columns(columns)
     check_choice("activation", activation, ACTIVATION_COLUMNS)
     sort = importance if sort is None else check_choice("sort", sort, IMPORTANCES + ACTIVATION_COLUMNS)
     if top is not None:
@@ -507,8 +523,14 @@ def channel_importance(
     }
 
     k = len(shown)
-    fig = new_figure(13.5, float(np.clip(0.24 * k + 2.0, 4.4, 10.0)))
-    ax_sc, ax_imp, ax_act = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1.0, 0.75]})
+    height = float(np.clip(0.24 * k + 2.0, 4.4, 10.0))
+    if columns >= 3:
+        fig = new_figure(13.5, height)
+        ax_sc, ax_imp, ax_act = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.25, 1.0, 0.75]})
+    else:  # the scatter above, the two bar panels (one row per channel) side by side below it
+        fig = new_figure(PAGE_WIDTH, 3.8 + height)
+        grid = fig.add_gridspec(2, 2, height_ratios=[3.8, height], width_ratios=[1.0, 0.75])
+        ax_sc, ax_imp, ax_act = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
     colors = _flag_colors(channels)
     dead_threshold = float(result.thresholds.get("dead_threshold", 0.5))
     dead = _dead(channels, dead_threshold)

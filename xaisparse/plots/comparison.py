@@ -11,7 +11,7 @@ from matplotlib.patches import Patch
 
 from ..history import History, as_runs, common_layers
 from ._draw import draw_boxes, draw_violins
-from ._style import PALETTE, NoData, check_statistic, new_figure, statistic_label
+from ._style import PALETTE, NoData, check_columns, check_statistic, panel_figure, statistic_label
 
 __all__ = ["COMPARISON_KINDS", "comparison", "comparison_default_epoch", "comparison_epochs"]
 
@@ -63,6 +63,7 @@ def comparison(
     metric: str = "loss",
     kind: str = "violin",
     *,
+    columns: int = 3,
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> Figure:
@@ -74,12 +75,14 @@ def comparison(
     over all channels (violin or box from the pooled histograms) with the per-channel means as
     dots. ``runs``: a dict ``name -> History`` (e.g. from :func:`~xaisparse.history.load_runs`)
     or a list of histories. ``layer`` defaults to the first layer common to all runs,
-    ``epoch`` to the last epoch with a histogram in every run.
+    ``epoch`` to the last epoch with a histogram in every run. ``columns``: panels to a row
+    (3: one wide row; 2 or 1 wrap them into a page-wide figure whose text stays legible).
     """
     runs_all = as_runs(runs)
     if not runs_all:
         raise ValueError("comparison needs at least one run (two or more to compare), got none")
     statistic = check_statistic(statistic)
+    check_columns(columns)
     if kind not in COMPARISON_KINDS:
         raise ValueError(f"kind must be one of {list(COMPARISON_KINDS)}, got {kind!r}")
     notes = [] if notes is None else notes
@@ -103,8 +106,7 @@ def comparison(
         if missing:
             notes.append(f"layer {layer!r} is missing from run(s) {missing}: they are left out of the layer panels.")
     colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(runs_all)}
-    fig = new_figure(14.0, 4.4)
-    ax_loss, ax_layer, ax_dist = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.0, 1.0, 0.9]})
+    fig, (ax_loss, ax_layer, ax_dist) = panel_figure(3, columns, 14.0, 4.4, ratios=[1.0, 1.0, 0.9])
     data = {} if data is None else data
     data.clear()
     data.update({"losses": {}, "series": {}, "pooled": {}, "stats": {}, "channel_means": {}})
