@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from grid import EPOCHS, Job, is_finished, run_dir
-from methods import CANDIDATES, LABELS
-from regularisers import c3, c4, learning_check
-from regularisers import learned as is_learned
-from scoring import CELL, NO_STOP, decision, method_rows, run_facts, summarise
 
 from xaisparse._io import atomic_write_text
-from xaisparse.history import History
+
+from .grid import EPOCHS, Job, is_finished, load_history, run_dir
+from .methods import CANDIDATES, LABELS
+from .regularisers import REGULARISERS, c3, c4, learning_check, pairs
+from .regularisers import learned as is_learned
+from .scoring import CELL, NO_STOP, decision, method_rows, run_facts, summarise
 
 #: The exploration's stops of the pre-registered methods on the tuning runs (PROTOCOL.md §6).
 EXPLORATION_STOPS = Path(__file__).resolve().parent / "explore" / "results" / "selected_runs.csv"
@@ -55,7 +55,7 @@ def _load(root: Path, status: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     """Per-run facts (one row per finished run) and per-run method rows (detector parts A and T)."""
     facts, methods = [], []
     for row in status[status.status == "complete"].itertuples():
-        h = History.load(root / "runs" / row.run)
+        h = load_history(root, row.run)
         f = run_facts(h)
         study = h.config.get("study", {})
         f.update(
@@ -428,8 +428,6 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
             _md(t4[t4.metric == "last_loss"], ".3f"),
             "",
         ]
-    from regularisers import REGULARISERS, pairs
-
     classes = reg.groupby("dataset").num_classes.first()
     for cond in ("penalty", *REGULARISERS):
         p = pairs(reg, cond, "baseline")

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from methods import CANDIDATES, CHANCE_FIRST, LABEL_FREE_REFERENCES, LABELS, stops
 
 from xaisparse.detect import OUTCOMES, chance_outcomes, classify, overfits
+
+from .bootstrap import percentile_ci, resample_index
+from .methods import CANDIDATES, CHANCE_FIRST, LABEL_FREE_REFERENCES, LABELS, stops
 
 MIN_RISE = 0.05  # §7: the run overfits when its test loss rises 5 % above the minimum
 MAX_LEAD, LATE = 5, 2
@@ -96,26 +98,7 @@ def method_rows(name: str, history: Any, facts: dict[str, Any]) -> list[dict[str
     return rows
 
 
-# ---------------------------------------------------------------------------- bootstrap
-def resample_index(cells: pd.Series, resamples: int, seed: int = 0) -> np.ndarray:
-    """``resamples × n`` row positions: each cell's rows resampled with replacement within the cell."""
-    rng = np.random.default_rng(seed)
-    codes = pd.factorize(cells)[0]
-    parts = []
-    for c in np.unique(codes):
-        pos = np.flatnonzero(codes == c)
-        parts.append(pos[rng.integers(0, len(pos), size=(resamples, len(pos)))])
-    return np.concatenate(parts, axis=1) if parts else np.zeros((resamples, 0), dtype=int)
-
-
-def _ci(values: np.ndarray) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if not len(finite):
-        return math.nan, math.nan
-    lo, hi = np.percentile(finite, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
+# ---------------------------------------------------------------------------- summaries
 def _wide(table: pd.DataFrame, column: str, methods: Sequence[str]) -> np.ndarray:
     """runs × methods matrix of one column (rows in the order of ``table.run.unique()``)."""
     w = table.pivot(index="run", columns="method", values=column)
@@ -154,8 +137,8 @@ def summarise(
             "score": score[:, j].mean(),
         }
         for name, mat in (("hit", hit), ("false_alarm", fa), ("miss", miss)):
-            row[f"{name}_lo"], row[f"{name}_hi"] = _ci(mat[:, j][idx].mean(1))
-        row["score_lo"], row["score_hi"] = _ci(boot_score)
+            row[f"{name}_lo"], row[f"{name}_hi"] = percentile_ci(mat[:, j][idx].mean(1))
+        row["score_lo"], row["score_hi"] = percentile_ci(boot_score)
         row["p_score_le_0"] = float((boot_score <= 0).mean())
         row["median_lead"] = float(leads.median()) if len(leads) else math.nan
         row["lead_q25"] = float(leads.quantile(0.25)) if len(leads) else math.nan
@@ -163,7 +146,7 @@ def summarise(
         ex = excess[:, j]
         row["median_excess_loss"] = float(np.median(ex)) if np.isfinite(ex).all() and len(ex) else math.nan
         if np.isfinite(ex).all() and len(ex):
-            row["excess_lo"], row["excess_hi"] = _ci(np.median(ex[idx], axis=1))
+            row["excess_lo"], row["excess_hi"] = percentile_ci(np.median(ex[idx], axis=1))
         else:
             row["excess_lo"] = row["excess_hi"] = math.nan
         rows.append(row)
@@ -180,7 +163,7 @@ def paired_p(table: pd.DataFrame, runs: pd.DataFrame, a: str, b: str, resamples:
     s = _wide(table, "p_hit", [a, b]) - _wide(table, "p_false_alarm", [a, b])
     d = s[:, 0] - s[:, 1]
     boot = d[idx].mean(1)
-    lo, hi = _ci(boot)
+    lo, hi = percentile_ci(boot)
     return {"difference": float(d.mean()), "lo": lo, "hi": hi, "p": float((boot <= 0).mean())}
 
 

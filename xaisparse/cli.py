@@ -78,7 +78,7 @@ def _add_run_args(
 def _build(args: argparse.Namespace):
     """Dataset split and model from parsed arguments."""
     from .data import _EMBEDDED, _canonical_name, load_dataset
-    from .models import build_model
+    from .models import build_model, regularisation
 
     regs = set(args.regularizer)
     kw: dict[str, Any] = {"train_subset": args.train_subset, "label_noise": args.label_noise, "seed": args.seed}
@@ -87,16 +87,9 @@ def _build(args: argparse.Namespace):
     else:
         kw.update(download=args.download, augment="augment" in regs)
     split = load_dataset(args.dataset, args.data_root, **kw)
-    model_kw: dict[str, Any] = {}
+    model_kw, _ = regularisation(args.model, regs)
     if args.model == "small_cnn":
-        model_kw = {
-            "width": args.width,
-            "depth": args.depth,
-            "batch_norm": "batchnorm" in regs,
-            "dropout": 0.3 if "dropout" in regs else 0.0,
-        }
-    elif args.model.startswith("vgg"):
-        model_kw = {"batch_norm": "batchnorm" in regs, "dropout": 0.5 if "dropout" in regs else 0.0}
+        model_kw.update(width=args.width, depth=args.depth)
     import torch
 
     torch.manual_seed(args.seed)
@@ -121,11 +114,12 @@ def _weight(args: argparse.Namespace) -> float:
 
 def _train(args: argparse.Namespace, out: Path):
     from .detect import OverfitDetector
+    from .models import regularisation
     from .penalty import SparsityPenalty
     from .train import fit
 
     split, model = _build(args)
-    wd = 5e-4 if "weight_decay" in set(args.regularizer) else 0.0
+    _, wd = regularisation(args.model, args.regularizer)
     weight = _weight(args)
     name = args.name or (f"{args.model}-penalty{weight:g}" if weight else f"{args.model}-baseline")
     config = {
