@@ -24,6 +24,20 @@ from .methods import CANDIDATES, CHANCE_FIRST, LABEL_FREE_REFERENCES, LABELS, st
 MIN_RISE = 0.05  # §7: the run overfits when its test loss rises 5 % above the minimum
 MAX_LEAD, LATE = 5, 2
 CELL = ["dataset", "arch", "regime"]
+#: the columns of the decision table shown in results.md
+DECISION_COLUMNS = [
+    "method",
+    "score",
+    "p_holm",
+    "c1_score_above_0",
+    "minus_B1",
+    "minus_B2",
+    "minus_B3",
+    "c2_beats_references",
+    "c3_above_0_each_dataset",
+    "works",
+    "default_worthy",
+]
 NO_STOP = "N0"  # train to the last epoch: the excess loss a stop has to beat
 ALPHA = 0.05
 
@@ -60,8 +74,14 @@ def _excess(loss: pd.Series, stop: int | None, best: float) -> float:
     return float(loss.get(at, math.nan) / best - 1)
 
 
-def method_rows(name: str, history: Any, facts: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per method on one run: stop, lead, outcome probabilities, excess loss."""
+def method_rows(
+    name: str, history: Any, facts: dict[str, Any], extra: dict[str, int | None] | None = None
+) -> list[dict[str, Any]]:
+    """One row per method on one run: stop, lead, outcome probabilities, excess loss.
+
+    The methods are v2's (:func:`~studies.methods.stops`), ``extra`` (more stops by method id),
+    no stop (``N0``) and chance (``B3``, its exact expected outcome shares).
+    """
     loss = history.metric("test", "loss")
     loss = loss[~loss.index.duplicated(keep="last")].sort_index()
     e_star, overfit, best = facts["e_star"], facts["overfits"], facts["min_loss"]
@@ -70,7 +90,7 @@ def method_rows(name: str, history: Any, facts: dict[str, Any]) -> list[dict[str
         return classify(overfit, stop, e_star, MAX_LEAD, LATE)[0]
 
     rows = []
-    for method, stop in {**stops(history), NO_STOP: None}.items():
+    for method, stop in {**stops(history), **(extra or {}), NO_STOP: None}.items():
         outcome, lead = classify(overfit, stop, e_star, MAX_LEAD, LATE)
         rows.append(
             {
@@ -107,9 +127,15 @@ def _wide(table: pd.DataFrame, column: str, methods: Sequence[str]) -> np.ndarra
 
 
 def summarise(
-    table: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], resamples: int, seed: int = 0
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    methods: Sequence[str],
+    resamples: int,
+    seed: int = 0,
+    labels: dict[str, tuple[str, str]] | None = None,
 ) -> pd.DataFrame:
     """Rates, score, CIs, leads and excess loss per method over the runs of ``runs`` (one group)."""
+    labels = LABELS if labels is None else labels
     runs = runs.set_index("run")
     table = table[table.run.isin(runs.index)]
     order = list(dict.fromkeys(table.run))
@@ -126,7 +152,7 @@ def summarise(
         boot_score = score[:, j][idx].mean(1)
         row = {
             "method": m,
-            "label": LABELS.get(m, ("no stop (train to the last epoch)", ""))[0],
+            "label": labels.get(m, ("no stop (train to the last epoch)", ""))[0],
             "runs": len(order),
             "overfitting_runs": int(runs.overfits.sum()),
             "stops": int(sub.stop.notna().sum()),
@@ -184,18 +210,31 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 
 def decision(
-    table: pd.DataFrame, runs: pd.DataFrame, pooled: pd.DataFrame, by_dataset: dict[str, pd.DataFrame], resamples: int
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    pooled: pd.DataFrame,
+    by_dataset: dict[str, pd.DataFrame],
+    resamples: int,
+    candidates: Sequence[str] = CANDIDATES,
+    labels: dict[str, tuple[str, str]] | None = None,
+    adjusted: dict[str, float] | None = None,
 ) -> pd.DataFrame:
-    """§8: which label-free variant works, and which is default-worthy (one row per D1–D4)."""
+    """§8: which label-free variant works, and which is default-worthy (one row per candidate).
+
+    ``adjusted``: Holm-adjusted p-values computed over a larger family (v3: P1–P9, whose
+    candidates are scored on different groups of runs); default: Holm over ``candidates`` here.
+    """
+    labels = LABELS if labels is None else labels
     pooled = pooled.set_index("method")
-    present = [m for m in CANDIDATES if m in pooled.index]
-    adjusted = dict(zip(present, holm([pooled.loc[m, "p_score_le_0"] for m in present])))
+    present = [m for m in candidates if m in pooled.index]
+    if adjusted is None:
+        adjusted = dict(zip(present, holm([pooled.loc[m, "p_score_le_0"] for m in present])))
     no_stop = pooled.loc[NO_STOP, "median_excess_loss"] if NO_STOP in pooled.index else math.nan
     rows = []
     for m in present:
         row: dict[str, Any] = {
             "method": m,
-            "label": LABELS[m][0],
+            "label": labels[m][0],
             "score": pooled.loc[m, "score"],
             "p_score_le_0": pooled.loc[m, "p_score_le_0"],
             "p_holm": adjusted[m],
