@@ -68,6 +68,16 @@ def _add_run_args(
         choices=["dropout", "batchnorm", "weight_decay", "augment"],
         help="add a classical regulariser (repeatable)",
     )
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        nargs="?",
+        const=10,
+        default=None,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs (default 10) without a lower held-out loss and restore the best epoch's "
+        "weights (the held-out set then serves as validation data)",
+    )
     p.add_argument("--probe-size", type=int, default=512, help="samples per split measured each epoch")
     p.add_argument("--seed", type=int, default=defaults.get("seed", 0))
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -116,6 +126,7 @@ def _train(args: argparse.Namespace, out: Path):
     from .detect import OverfitDetector
     from .models import regularisation
     from .penalty import SparsityPenalty
+    from .stopping import EarlyStopping
     from .train import fit
 
     split, model = _build(args)
@@ -144,12 +155,34 @@ def _train(args: argparse.Namespace, out: Path):
         device=args.device,
         seed=args.seed,
         detector=OverfitDetector(),
+        early_stopping=None if args.early_stopping is None else EarlyStopping(patience=args.early_stopping),
         progress=not args.no_progress,
         checkpoint_dir=out,
         config=config,
     )
     history.save(out / "history")
     return history
+
+
+def _early_stopping_line(history) -> str:
+    """What labelled early stopping did in this run, or what it would have done on its held-out loss."""
+    from .detect import early_stopping_epoch, restored_best_epoch
+
+    used = history.config.get("early_stopping")
+    if used:
+        stop, restored = used.get("stopped_epoch"), used.get("restored_epoch")
+        head = f"early stopping (patience {used['patience']}, best weights restored): "
+        head += f"stopped at epoch {stop}" if stop is not None else "did not fire"
+        return head + (f", restored epoch {restored}" if restored is not None else "")
+    loss = history.metric("test", "loss")
+    stop = early_stopping_epoch(loss, patience=10)
+    if stop is None:
+        return "early stopping (patience 10, not used in this run): would not have fired"
+    restored = restored_best_epoch(loss, stop)
+    return (
+        f"early stopping (patience 10, not used in this run; --early-stopping turns it on): would have stopped at "
+        f"epoch {stop} and restored epoch {restored} (loss {float(loss[restored]):.3f})"
+    )
 
 
 def _verdict(history) -> str:
@@ -162,11 +195,16 @@ def _verdict(history) -> str:
         "test-loss minimum: "
         + ("none (no test loss)" if best is None else f"epoch {best[0]} (loss {best[1]:.3f})")
         + ("" if best is None else f"; last epoch loss {history.metric('test', 'loss').iloc[-1]:.3f}"),
-        f"sparsity detector: {run_verdict(history)}",
+    ]
+    if best is not None:
+        lines.append(_early_stopping_line(history))
+    lines += [
+        f"sparsity event (not validated as an overfitting warning): {run_verdict(history)}",
         f"note: {EVIDENCE_NOTE}",
     ]
     if best is not None and history.detection is not None:
-        rows, _ = evaluate(history)
+        rows, _ = evaluate(history, patience=10)
+        rows = rows.sort_values("method", key=lambda m: m != "early_stopping", kind="stable")  # early stopping first
         cols = ["method", "stop_epoch", "lead", "outcome", "loss_at_stop", "accuracy_at_stop"]
         lines.append(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return "\n".join(lines)

@@ -20,14 +20,18 @@ from held-out labels): no loss, no accuracy, not even the ``metrics`` table of t
 * :mod:`~xaisparse.detect.baselines`: comparison methods that are not detectors (training-loss
   plateau, a fixed epoch, chance, early stopping with the best epoch restored).
 
+On a synthetic run whose sparsity starts rising at epoch 7, the default (study v2's D1: it
+waits for every layer to rise clearly, so it is late and rarely wrong) and the rule's defaults
+until study v3 (:data:`LEGACY_DEFAULTS`):
+
 >>> from xaisparse.testing import synthetic_history
->>> result = OverfitDetector().detect(synthetic_history(epochs=16, overfit_at=7, seed=1))
->>> result.alarmed, result.alarm_epoch is not None and 5 <= result.alarm_epoch <= 11
-(True, True)
+>>> run = synthetic_history(epochs=16, overfit_at=7, seed=1)
+>>> OverfitDetector().detect(run).alarm_epoch, OverfitDetector(**LEGACY_DEFAULTS).detect(run).alarm_epoch
+(14, 10)
 """
 
 from .baselines import chance_outcomes, fixed_epoch, restored_best_epoch, train_loss_plateau_epoch
-from .config import RULES, SIGNALS, DetectorConfig
+from .config import LEGACY_DEFAULTS, RULES, SIGNALS, DetectorConfig
 from .evaluate import OUTCOMES, Evaluation, classify, early_stopping_epoch, evaluate, overfits, summarize
 from .online import OverfitDetector, detect, sparsity_matrix
 from .result import EVIDENCE_NOTE, DetectionResult, DetectorState, evidence_frame
@@ -38,6 +42,7 @@ from .slope import SlopeTrack, run_slope
 __all__ = [
     "EVIDENCE_COLUMNS",
     "EVIDENCE_NOTE",
+    "LEGACY_DEFAULTS",
     "OUTCOMES",
     "RULES",
     "SIGNALS",

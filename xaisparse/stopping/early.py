@@ -159,6 +159,16 @@ class EarlyStopping:
     def on_batch_end(self, state: Any) -> None:
         """Nothing per batch."""
 
+    def result(self) -> dict[str, Any]:
+        """What happened, JSON-safe: ``watched``, ``best_epoch``, ``best_value``, ``stopped_epoch``, ``restored_epoch``."""
+        return {
+            "watched": self.watched,
+            "best_epoch": self.best_epoch,
+            "best_value": self.best_value if math.isfinite(self.best_value) else None,
+            "stopped_epoch": self.stopped_epoch,
+            "restored_epoch": self.restored_epoch,
+        }
+
     @property
     def stop_reason(self) -> str:
         """What happened, in one sentence."""

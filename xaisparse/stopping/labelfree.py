@@ -79,13 +79,13 @@ def _stack(dataset: Dataset, indices: list[int]) -> tuple[Tensor, Tensor | None]
     items = [dataset[i] for i in indices]
     first = items[0]
     if isinstance(first, Tensor):
-        return torch.stack(items), None  # type: ignore[arg-type]
+        return torch.stack(items), None
     inputs = torch.stack([it[0] for it in items])
     targets = torch.as_tensor([int(it[1]) for it in items]) if len(first) > 1 else None
     return inputs, targets
 
 
-def _dataset(name: str, data: Any) -> Dataset:
+def _dataset(name: str, data: Any) -> Any:
     if isinstance(data, DataLoader):
         data = data.dataset
     if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
@@ -233,7 +233,9 @@ class LabelFreeSignals:
             table = model_alpha(model)
             finite = table.alpha[np.isfinite(table.alpha)]
             row.update(alpha_mean=float(finite.mean()) if len(finite) else math.nan, alpha_layers=len(finite))
-            self.alpha_rows.extend({"epoch": epoch, **r} for r in table.to_dict("records"))
+            self.alpha_rows.extend(
+                {"epoch": epoch, **{str(k): v for k, v in r.items()}} for r in table.to_dict("records")
+            )
         if self.predict:
             self.predictions[epoch] = self._predict(model, device)
         row["seconds"] = time.perf_counter() - t0
