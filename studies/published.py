@@ -139,6 +139,8 @@ def tune(
     ``runs``: (test-loss facts, test loss by epoch, signal series) per tuning run. Returns the rule
     and the whole grid's scores (one row per rule, in grid order).
     """
+    if not runs:
+        return GRIDS[signal][0], pd.DataFrame()
     rows = []
     for i, rule in enumerate(GRIDS[signal]):
         outcomes, excesses = [], []
@@ -160,7 +162,5 @@ def tune(
             }
         )
     table = pd.DataFrame(rows)
-    if table.empty or not len(runs):
-        return GRIDS[signal][0], table
     best = table.sort_values(["score", "median_excess_loss", "order"], ascending=[False, True, True]).iloc[0]
     return GRIDS[signal][int(best["order"])], table

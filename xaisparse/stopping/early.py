@@ -55,9 +55,9 @@ class EarlyStopping:
     smallest change that counts as an improvement; ``restore_best``: put the best epoch's
     weights back at the stop and at the last epoch. A NaN value never improves.
 
-    After training: :attr:`best_epoch`, :attr:`best_value`, :attr:`stopped_epoch` (``None`` if
-    it never fired), :attr:`restored_epoch` (``None`` if nothing was restored) and
-    :attr:`stop_reason` (one sentence).
+    After training: ``best_epoch``, ``best_value``, ``stopped_epoch`` (``None`` if it never
+    fired), ``restored_epoch`` (``None`` if nothing was restored), :meth:`result` (all of them)
+    and :attr:`stop_reason` (one sentence).
     """
 
     def __init__(

@@ -11,14 +11,16 @@ held-out label:
   EB-criterion from the per-sample gradients of its first ``eb_samples`` (64: per-sample
   gradients are the costly part); ``gradient_norm`` = ‖mean gradient‖₂ of those samples;
 * ``alpha_mean`` (:mod:`~xaisparse.stopping.spectra`): the mean weight-spectrum power-law α
-  over the layers with a finite α (``alpha_layers`` of them); per-layer values in :attr:`alpha`;
+  over the layers with a finite α (``alpha_layers`` of them); per-layer values in
+  :attr:`LabelFreeSignals.alpha`;
 * the predicted classes on fixed **unlabelled** test inputs (``predict``: the first
   ``predict_size`` of :func:`~xaisparse.data.probe_subset`; the labels are never read), for the
   disagreement of two runs that differ only in their seed (Jiang et al. 2022,
   :func:`prediction_disagreement`, :func:`disagreement_series`).
 
-Every pass runs in eval mode and restores every module's training flag. :meth:`save` writes
-the three tables into a folder (atomically); :func:`load_signals` reads them back.
+Every pass runs in eval mode and restores every module's training flag.
+:meth:`LabelFreeSignals.save` writes the three tables into a folder (atomically);
+:func:`load_signals` reads them back.
 """
 
 from __future__ import annotations
@@ -44,7 +46,14 @@ from .._validation import check_bool, check_int
 from .gradients import LossFn, gradient_statistics
 from .spectra import model_alpha
 
-__all__ = ["LabelFreeRecord", "LabelFreeSignals", "disagreement_series", "load_signals", "prediction_disagreement"]
+__all__ = [
+    "SIGNAL_COLUMNS",
+    "LabelFreeRecord",
+    "LabelFreeSignals",
+    "disagreement_series",
+    "load_signals",
+    "prediction_disagreement",
+]
 
 #: The per-epoch columns of :meth:`LabelFreeSignals.frame`.
 SIGNAL_COLUMNS = ("eb_criterion", "gradient_disparity", "gradient_norm", "alpha_mean", "alpha_layers", "seconds")
@@ -124,6 +133,8 @@ class LabelFreeSignals:
     (['eb_criterion', 'gradient_disparity', 'gradient_norm', 'alpha_mean', 'alpha_layers', 'seconds'], (16,))
     """
 
+    #: Always ``False``: the signals are measured, never acted on (a rule of
+    #: :mod:`~xaisparse.stopping.rules` turns one into a stop; read the study's results first).
     stop_requested = False
 
     def __init__(
