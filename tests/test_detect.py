@@ -30,7 +30,7 @@ from xaisparse.history import LAYER_COLUMNS, History
 from xaisparse.testing import synthetic_history
 
 
-def OverfitDetector(*args, **kw) -> _Detector:  # noqa: N802 - stands in for the class in these tests
+def OverfitDetector(*args, **kw) -> _Detector:  # stands in for the class in these tests
     """The rule at the settings it shipped with until study v3: these tests exercise its mechanics.
 
     The current defaults (study v2's D1) are tested in test_default_is_study_v2s_d1.
@@ -43,6 +43,7 @@ def test_default_is_study_v2s_d1() -> None:
 
     assert _Detector().config == DETECTORS["D1"].config
     assert _Detector(**LEGACY_DEFAULTS).config == DETECTORS["D0"].config
+
 
 # The plain threshold rule of the brief, with nothing adaptive: easy to follow by hand.
 PLAIN = dict(noise=0.0, warmup=0)
