@@ -97,6 +97,10 @@ def run_jobs(
     if not pending:
         return []
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the worker processes
+    checkout = str(Path(__file__).resolve().parents[1])  # the workers import studies/ from this checkout
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if checkout not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([checkout, *[p for p in paths if p]])
     folder = root / "submitit" / "%j"
     failed: list[str] = []
     bar = tqdm(total=len(pending), desc="runs", unit="run", disable=not progress, smoothing=0.05, file=sys.stdout)
