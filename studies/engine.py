@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .grid import Job, clean_partial, finished_info, is_finished, run_dir, train_job
+from .grid import Job, clean_partial, finished_info, is_finished, owner_alive, run_dir, train_job
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -92,8 +92,12 @@ def run_jobs(
     if removed:
         print(f"removed {len(removed)} unfinished run director{'y' if len(removed) == 1 else 'ies'}: {removed}")
     check_saved(root, todo)
-    pending = [j for j in todo if not is_finished(run_dir(root, j))]
-    print(f"{len(todo)} runs in the grid, {len(todo) - len(pending)} finished, {len(pending)} to train", flush=True)
+    unfinished = [j for j in todo if not is_finished(run_dir(root, j))]
+    elsewhere = [j.name for j in unfinished if owner_alive(run_dir(root, j))]
+    pending = [j for j in unfinished if j.name not in elsewhere]
+    print(f"{len(todo)} runs in the grid, {len(todo) - len(unfinished)} finished, {len(pending)} to train", flush=True)
+    if elsewhere:
+        print(f"{len(elsewhere)} being trained by another live process, left to it: {elsewhere}", flush=True)
     if not pending:
         return []
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the worker processes

@@ -125,10 +125,9 @@ def jobs(
 
     v2 (``ART``): A = held-out seeds × archs × regimes, baseline; R = the part-R conditions on
     ``R_ARCHS`` × ``noise20``; T = digits tuning seeds × archs × regimes. v3 (``TAWS``, with
-    label-free signals): T first (the rules are chosen on it), then A with every architecture
-    but ResNet-18 before ResNet-18 (the addendum's cut order), W = a twin of every ``small_cnn``
-    run of T and A (predictions only), S = ``small_cnn`` with plain SGD on the tuning and
-    held-out seeds. ``quick``: 2 held-out seeds per dataset and 1 tuning seed, 8 epochs, 100
+    label-free signals): T first (the rules are chosen on it), then A without ResNet-18, W = a
+    twin of every ``small_cnn`` run of T and A (predictions only), S = ``small_cnn`` with plain
+    SGD on the tuning and held-out seeds, and A's ResNet-18 runs last (the addendum's cut order). ``quick``: 2 held-out seeds per dataset and 1 tuning seed, 8 epochs, 100
     training images and 200-image probes — minutes instead of hours, the same code.
     """
     unknown = sorted(set(archs) - set(ARCHS))
@@ -161,7 +160,7 @@ def jobs(
     out: list[Job] = []
     for part in parts:
         if part == "A":
-            out += sorted(a, key=lambda j: j.arch == "resnet18_small") if v3 else a
+            out += [j for j in a if not v3 or j.arch != "resnet18_small"]  # v3: ResNet-18 at the very end
         elif part == "T":
             out += t
         elif part == "R":
@@ -186,6 +185,8 @@ def jobs(
                 for d, s in sgd
                 for regime in REGIMES
             ]
+    if v3 and "A" in parts:
+        out += [j for j in a if j.arch == "resnet18_small"]  # the addendum's cut order: last of all
     return out
 
 
@@ -212,6 +213,11 @@ def is_finished(path: Path) -> bool:
 def finished_info(path: Path) -> dict[str, Any]:
     """What the completion marker records: the job's settings, times and load."""
     return json.loads((Path(path) / DONE).read_text(encoding="utf-8"))
+
+
+def owner_alive(path: Path) -> bool:
+    """True while the process that is writing this run directory lives (or runs on another machine)."""
+    return _owner_alive(path)
 
 
 def _owner_alive(path: Path) -> bool:
