@@ -38,6 +38,8 @@ lint: $(STAMP)
 
 ## The whole test suite (unit, doctests, browser when Chromium is present). The notebooks are
 ## executed once, by the documentation build in tests/test_docs.py (a failing cell fails it).
+## The order is shuffled on every run (pytest-randomly, the order-independence check; the header
+## prints the seed, `-p randomly --randomly-seed=N` repeats an order); conftest.py seeds every test.
 test: $(STAMP) lint
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup
 

@@ -764,13 +764,29 @@ def test_bad_layers():
         channel_attributions(nested, X4, "0.*", 0)
     with pytest.raises(TypeError, match="layer must be a module name"):
         channel_attributions(nested, X4, 1, 0)
-    relu = nn.ReLU()
-    reused = nn.Sequential(
-        nn.Conv2d(1, 2, 3, padding=1), relu, nn.Conv2d(2, 2, 3, padding=1), relu, nn.Flatten(), nn.Linear(128, 2)
+    with pytest.raises(UnknownLayerError, match="no layer named '1#3'"):
+        channel_attributions(small_net(), X4, "1#3", 0)
+
+
+def test_a_module_used_twice_is_attributed_per_call_site():
+    """``"1"`` and ``"1#2"`` (the names the monitor shows for one ReLU used twice) each get their own
+    attributions: those of the same network written with two ReLU modules."""
+    torch.manual_seed(0)
+    twice = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(128, 2),
     ).eval()
-    with pytest.raises(ValueError, match="called 2 times per forward"):
-        channel_attributions(reused, X4, "1", 0)
-    assert count_hooks(reused) == 0
+    reused = nn.Sequential(*twice[:3], twice[1], *twice[4:]).eval()  # the same weights, one ReLU used twice
+    for site, separate in (("1", "1"), ("1#2", "3")):
+        got = channel_attributions(reused, X4, site, 0, n_steps=4)
+        want = channel_attributions(twice, X4, separate, 0, n_steps=4)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], msg=f"{site} {key}")
+    assert count_hooks(reused) == 0 and count_hooks(twice) == 0
 
 
 def test_bad_thresholds_and_models():

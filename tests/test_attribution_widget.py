@@ -233,7 +233,7 @@ def test_bad_states_are_messages(setup, widget):
     assert w.message_level == "warning" and bytes(w.image.value).startswith(PNG)
 
     class Shared(nn.Module):
-        """One ReLU module used twice: Captum's layer methods cannot attribute to it."""
+        """One ReLU module used twice, in a forward torch.fx cannot trace: its calls cannot be taken apart."""
 
         def __init__(self):
             super().__init__()
@@ -241,12 +241,13 @@ def test_bad_states_are_messages(setup, widget):
             self.fc = nn.Linear(3 * 64, 3)
 
         def forward(self, t):
-            return self.fc(self.act(self.conv2(self.act(self.conv1(t)))).flatten(1))
+            h = self.act(self.conv2(self.act(self.conv1(t))))
+            return self.fc(h.flatten(1) if h.sum() > 0 else -h.flatten(1))
 
     torch.manual_seed(0)
     shared = Shared().eval()
-    bad = AttributionComparison(shared, x, y, view="channels", layer="act", n_steps=2)
-    assert bad.message_level == "error" and "called 2 times per forward" in bad.message
+    bad = AttributionComparison(shared, x, y, view="channels", layer="act#2", n_steps=2)
+    assert bad.message_level == "error" and "cannot be traced by torch.fx" in bad.message
     assert count_hooks(shared) == 0
     assert isinstance(bad.to_figure(), Figure)  # a message figure, no traceback
     bad.view_buttons.value = "maps"

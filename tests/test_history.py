@@ -1,15 +1,24 @@
-"""History: tidy tables, atomic save/load, and clear errors for damaged or foreign run directories."""
+"""History: tidy tables; crash-safe save; validated load with clear errors for damaged or foreign runs."""
 
+import hashlib
 import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from xaisparse import HistoryFormatError
+from tests.killsave import RUN, new_history, old_history
+from xaisparse import HistoryFormatError, _runfiles
 from xaisparse.detect import OverfitDetector
 from xaisparse.history import History, RunOutcome, load_runs
 from xaisparse.testing import synthetic_history
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -66,7 +75,7 @@ def test_tidy_tables_and_accessors(hist):
     ]
     assert m.loc["b"].tolist() == rows.value.tolist()
     assert hist.histogram("test", "a", 2).shape == (3, 20)
-    with pytest.raises(KeyError, match="recorded epochs"):
+    with pytest.raises(ValueError, match="recorded epochs"):
         hist.histogram("test", "a", 99)
     with pytest.raises(ValueError, match="kind must be one of"):
         hist.to_dataframe("nope")
@@ -74,41 +83,95 @@ def test_tidy_tables_and_accessors(hist):
         hist.record_epoch(2, {"train": {"loss": 1.0}})
 
 
-def test_overwrite_is_atomic_and_refuses_foreign_dirs(tmp_path, hist):
+def test_overwrite_replaces_a_saved_run_and_refuses_foreign_dirs(tmp_path, hist):
     path = hist.save(tmp_path / "run")
     other = synthetic_history(epochs=3, layers=("a",), channels=2, seed=5)
     other.save(path)  # replacing a saved History is fine
     assert History.load(path).epochs == [0, 1, 2]
+    assert sorted(p.name for p in path.iterdir()) == ["data-000002", "history.json"]  # the old data are gone
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"meow")
     with pytest.raises(FileExistsError, match="not a saved xaisparse History"):
         hist.save(foreign)
     assert (foreign / "cat.jpg").read_bytes() == b"meow"
+    (tmp_path / "empty").mkdir()
+    _same(hist, History.load(hist.save(tmp_path / "empty")))  # an empty directory is not foreign
 
 
-def test_failed_save_leaves_previous_run_intact(tmp_path, hist, monkeypatch):
+def _tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fails", ["serialising", "committing"])
+def test_failed_save_leaves_previous_run_intact(tmp_path, hist, monkeypatch, fails):
     path = hist.save(tmp_path / "run")
-    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    before = _tree(path)
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez_compressed", boom)
+    if fails == "serialising":
+        monkeypatch.setattr(np, "savez_compressed", boom)
+    else:  # the new data directory is written; replacing the manifest fails
+        monkeypatch.setattr(_runfiles, "atomic_write_bytes", boom)
     with pytest.raises(OSError, match="disk full"):
         synthetic_history(epochs=2, seed=9).save(path)
-    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert _tree(path) == before  # no new data directory left behind either
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temp directory left behind
+    _same(hist, History.load(path))
+
+
+def test_a_history_that_cannot_be_saved_consistently_writes_nothing(tmp_path, hist):
+    hist.hist_epochs[("test", "a")] = hist.hist_epochs[("test", "a")][:-1]  # 5 epochs of counts, 4 listed
+    with pytest.raises(ValueError, match=r"histograms of \('test', 'a'\).*for 4 epochs"):
+        hist.save(tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- damaged runs
+DATA = "data-000001"  # the data directory of a run saved once
+
+
+def _manifest(path):
+    return json.loads((path / "history.json").read_text())
+
+
+def _signed(manifest: dict) -> bytes:
+    """The manifest with a matching checksum (sha256 of its canonical JSON without the checksum key),
+    the way a writer would sign it."""
+    manifest = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return json.dumps({**manifest, "manifest_sha256": hashlib.sha256(canonical).hexdigest()}, indent=1).encode()
+
+
+def _resign(path, change):
+    """Apply ``change`` to the manifest, then sign it: so that what is tested is what comes after the checksum."""
+    manifest = _manifest(path)
+    change(manifest)
+    (path / "history.json").write_bytes(_signed(manifest))
+
+
+def _refile(path, name):
+    """Make the manifest's size and SHA-256 of data file ``name`` match the file as it now is."""
+    data = (path / DATA / name).read_bytes()
+
+    def change(m):
+        m["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+    _resign(path, change)
+
+
+def _truncate(path, name):
+    f = path / DATA / name
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (
-            lambda p: (p / "layers.parquet").write_bytes((p / "layers.parquet").read_bytes()[:100]),
-            "corrupt or truncated",
-        ),
-        (lambda p: (p / "histograms.npz").unlink(), "histograms.npz is missing"),
+        (lambda p: _truncate(p, "layers.parquet"), r"layers.parquet is corrupt or truncated: \d+ bytes"),
+        (lambda p: (p / DATA / "histograms.npz").unlink(), "incomplete: data-000001/histograms.npz is missing"),
         (lambda p: (p / "history.json").write_text('{"format": "xaisparse.history", "schema'), "not valid JSON"),
         (
             lambda p: (p / "history.json").write_text(json.dumps({"format": "something-else"})),
@@ -118,16 +181,270 @@ def test_failed_save_leaves_previous_run_intact(tmp_path, hist, monkeypatch):
             lambda p: (p / "history.json").write_text(
                 json.dumps({"format": "xaisparse.history", "schema_version": 99})
             ),
-            "schema version 99",
+            "schema version 99; this xaisparse reads versions 1..3",
         ),
         (lambda p: (p / "history.json").unlink(), "not an xaisparse run directory"),
+        # the examples of issue 17, each given a matching manifest checksum so that the schema decides
+        (
+            lambda p: _resign(p, lambda m: m["histograms"][0].update(layeR=m["histograms"][0].pop("layer"))),
+            r"at \$\.histograms\[0\]: 'layer' is a required property",
+        ),
+        (
+            lambda p: _resign(p, lambda m: m["histograms"][0].update(spatial="spatial_8")),
+            r"histograms.npz does not match .*history.json: array 'spatial_8' of \('test', 'a'\) is missing",
+        ),
+        (
+            lambda p: _resign(p, lambda m: m["histograms"][1].update(epochz=m["histograms"][1].pop("epochs"))),
+            r"at \$\.histograms\[1\]: 'epochs' is a required property",
+        ),
+        (lambda p: _resign(p, lambda m: m["histograms"][1].update(epochs=[0, 1])), r"shape \(5, 3, 20\), expected \(2"),
+        (lambda p: _resign(p, lambda m: m["histograms"][1].update(epochs=[0, 2, 1, 3, 4])), "strictly increasing"),
+        (lambda p: _resign(p, lambda m: m["histograms"][1].update(split="held-out")), r"histograms\[1\]\.split"),
+        (lambda p: _resign(p, lambda m: m["tables"].update(metrics=["../../etc/passwd"])), r"\$\.tables\.metrics\[0\]"),
+        (lambda p: _resign(p, lambda m: m["tables"].update(metrics=["layers.parquet"])), "has columns"),
+        (lambda p: _resign(p, lambda m: m.update(arrays="other.npz")), "other.npz is used but not listed"),
+        (lambda p: _resign(p, lambda m: m.update(data="data-000002")), "data-000002/metrics.parquet is missing"),
+        (lambda p: _resign(p, lambda m: m.update(extra=1)), "Additional properties are not allowed"),
+        (lambda p: _resign(p, lambda m: m["outcome"].update(train_seconds="fast")), r"\$\.outcome\.train_seconds"),
+        (lambda p: _resign(p, lambda m: m["detection"].pop("onsets")), "'onsets' is a required property"),
+        (lambda p: _resign(p, lambda m: m.update(schema_version=2)), r"\(schema 2\)"),
+        (
+            lambda p: _resign(p, lambda m: m["files"]["layers.parquet"].update(sha256="0" * 64)),
+            "SHA-256 does not match",
+        ),
+        (lambda p: (_truncate(p, "layers.parquet"), _refile(p, "layers.parquet")), "layers.parquet cannot be read"),
+        (lambda p: (_truncate(p, "histograms.npz"), _refile(p, "histograms.npz")), "histograms.npz cannot be read"),
+        (lambda p: (_truncate(p, "detection.parquet"), _refile(p, "detection.parquet")), "detection.parquet cannot"),
+        (
+            lambda p: (p / "history.json").write_text(
+                (p / "history.json").read_text().replace('"layer"', '"layeR"', 1)
+            ),
+            "its SHA-256 does not match its contents",
+        ),
     ],
 )
 def test_damaged_runs_get_clear_errors(tmp_path, hist, damage, message):
+    hist.detection = OverfitDetector(smooth=1, threshold=0.0, noise=0.0, patience=1, warmup=0).detect(hist)
     path = hist.save(tmp_path / "run")
     damage(path)
-    with pytest.raises(HistoryFormatError, match=message):
+    with pytest.raises(HistoryFormatError, match=message) as err:
         History.load(path)
+    assert str(tmp_path / "run") in str(err.value)  # the message names the file
+
+
+def _flips(raw: bytes, both: bool = True):
+    """Every byte changed, one at a time; ASCII stays ASCII: digits, letters' case, quotes, brackets.
+
+    ``both``: each byte XOR 0x01 and XOR 0x20; else one flip a byte (a letter's case, anything else's
+    lowest bit)."""
+    for i in range(len(raw)):
+        masks = (0x01, 0x20) if both else (0x20 if chr(raw[i]).isalpha() else 0x01,)
+        for mask in masks:
+            yield raw[:i] + bytes([raw[i] ^ mask]) + raw[i + 1 :]
+
+
+@pytest.fixture
+def manifest_bytes(monkeypatch):
+    """Feed History.load edited manifest bytes without writing each to disk (thousands of writes are
+    slow on a busy disk): ``feed(raw)`` sets what the reader gets as the manifest's bytes."""
+    fed = {}
+    real = _runfiles._manifest_bytes_of
+    monkeypatch.setattr(_runfiles, "_manifest_bytes_of", lambda p: fed.get("raw") or real(p))
+    return lambda raw: fed.update(raw=raw)
+
+
+def test_every_single_byte_flip_of_a_manifest_is_caught_or_harmless(tmp_path, manifest_bytes):
+    """Flip each byte of a small manifest (two ways): HistoryFormatError, or the very same run.
+
+    The manifest carries its own checksum, so no edit loads as another run. With the checksum made
+    to match (as a foreign writer would), the schema and cross-checks must still turn every edit
+    into HistoryFormatError or a History, never another exception.
+    """
+    h = new_history()
+    path = h.save(tmp_path / "run")
+    raw = (path / "history.json").read_bytes()
+    outcomes = {"error": 0, "same": 0}
+    for flipped in _flips(raw):
+        manifest_bytes(flipped)
+        try:
+            got = History.load(path)
+        except HistoryFormatError:
+            outcomes["error"] += 1
+            continue
+        _same_run(h, got)  # only an edit that parses to the same JSON may load (e.g. \u00e9 -> \u00E9)
+        outcomes["same"] += 1
+    assert outcomes["error"] + outcomes["same"] == 2 * len(raw) and outcomes["same"] < 20, outcomes
+    resigned = {"error": 0, "loaded": 0, "not json": 0}
+    own = raw.index(b'"manifest_sha256"')  # its own checksum is recomputed below: flips there are moot
+    for flipped in _flips(raw[:own], both=False):
+        try:
+            manifest = json.loads(flipped + raw[own:])
+        except ValueError:
+            resigned["not json"] += 1
+            continue
+        manifest_bytes(_signed(manifest))
+        try:
+            History.load(path)
+        except HistoryFormatError:
+            resigned["error"] += 1
+        else:
+            resigned["loaded"] += 1  # a changed name or number in config, layer_order, ...
+    assert resigned["error"] > 50 and resigned["loaded"] > 10, resigned
+    manifest_bytes(None)
+    _same_run(h, History.load(path))
+
+
+def test_every_single_byte_flip_of_a_schema_2_manifest_raises_clearly_or_loads(tmp_path, manifest_bytes):
+    """Schema 2 manifests have no checksum: every edit is an error or a History, never another exception."""
+    path = _save_schema_2(old_history(), tmp_path / "v2")
+    raw = (path / "history.json").read_bytes()
+    seen = set()
+    for flipped in _flips(raw, both=False):
+        manifest_bytes(flipped)
+        try:
+            History.load(path)
+            seen.add("loaded")
+        except HistoryFormatError:
+            seen.add("error")
+    assert seen == {"loaded", "error"}
+
+
+def _same_run(a: History, b: History) -> None:
+    _same(a, b)
+    assert a.outcome == b.outcome
+    np.testing.assert_array_equal(a.bin_edges, b.bin_edges)
+    assert (a.detection is None) == (b.detection is None)
+    if a.detection is not None:
+        assert a.detection.to_dict() == b.detection.to_dict()
+        pd.testing.assert_frame_equal(a.detection.evidence, b.detection.evidence)
+
+
+# ---------------------------------------------------------------------------- crash safety
+def test_a_save_killed_at_any_filesystem_operation_leaves_the_old_run_or_the_new_one(tmp_path):
+    """SIGKILL just before each filesystem operation of save (tests/killsave.py): after the kill the
+    path loads as the complete old run or the complete new one (for a first save: no run or the new
+    one), switching once; the next save removes whatever the killed one left behind."""
+    old, new = old_history(), new_history()
+    plan = {}
+    for scenario in ("first save", "over a saved run", "over a schema-2 run"):
+        initial = tmp_path / "initial" / scenario
+        initial.mkdir(parents=True)
+        if scenario == "over a saved run":
+            old.save(initial / RUN)
+        elif scenario == "over a schema-2 run":
+            _save_schema_2(old, initial / RUN)
+        plan[scenario] = str(initial)
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "plan.json").write_text(json.dumps(plan))
+    with open(cases / "new.pickle", "wb") as f:
+        pickle.dump(new, f)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, str(ROOT / "tests" / "killsave.py"), str(cases)], check=True, env=env, timeout=600)
+    operations = json.loads((cases / "operations.json").read_text())
+    for scenario, ops in operations.items():
+        kinds = {op.split()[0] for op in ops}
+        assert {"open", "os.mkdir", "os.rename"} <= kinds, (scenario, ops)  # files, directories, the commit
+        if scenario != "first save":
+            assert {"shutil.rmtree", "os.rmdir", "os.remove"} & kinds, (scenario, ops)  # the old data removed
+        states = []
+        for k in range(1, len(ops) + 1):
+            run = cases / scenario / f"kill-{k:03d}" / RUN
+            if scenario == "first save" and not run.exists():
+                with pytest.raises(FileNotFoundError):
+                    History.load(run)
+                states.append("old")
+                continue
+            got = History.load(run)
+            try:
+                _same_run(new, got)
+                states.append("new")
+            except AssertionError:
+                _same_run(old, got)  # neither the old run nor the new one: fails here
+                states.append("old")
+        assert states == sorted(states, key=["old", "new"].index), (scenario, list(zip(ops, states)))
+        assert "old" in states and "new" in states, (scenario, states)
+        for k in range(1, len(ops) + 1):  # the next save cleans up after the killed one
+            folder = cases / scenario / f"kill-{k:03d}"
+            old.save(folder / RUN)
+            assert [p.name for p in folder.iterdir()] == [RUN], (scenario, k, list(folder.iterdir()))
+            assert len([p for p in (folder / RUN).iterdir() if p.name.startswith("data-")]) == 1
+            _same_run(old, History.load(folder / RUN))
+
+
+def test_leftovers_of_interrupted_saves_are_named_on_load_and_removed_by_the_next_save(tmp_path, hist):
+    path = hist.save(tmp_path / "run")
+    # what xaisparse 0.x left when killed between its two renames: the run moved aside, the new one not yet in
+    path.rename(tmp_path / ".run.old-4242")
+    with pytest.raises(FileNotFoundError, match=r"left \.run\.old-4242 beside it.*rename it to run"):
+        History.load(path)
+    (tmp_path / ".run.old-4242").rename(path)
+    (tmp_path / ".run.tmp-abc").mkdir()
+    (path / "data-000007").mkdir()  # an uncommitted data directory
+    (path / ".history.json.x1y2").write_bytes(b"{")  # an unfinished manifest
+    (path / "metrics.parquet").write_bytes(b"schema 2 file")
+    other = synthetic_history(epochs=2, seed=4)
+    other.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in path.iterdir()) == ["data-000008", "history.json"]
+    _same(other, History.load(path))
+    # a first save into an existing empty directory, killed before its manifest: no run yet, and
+    # what it left does not make the directory foreign to the next save
+    (tmp_path / "empty" / "data-000001").mkdir(parents=True)
+    (tmp_path / "empty" / "data-000001" / "metrics.parquet").write_bytes(b"PAR1")
+    (tmp_path / "empty" / ".history.json.k9").write_bytes(b"{")
+    with pytest.raises(HistoryFormatError, match="not an xaisparse run directory"):
+        History.load(tmp_path / "empty")
+    other.save(tmp_path / "empty")
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["data-000002", "history.json"]
+
+
+def test_a_load_racing_a_save_reads_the_run_again(tmp_path, hist, monkeypatch):
+    """A reader that finds the files of the manifest it read removed by a concurrent save starts over."""
+    path = hist.save(tmp_path / "run")
+    other = synthetic_history(epochs=2, seed=4)
+    real = _runfiles.sha256
+    calls = []
+
+    def save_meanwhile(p):
+        if not calls:
+            other.save(path)  # between reading the manifest and checking the first file
+        calls.append(p)
+        return real(p)
+
+    monkeypatch.setattr(_runfiles, "sha256", save_meanwhile)
+    _same(other, History.load(path))
+
+
+def _save_schema_2(h: History, path):
+    """A run as xaisparse 0.x wrote it (schema 2): flat files beside the manifest, histograms by index."""
+    h.save(path)
+    manifest = _manifest(path)
+    for f in (path / DATA).iterdir():
+        f.rename(path / f.name)
+    (path / DATA).rmdir()
+    legacy = {k: manifest[k] for k in ("format", "config", "detection", "outcome", "layer_order")}
+    legacy["schema_version"] = 2
+    legacy["histograms"] = [
+        {"split": e["split"], "layer": e["layer"], "index": i, "epochs": e["epochs"]}
+        for i, e in enumerate(manifest["histograms"])
+    ]
+    assert all(e["spatial"] == f"spatial_{i}" for i, e in enumerate(manifest["histograms"]))
+    legacy["files"] = {name: entry["sha256"] for name, entry in manifest["files"].items()}
+    (path / "history.json").write_text(json.dumps(legacy, indent=1))
+    return path
+
+
+def test_schema_2_runs_load_and_the_next_save_upgrades_them(tmp_path, hist):
+    path = _save_schema_2(hist, tmp_path / "v2")
+    _same(hist, History.load(path))
+    for fixture in sorted((ROOT / "tests" / "data" / "explore").iterdir()):  # saved by xaisparse 0.x
+        run = History.load(fixture)
+        assert _manifest(fixture)["schema_version"] == 2 and run.epochs == list(range(61))
+    other = synthetic_history(epochs=2, seed=4)
+    other.save(path)
+    assert sorted(p.name for p in path.iterdir()) == ["data-000001", "history.json"]  # flat files removed
+    _same(other, History.load(path))
 
 
 def test_load_runs_names_and_missing(tmp_path):
@@ -143,16 +460,14 @@ def test_load_runs_names_and_missing(tmp_path):
 
 def test_schema_1_runs_load_with_the_new_names(tmp_path, hist):
     """A run directory written by xaisparse 0.1 (schema 1): lifetime_* statistics, results in config."""
-    path = hist.save(tmp_path / "old")
-    manifest = json.loads((path / "history.json").read_text())
+    path = _save_schema_2(hist, tmp_path / "old")
+    manifest = _manifest(path)
     for kind in ("layers", "channels"):
         t = pd.read_parquet(path / f"{kind}.parquet")
         t["statistic"] = t["statistic"].replace(
             {"sample_mean": "lifetime_mean", "sample_sparsity": "lifetime_sparsity"}
         )
         t.to_parquet(path / f"{kind}.parquet", index=False)
-    import hashlib
-
     manifest["files"] = {n: hashlib.sha256((path / n).read_bytes()).hexdigest() for n in manifest["files"]}
     manifest["schema_version"] = 1
     manifest["config"].update(train_seconds=12.5, stopped_early_at=4)
@@ -178,8 +493,9 @@ def test_queries_the_widgets_and_reports_use(hist):
     np.testing.assert_array_equal(frame["test"].to_numpy(), loss.to_numpy())
     counts = hist.histogram("test", "a", 2)
     np.testing.assert_array_equal(hist.pooled_histogram("test", "a", 2), counts.sum(0))
-    assert hist.histogram_epochs("test", "a") == [0, 1, 2, 3, 4] and hist.histogram_epochs("val", "a") == []
-    with pytest.raises(KeyError, match="splits with histograms"):
-        hist.histogram("val", "a", 2)
+    assert hist.histogram_epochs("test", "a") == [0, 1, 2, 3, 4]
+    for query in (lambda: hist.histogram_epochs("val", "a"), lambda: hist.histogram("val", "a", 2)):
+        with pytest.raises(ValueError, match=r"split 'val' is not recorded in this run; .*\['train', 'test'\]"):
+            query()
     with pytest.raises(ValueError, match="closest"):
         hist.check_layer("c")

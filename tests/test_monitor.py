@@ -208,7 +208,7 @@ def test_resnet18_matches_captum_numpy_reference(resnet: nn.Module) -> None:
     # layer4 sees 1x1 maps at CIFAR size: one warning per such call site, nothing else warns.
     one_by_one = [s for s in sites if s.startswith("layer4")]
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(msgs) == len(one_by_one) == 4 and all("size 1" in m for m in msgs)
+    assert len(msgs) == len(one_by_one) == 4 and all("no spatial extent" in m for m in msgs)
 
     # Captum returns the last call of a reused module: the "#2" call sites, and the stem relu.
     last_calls = ["relu"] + [s.split("#")[0] for s in sites if s.endswith("#2")]
@@ -219,10 +219,10 @@ def test_resnet18_matches_captum_numpy_reference(resnet: nn.Module) -> None:
     bn1 = captum_acts(resnet, ["layer1.0.bn1", "layer3.1.bn1"], x)
     check_layer(report, "test", "layer1.0.relu", bn1["layer1.0.bn1"].clamp(min=0))
     check_layer(report, "test", "layer3.1.relu", bn1["layer3.1.bn1"].clamp(min=0))
-    # 1x1 sites: spatial stats absent (NaN, count 0), channel/lifetime stats present and finite.
+    # 1x1 sites: spatial stats left out (no NaN rows), channel/lifetime stats present and finite.
     for site in one_by_one:
-        assert np.isnan(channel_values(report, "test", site, "spatial_mean")).all()
-        assert (channel_values(report, "test", site, "count") == 0).all()
+        assert len(channel_values(report, "test", site, "spatial_mean")) == 0
+        assert len(channel_values(report, "test", site, "count")) == 0
         assert np.isfinite(channel_values(report, "test", site, "sample_sparsity")).all()
         assert np.isfinite(report.layer_value("test", site, "channel_mean"))
 
@@ -240,20 +240,28 @@ def test_one_by_one_maps_warn_once_and_report_channel_and_lifetime() -> None:
     ).eval()
     g = torch.Generator().manual_seed(4)
     xs = list(torch.randn(12, 1, 9, 9, generator=g).split(4))
-    monitor = SparsityMonitor(model, bins=BINS)
+    # the ReLU after the global pooling is left out of the default selection (as a squeeze-excitation gate)
+    assert SparsityMonitor(model).recorder.modules == ["1"]
+    monitor = SparsityMonitor(model, nn.ReLU, bins=BINS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run(monitor, xs)
+        run(monitor, xs[:2], split="train")
+        run(monitor, [xs[2][:3]])  # another split, another batch shape: still one warning for the layer
         report = monitor.compute()
     runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(runtime) == 1, [str(w.message) for w in caught]
-    assert "size 1" in str(runtime[0].message)
-    acts = captum_acts(model, ["1", "4"], torch.cat(xs))
-    check_layer(report, "test", "1", acts["1"])
-    check_layer(report, "test", "4", acts["4"])
-    assert np.isnan(channel_values(report, "test", "4", "spatial_mean")).all()
-    assert np.isnan(report.layer_value("test", "4", "spatial_mean"))
-    assert report.layer_value("test", "4", "samples") == 12
+    assert "layer '4' has no spatial extent (activations (N, 5, 1, 1))" in str(runtime[0].message)
+    assert "channel axis" in str(runtime[0].message)
+    acts = captum_acts(model, ["1", "4"], torch.cat(xs[:2]))
+    check_layer(report, "train", "1", acts["1"])
+    check_layer(report, "train", "4", acts["4"])
+    # no NaN rows: the spatial statistics are not in the tables for this layer
+    layer_stats = set(report.layers[report.layers.layer == "4"].statistic)
+    assert "spatial_mean" not in layer_stats and "dead_fraction" not in layer_stats and "channel_mean" in layer_stats
+    channel_stats = set(report.channels[report.channels.layer == "4"].statistic)
+    assert channel_stats == {"nonfinite", "sample_sparsity", "sample_perplexity"}
+    assert report.channels.value[report.channels.layer == "4"].notna().all()
+    assert report.layer_value("train", "4", "samples") == 8
 
 
 def test_nan_activations_counted_and_excluded() -> None:
@@ -270,7 +278,7 @@ def test_nan_activations_counted_and_excluded() -> None:
         nn.Conv2d(1, 4, 3), InjectNonFinite(), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)
     ).eval()
     xs = list(torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(6)).split(4))
-    monitor = SparsityMonitor(model, bins=BINS)
+    monitor = SparsityMonitor(model, nn.ReLU, bins=BINS)  # (named: torch.fx cannot trace the injection)
     run(monitor, xs)
     report = monitor.compute()
     # The injection acts per forward: capture batch by batch, then concatenate.
@@ -300,8 +308,8 @@ def test_nan_in_one_by_one_maps_counted() -> None:
 
     x = torch.rand(4, 3, 1, 1) + 0.1
     model = nn.Sequential(nn.Conv2d(3, 3, 1), InjectNaN(), nn.ReLU())
-    monitor = SparsityMonitor(model, bins=BINS)
-    with pytest.warns(RuntimeWarning, match="size 1"):
+    monitor = SparsityMonitor(model, nn.ReLU, bins=BINS)  # (named: torch.fx cannot trace the injection)
+    with pytest.warns(RuntimeWarning, match="no spatial extent"):
         run(monitor, [x])
     report = monitor.compute()
     np.testing.assert_array_equal(channel_values(report, "test", "2", "nonfinite"), [0, 0, 1])
@@ -364,7 +372,7 @@ def test_hooks_removed_after_normal_exit_and_after_exception(cnn: SmallCNN) -> N
     assert count_hooks(cnn) == 0
 
 
-@pytest.mark.filterwarnings("ignore:spatial maps of size 1:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:layer .* has no spatial extent:RuntimeWarning")
 def test_resnet_hooks_removed_after_exception(resnet: nn.Module) -> None:
     monitor = SparsityMonitor(resnet)
     with pytest.raises(RuntimeError, match="boom"):
@@ -374,7 +382,7 @@ def test_resnet_hooks_removed_after_exception(resnet: nn.Module) -> None:
     assert count_hooks(resnet) == 0
 
 
-@pytest.mark.filterwarnings("ignore:spatial maps of size 1:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:layer .* has no spatial extent:RuntimeWarning")
 def test_model_unchanged(resnet: nn.Module) -> None:
     before = {k: v.clone() for k, v in resnet.state_dict().items()}
     attrs = set(vars(resnet))

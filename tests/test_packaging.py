@@ -54,3 +54,34 @@ def test_import_xaisparse_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_recording_a_model_loads_nothing_heavy_beyond_torch():
+    """Start-up cost: measuring and penalising a model imports nothing that ``import torch`` did not.
+
+    ``torch._dynamo`` (loaded by ``torch.compiler.disable``, slower to import than torch itself)
+    comes in only when the user compiles a model; pandas only when tables are built
+    (``monitor.compute()``); matplotlib, scipy and ipywidgets only with plots, attributions and widgets.
+    """
+    code = (
+        "import sys, torch\n"
+        "import torch.nn.functional as F\n"
+        "from torch import nn\n"
+        "from xaisparse import ActivationRecorder, SparsityMonitor, SparsityPenalty\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.c1, self.c2 = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3)\n"
+        "    def forward(self, x):\n"
+        "        return F.relu(self.c2(F.relu(self.c1(x)))).mean()\n"  # functional: traced with torch.fx
+        "torch.manual_seed(0)\n"
+        "net = Net()\n"
+        "monitor, penalty = SparsityMonitor(net), SparsityPenalty(net)\n"
+        "with monitor.track('test'), penalty:\n"
+        "    (net(torch.randn(2, 1, 8, 8)) + penalty()).backward()\n"
+        "assert monitor.layer_names == ['relu', 'relu#2'], monitor.layer_names\n"
+        "heavy = ('torch._dynamo', 'pandas', 'matplotlib', 'scipy', 'ipywidgets', 'captum', 'torchvision')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -261,9 +261,8 @@ def test_no_grad_forwards_record_nothing() -> None:
         with torch.no_grad():
             model(x)
         assert penalty.terms == {}
-        with pytest.warns(RuntimeWarning, match="no activations"):
-            value = penalty()
-    assert value.item() == 0.0 and value.dim() == 0
+        with pytest.raises(RuntimeError, match=r"ran under torch.no_grad\(\)"):
+            penalty()
 
 
 def test_second_forward_replaces_first() -> None:
@@ -279,9 +278,9 @@ def test_second_forward_replaces_first() -> None:
         model(x1)
         model(x2)
         np.testing.assert_allclose(penalty().item(), 0.9 * ref2, rtol=1e-5)
-        # The penalty consumed the terms: a second call has nothing left.
-        with pytest.warns(RuntimeWarning, match="no activations"):
-            assert penalty().item() == 0.0
+        # The penalty consumed the terms: a second call has nothing left, and says so.
+        with pytest.raises(RuntimeError, match=r"since the last penalty\(\) call"):
+            penalty()
         model(x1)
         np.testing.assert_allclose(penalty().item(), 0.9 * ref1, rtol=1e-5)
 

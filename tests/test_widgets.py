@@ -489,7 +489,8 @@ def test_channel_inspector_checkpoint_does_not_touch_the_model(tiny_cnn, tmp_pat
     torch = pytest.importorskip("torch")
     net, images = tiny_cnn
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    other = {k: torch.randn_like(v) for k, v in before.items()}
+    g = torch.Generator().manual_seed(3)
+    other = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in before.items()}
     torch.save({"model": other, "epoch": 3}, tmp_path / "ckpt.pt")
     w = ChannelInspector(net, images, layer="1", checkpoint=tmp_path / "ckpt.pt")
     assert w.model is not net

@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "OverfitDetector": "xaisparse.detect",
     "DetectorConfig": "xaisparse.detect",
     "RunOutcome": "xaisparse.history",
+    "compare_runs": "xaisparse.summary",
     "load_weights": "xaisparse.checkpoint",
     "DetectionResult": "xaisparse.detect",
     "evaluate": "xaisparse.detect",
@@ -53,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "XaisparseError": "xaisparse._errors",
     "UnknownLayerError": "xaisparse._errors",
     "HistoryFormatError": "xaisparse._errors",
+    "DeviceUnavailableError": "xaisparse._errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["HistoryFormatError", "UnknownLayerError", "XaisparseError", "closest"]
+__all__ = ["DeviceUnavailableError", "HistoryFormatError", "UnknownLayerError", "XaisparseError", "closest"]
 
 
 class XaisparseError(Exception):
@@ -18,6 +18,10 @@ class UnknownLayerError(XaisparseError, ValueError):
 
 class HistoryFormatError(XaisparseError, ValueError):
     """A run directory or file that is corrupt, truncated, foreign or of an unknown schema."""
+
+
+class DeviceUnavailableError(XaisparseError, RuntimeError):
+    """A device was asked for that this machine does not have (e.g. ``device="cuda"`` without CUDA)."""
 
 
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:

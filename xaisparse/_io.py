@@ -11,13 +11,20 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "jsonable", "replace_dir", "sha256"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "fsync_dir",
+    "jsonable",
+    "sha256",
+    "write_new_file",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -34,7 +41,31 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(target.parent)
     return target
+
+
+def write_new_file(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Create ``path`` (it must not exist) holding ``data``, fsync'd before returning."""
+    target = Path(path)
+    with open(target, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return target
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries (files created or renamed in it) durable; a no-op where unsupported."""
+    if os.name == "nt":  # pragma: no cover - Windows cannot open a directory
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -76,19 +107,3 @@ def sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Move the finished directory ``src`` to ``dst``; an existing ``dst`` is swapped out, then removed."""
-    src, dst = Path(src), Path(dst)
-    if dst.exists():
-        backup = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, backup)
-        try:
-            os.replace(src, dst)
-        except BaseException:
-            os.replace(backup, dst)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(src, dst)

@@ -1,4 +1,4 @@
-"""The ``xaisparse`` command line: ``demo``, ``run``, ``report`` and ``compare``."""
+"""The ``xaisparse`` command line: ``demo``, ``run``, ``report``, ``compare`` and ``playground``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ._errors import XaisparseError
 
 __all__ = ["DEMO_DEFAULTS", "main"]
 
@@ -186,12 +188,25 @@ def _early_stopping_line(history) -> str:
 
 
 def _verdict(history) -> str:
+    """What ``run``, ``report`` and ``compare`` print about a run: only what the run recorded.
+
+    Runs recorded by an own loop may start at any epoch, have no timing, no test loss, no detector:
+    each line says what is there, and the detector's caveat is printed only when a detector ran.
+    """
     from .detect import EVIDENCE_NOTE, evaluate
     from .report import run_verdict
 
     best = history.test_loss_minimum()
+    epochs = history.epochs
+    span = "no epochs" if not epochs else f"{len(epochs)} recorded epoch{'s' if len(epochs) != 1 else ''}"
+    if len(epochs) > 1:
+        span += f", {epochs[0]}–{epochs[-1]}" if epochs == list(range(epochs[0], epochs[-1] + 1)) else f" {epochs}"
+    elif epochs:
+        span += f", epoch {epochs[0]}"
+    seconds = history.outcome.train_seconds
+    timing = "" if seconds is None else f", {seconds:.1f} s of training"
     lines = [
-        f"run: {history.config.get('name')}  ({len(history.epochs) - 1} epochs, {history.outcome.train_seconds} s)",
+        f"run: {history.config.get('name') or '(unnamed)'}  ({span}{timing})",
         "test-loss minimum: "
         + ("none (no test loss)" if best is None else f"epoch {best[0]} (loss {best[1]:.3f})")
         + ("" if best is None else f"; last epoch loss {history.metric('test', 'loss').iloc[-1]:.3f}"),
@@ -200,8 +215,9 @@ def _verdict(history) -> str:
         lines.append(_early_stopping_line(history))
     lines += [
         f"sparsity event (not validated as an overfitting warning): {run_verdict(history)}",
-        f"note: {EVIDENCE_NOTE}",
     ]
+    if history.detection is not None:
+        lines.append(f"note: {EVIDENCE_NOTE}")
     if best is not None and history.detection is not None:
         rows, _ = evaluate(history, patience=10)
         rows = rows.sort_values("method", key=lambda m: m != "early_stopping", kind="stable")  # early stopping first
@@ -265,8 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .report import write_comparison
 
     if len(args.run_dirs) < 2:
-        print("compare needs at least two run directories", file=sys.stderr)
-        return 2
+        raise ValueError(f"compare needs at least two run directories, got {len(args.run_dirs)}")
     runs = load_runs(args.run_dirs)
     page = write_comparison(runs, Path(args.out))
     for _name, h in runs.items():
@@ -275,8 +290,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_playground(args: argparse.Namespace) -> int:
+    """Serve the overfitting playground as a web page (Voilà) on localhost until Ctrl+C."""
+    try:
+        from .widgets.playground.app import serve
+    except ImportError as exc:  # ipywidgets missing
+        print(
+            f"xaisparse: error: {exc}; install the teach extra: pip install 'xaisparse[teach]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return serve(args.settings, port=args.port, threads=args.threads)
+    except ImportError as exc:  # Voilà missing
+        print(f"xaisparse: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xaisparse", description=__doc__)
+    debug_help = "show the traceback of an error instead of the one-line message"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -318,16 +352,60 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("run_dirs", nargs="+")
     cmp_.add_argument("--out", default="runs/comparison")
     cmp_.set_defaults(func=cmd_compare)
+
+    pg = sub.add_parser(
+        "playground",
+        help="serve the overfitting playground as a web page for a class (needs xaisparse[teach])",
+        description="Serve the overfitting playground with Voilà on http://127.0.0.1:PORT/ (no code on the "
+        "page; each browser tab gets its own kernel) until Ctrl+C.",
+    )
+    pg.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
+    pg.add_argument("--settings", default=None, help="a playground settings string to start from (pg1&...)")
+    pg.add_argument("--threads", type=int, default=1, help="torch threads per kernel (default 1)")
+    pg.set_defaults(func=cmd_playground)
+    for command in sub.choices.values():  # --debug after the command too (absent there: the top level's value)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
+#: What the library raises on purpose, with a message meant for the user: bad input and settings
+#: (ValueError, TypeError, the project's XaisparseError subclasses), missing or unwritable files
+#: (OSError), a training loss that blew up (FloatingPointError). Anything else is a bug: it keeps
+#: its traceback.
+_EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    XaisparseError,
+    ValueError,
+    TypeError,
+    OSError,
+    FloatingPointError,
+)
+
+
+def _error_line(exc: BaseException) -> str:
+    """``xaisparse: error: <message>`` on one line (what ``main`` prints for an expected error).
+
+    >>> _error_line(FileNotFoundError("no run directory at runs/x"))
+    'xaisparse: error: no run directory at runs/x'
+    """
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return f"xaisparse: error: {message}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    0 on success; 2 for a usage error (argparse) or any error the library raises on purpose
+    (``_EXPECTED_ERRORS``), printed as one line ``xaisparse: error: ...`` on stderr; with
+    ``--debug`` those raise with their traceback instead. Unexpected exceptions always propagate.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:  # bad input: a message, not a traceback
-        print(f"xaisparse {args.command}: error: {exc}", file=sys.stderr)
+    except _EXPECTED_ERRORS as exc:
+        if args.debug:
+            raise
+        print(_error_line(exc), file=sys.stderr)
         return 2
 
 

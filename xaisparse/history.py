@@ -7,19 +7,19 @@ the detector's evaluation, notebooks — asks it for what it needs (:meth:`Histo
 :meth:`History.test_loss_minimum`, :meth:`History.histogram`, …) instead of filtering the
 tables itself.
 
-Saved as a directory of Parquet tables, one NPZ of histograms (loaded with
-``allow_pickle=False``) and a JSON manifest holding the schema version and a SHA-256 of every
-data file. Writes are atomic (a temporary directory renamed into place), so a failed save never
-leaves a half-written run; a corrupt, truncated or foreign directory gets a clear
-:class:`~xaisparse.HistoryFormatError`. Runs saved by earlier versions (schema 1) load too.
+Saved as a directory: a JSON manifest (the schema version, what the run is, a SHA-256 of every
+data file and of itself) and a data directory of Parquet tables and one NPZ of histograms
+(loaded with ``allow_pickle=False``). Saving is crash-safe: killed at any point, the directory
+holds the previous run or the new one, complete (the layout is described in
+``xaisparse/_runfiles.py``). Loading validates the manifest against a schema before it reads
+any data, so a damaged, truncated, foreign or newer run gets a
+:class:`~xaisparse.HistoryFormatError` naming the file and the problem. Runs saved by earlier
+versions (schemas 1 and 2) load too.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from ._errors import HistoryFormatError, UnknownLayerError, closest
-from ._io import jsonable, replace_dir, sha256
+from ._io import jsonable
+from ._runfiles import SCHEMA_VERSION, TABLE_COLUMNS, read_run, write_run
 from ._validation import check_split
 from .histogram_stats import histogram_mean
 
@@ -54,14 +55,10 @@ __all__ = [
     "run_names",
 ]
 
-SCHEMA_VERSION = 2
-FORMAT = "xaisparse.history"
-MANIFEST = "history.json"
-METRIC_COLUMNS = ["epoch", "split", "metric", "value"]
-LAYER_COLUMNS = ["epoch", "split", "layer", "statistic", "value"]
-CHANNEL_COLUMNS = ["epoch", "split", "layer", "channel", "statistic", "value"]
-_TABLES = {"metrics": METRIC_COLUMNS, "layers": LAYER_COLUMNS, "channels": CHANNEL_COLUMNS}
-_EVIDENCE_FILE = "detection.parquet"
+METRIC_COLUMNS = TABLE_COLUMNS["metrics"]
+LAYER_COLUMNS = TABLE_COLUMNS["layers"]
+CHANNEL_COLUMNS = TABLE_COLUMNS["channels"]
+_TABLES = TABLE_COLUMNS
 # schema 1 named the sample-axis statistics after their reading ("lifetime")
 _V1_STATISTICS = {
     "lifetime_sparsity": "sample_sparsity",
@@ -197,6 +194,28 @@ class History:
                 if layer not in self.layer_order:
                     self.layer_order.append(str(layer))
 
+    @classmethod
+    def from_report(cls, report: Any, epoch: int = 0, config: Mapping[str, Any] | None = None) -> History:
+        """A History of one epoch holding a :class:`~xaisparse.SparsityReport` (one evaluation pass).
+
+        What the plots do with a report: every query, plot and widget that takes a History then
+        shows that pass as epoch ``epoch``.
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from xaisparse import SparsityMonitor
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+        >>> monitor = SparsityMonitor(net)
+        >>> with monitor.track("test"), torch.no_grad():
+        ...     _ = net(torch.randn(8, 1, 6, 6))
+        >>> h = History.from_report(monitor.compute())
+        >>> h.epochs, h.layer_names, h.layer_matrix("test").shape
+        ([0], ['1'], (1, 1))
+        """
+        history = cls(config=dict(config or {}))
+        history.record_epoch(epoch, None, report)
+        return history
+
     def _push_hist(self, key: tuple[str, str], epoch: int, spatial: np.ndarray, channel: np.ndarray) -> None:
         prev = self.spatial_hist.get(key)
         self.spatial_hist[key] = spatial[None] if prev is None else np.concatenate([prev, spatial[None]])
@@ -252,6 +271,51 @@ class History:
             )
         return layer
 
+    def check_split(self, split: object, *, sparsity: bool = False) -> str:
+        """``split`` if this run records it (with ``sparsity=True``: records layer sparsity for it); else
+        a ``ValueError`` listing the recorded splits."""
+        if not isinstance(split, str):
+            raise TypeError(f"split must be a split name (str), got {type(split).__name__}")
+        known = self.sparsity_splits if sparsity else self.splits
+        if split not in known:
+            what = "layer sparsity is recorded" if sparsity else "this run records anything"
+            raise ValueError(f"split {split!r} is not recorded in this run; splits for which {what}: {known}")
+        return split
+
+    def check_metric(self, name: object) -> str:
+        """``name`` if any split records this metric; else a ``ValueError`` listing the recorded metrics."""
+        if not isinstance(name, str):
+            raise TypeError(f"metric must be a metric name (str), got {type(name).__name__}")
+        names = self.metric_names()
+        if name not in names:
+            raise ValueError(
+                f"metric {name!r} is not recorded in this run; recorded metrics: {names}"
+                + (f" (closest: {closest(name, names, 3)})" if names else "")
+            )
+        return name
+
+    def check_statistic(self, statistic: object, *, channels: bool = False) -> str:
+        """``statistic`` if this run records it (per layer, or per channel); else a ``ValueError`` listing them."""
+        if not isinstance(statistic, str):
+            raise TypeError(f"statistic must be a statistic name (str), got {type(statistic).__name__}")
+        table = self.channels if channels else self.layers
+        names = list(dict.fromkeys(table.statistic.astype(str)))
+        if statistic not in names:
+            what = "per-channel" if channels else "layer"
+            raise ValueError(f"{what} statistic {statistic!r} is not recorded in this run; recorded: {names}")
+        return statistic
+
+    def _has_channel_statistic(self, statistic: str) -> bool:
+        return bool((self.channels.statistic == statistic).any())
+
+    def _check_layer_query(self, split: str, layer: str | None, statistic: str | None = None) -> None:
+        """The names of a query on layer sparsity: a split with sparsity, a recorded layer and statistic."""
+        self.check_split(split, sparsity=True)
+        if layer is not None:
+            self.check_layer(layer)
+        if statistic is not None:
+            self.check_statistic(statistic)
+
     def to_dataframe(self, kind: str = "layers") -> pd.DataFrame:
         """A tidy long table: ``"metrics"``, ``"layers"`` or ``"channels"`` (a copy)."""
         if kind not in _TABLES:
@@ -260,13 +324,20 @@ class History:
 
     # ------------------------------------------------------------------ metrics
     def metric(self, split: str, name: str = "loss") -> pd.Series:
-        """One metric over epochs (index: epoch)."""
+        """One metric over epochs (index: epoch).
+
+        An unknown split or metric raises ``ValueError`` listing the recorded ones; a metric that is
+        recorded, but not for this split, gives an empty series.
+        """
+        self.check_split(split)
+        self.check_metric(name)
         m = self.metrics
         rows = m[(m.split == split) & (m.metric == name)]
         return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=f"{split} {name}")
 
     def metric_frame(self, metric: str = "loss") -> pd.DataFrame:
-        """Epochs × splits table of one metric (``train``/``test`` loss by default)."""
+        """Epochs × splits table of one metric (``train``/``test`` loss by default); empty where no split records it
+        (so several runs can be tabulated alike; :meth:`metric` raises for an unknown name)."""
         series = [
             _series(self.metrics[(self.metrics.split == s) & (self.metrics.metric == metric)], s) for s in self.splits
         ]
@@ -289,6 +360,8 @@ class History:
         >>> h.test_loss_minimum()
         (1, 0.6)
         """
+        if split not in self.splits or metric not in self.metric_names():
+            return None
         ser = self.metric(split, metric)
         ser = ser[np.isfinite(ser.to_numpy(dtype=np.float64))]
         if ser.empty:
@@ -297,6 +370,15 @@ class History:
         pos = int(np.argmin(ser.to_numpy()))
         return int(ser.index[pos]), float(ser.iloc[pos])
 
+    def summary(self, name: str | None = None, split: str = "test") -> pd.DataFrame:
+        """The run's facts in one row (best/last accuracy and loss, epoch of the loss minimum, rise
+        after it, final sparsity per layer, alarm epoch, training seconds): see
+        :func:`xaisparse.summary.run_summary`, and :func:`~xaisparse.summary.compare_runs` for
+        several runs side by side."""
+        from .summary import run_summary
+
+        return run_summary(self, name, split)
+
     @property
     def alarm_epoch(self) -> int | None:
         """The detector's alarm epoch, or None (no detector, or no alarm)."""
@@ -304,7 +386,12 @@ class History:
 
     # ------------------------------------------------------------------ layer statistics
     def layer_series(self, split: str, layer: str, statistic: str = "spatial_mean") -> pd.Series:
-        """One layer statistic over epochs (index: epoch)."""
+        """One layer statistic over epochs (index: epoch).
+
+        Unknown names raise: the layer :class:`~xaisparse.UnknownLayerError` (closest names), the split or
+        the statistic a ``ValueError`` listing the recorded ones.
+        """
+        self._check_layer_query(split, layer, statistic)
         t = self.layers
         rows = t[(t.split == split) & (t.layer == layer) & (t.statistic == statistic)]
         return pd.Series(rows.value.to_numpy(dtype=float), index=rows.epoch.to_numpy(dtype=int), name=layer)
@@ -314,8 +401,9 @@ class History:
     ) -> pd.DataFrame:
         """Epochs × layers table of one layer statistic (columns in the order given; default network order).
 
-        NaN where a value is missing or not finite.
+        NaN where a value is missing or not finite. Unknown names raise, as in :meth:`layer_series`.
         """
+        self._check_layer_query(split, None, statistic)
         names = self.layer_names if layers is None else [self.check_layer(n) for n in layers]
         t = self.layers
         t = t[(t.split == split) & (t.statistic == statistic)]
@@ -330,8 +418,9 @@ class History:
         """Layers × epochs table of one statistic (rows in network order, epochs ascending).
 
         Every epoch with rows for this split and statistic keeps its column, also when all its
-        values are NaN (they stay visible as gaps). Empty when nothing matches.
+        values are NaN (they stay visible as gaps). Unknown names raise, as in :meth:`layer_series`.
         """
+        self._check_layer_query(split, None, statistic)
         t = self.layers[(self.layers.split == split) & (self.layers.statistic == statistic)]
         if t.empty:
             return pd.DataFrame()
@@ -346,23 +435,26 @@ class History:
 
     # ------------------------------------------------------------------ histograms and channels
     def histogram_epochs(self, split: str, layer: str) -> list[int]:
-        """Epochs with a spatial histogram of ``(split, layer)`` (empty list if none)."""
+        """Epochs with a spatial histogram of ``(split, layer)``. Unknown names raise, as in :meth:`layer_series`."""
+        self._check_layer_query(split, layer)
         return [int(e) for e in self.hist_epochs.get((split, layer), [])]
 
     def histogram(self, split: str, layer: str, epoch: int) -> np.ndarray:
         """``(channels, bins)`` counts of one layer's per-sample spatial sparsity at one epoch.
 
-        A ``KeyError`` says which splits or epochs do exist when this one does not.
+        Unknown names raise as in :meth:`layer_series`; a split or an epoch without a histogram of
+        this layer raises a ``ValueError`` saying which do exist.
         """
+        self._check_layer_query(split, layer)
         key = (split, layer)
         if key not in self.spatial_hist:
             have = sorted({s for s, name in self.spatial_hist if name == layer})
-            raise KeyError(
+            raise ValueError(
                 f"no histogram for split={split!r}, layer={layer!r} (splits with histograms of this layer: {have})"
             )
         epochs = self.histogram_epochs(split, layer)
         if int(epoch) not in epochs:
-            raise KeyError(f"no histogram for epoch {epoch} of {key}; recorded epochs {_span(epochs)}")
+            raise ValueError(f"no histogram for epoch {epoch} of {key}; recorded epochs {_span(epochs)}")
         return np.asarray(self.spatial_hist[key][epochs.index(int(epoch))], dtype=np.float64)
 
     def pooled_histogram(self, split: str, layer: str, epoch: int) -> np.ndarray:
@@ -374,8 +466,15 @@ class History:
     ) -> np.ndarray:
         """One per-channel statistic as an array indexed by channel (NaN where not recorded).
 
-        ``channels`` sets the length (default: the largest recorded channel index + 1).
+        ``channels`` sets the length (default: the largest recorded channel index + 1). Unknown
+        names raise as in :meth:`layer_series` (the statistic: a per-channel one), an epoch that is
+        not recorded a ``ValueError``; a layer without this statistic (e.g. ``spatial_mean`` of a
+        layer without spatial extent) gives NaN.
         """
+        self._check_layer_query(split, layer)
+        self.check_statistic(statistic, channels=True)
+        if int(epoch) not in self.epochs:
+            raise ValueError(f"epoch {epoch} is not recorded in this run; recorded epochs {_span(self.epochs)}")
         t = self.channels
         rows = t[(t.split == split) & (t.layer == layer) & (t.epoch == int(epoch)) & (t.statistic == statistic)]
         idx = rows.channel.to_numpy(dtype=np.int64)
@@ -384,6 +483,12 @@ class History:
         keep = (idx >= 0) & (idx < n)
         out[idx[keep]] = rows.value.to_numpy(dtype=np.float64)[keep]
         return out
+
+    def channel_series(self, split: str, layer: str, channel: int, statistic: str = "spatial_mean") -> pd.Series:
+        """One channel's statistic over epochs (index: epoch; empty when not recorded)."""
+        t = self.channels
+        rows = t[(t.split == split) & (t.layer == layer) & (t.channel == int(channel)) & (t.statistic == statistic)]
+        return _series(rows, f"{layer}[{channel}]")
 
     def dead_channels(
         self,
@@ -399,6 +504,12 @@ class History:
         without a recorded ``dead_fraction`` are not dead.
         """
         splits = [split] if isinstance(split, str) else list(split)
+        for s in splits:
+            self._check_layer_query(s, layer)
+        if not self._has_channel_statistic("dead_fraction"):  # e.g. only layers without spatial extent
+            if channels is None:
+                channels = self.histogram(splits[0], layer, epoch).shape[0] if splits else 0
+            return np.zeros(channels, dtype=bool)
         if channels is None:
             lengths = [self.channel_values(s, layer, epoch, "dead_fraction").size for s in splits]
             channels = max(lengths, default=0)
@@ -422,11 +533,17 @@ class History:
         if key == "index":
             return np.arange(n)
         if key == "mean sparsity":
-            values = self.channel_values(split, layer, epoch, "spatial_mean", n)
+            values = (
+                self.channel_values(split, layer, epoch, "spatial_mean", n)
+                if self._has_channel_statistic("spatial_mean")
+                else np.full(n, np.nan)
+            )
             if np.all(np.isnan(values)):
                 values = np.array([histogram_mean(row, self.bin_edges) for row in counts])
-        else:
+        elif self._has_channel_statistic("dead_fraction"):
             values = self.channel_values(split, layer, epoch, "dead_fraction", n)
+        else:
+            values = np.full(n, np.nan)
         keyed = np.where(np.isnan(values), np.inf, -values)  # descending, NaN last, stable on index
         return np.argsort(keyed, kind="stable")
 
@@ -443,109 +560,53 @@ class History:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the run to directory ``path`` atomically; returns the path.
+        """Write the run to directory ``path``, crash-safely; returns the path.
 
-        An existing directory is replaced only if it is itself a saved History (never a
-        foreign directory); on any failure the previous contents stay as they were.
+        Killed at any point, the directory holds the previous run or this one, complete (see
+        :ref:`the on-disk layout <history-layout>`). An existing directory is replaced only if
+        it is itself a saved History or empty (never a foreign directory: ``FileExistsError``);
+        on any failure the previous contents stay as they were.
         """
-        target = Path(path)
-        if target.exists() and (not target.is_dir() or not (target / MANIFEST).is_file()):
-            raise FileExistsError(
-                f"{target} exists and is not a saved xaisparse History (no {MANIFEST}); refusing to overwrite it"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            files = []
-            for kind in _TABLES:
-                _clean_table(getattr(self, kind), kind).to_parquet(tmp / f"{kind}.parquet", index=False)
-                files.append(f"{kind}.parquet")
-            keys = sorted(self.spatial_hist)
-            arrays: dict[str, np.ndarray] = {"bin_edges": np.asarray(self.bin_edges, dtype=np.float64)}
-            for i, key in enumerate(keys):
-                arrays[f"spatial_{i}"] = np.asarray(self.spatial_hist[key], dtype=np.int64)
-                arrays[f"channel_{i}"] = np.asarray(self.channel_hist[key], dtype=np.int64)
-            np.savez_compressed(tmp / "histograms.npz", **arrays)  # type: ignore[arg-type]
-            files.append("histograms.npz")
-            if self.detection is not None:
-                self.detection.evidence.to_parquet(tmp / _EVIDENCE_FILE, index=False)
-                files.append(_EVIDENCE_FILE)
-            manifest = {
-                "format": FORMAT,
-                "schema_version": SCHEMA_VERSION,
-                "config": jsonable(self.config),
-                "detection": None if self.detection is None else self.detection.to_dict(),
-                "outcome": jsonable(asdict(self.outcome)),
-                "layer_order": list(self.layer_order),
-                "histograms": [
-                    {"split": s, "layer": name, "index": i, "epochs": [int(e) for e in self.hist_epochs[(s, name)]]}
-                    for i, (s, name) in enumerate(keys)
-                ],
-                "files": {name: sha256(tmp / name) for name in files},
-            }
-            with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=1, allow_nan=False)
-                f.flush()
-                os.fsync(f.fileno())
-            replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        keys = sorted(self.spatial_hist)
+        return write_run(
+            path,
+            config=jsonable(self.config),
+            detection=None if self.detection is None else self.detection.to_dict(),
+            outcome=jsonable(asdict(self.outcome)),
+            layer_order=[str(name) for name in self.layer_order],
+            tables={kind: _clean_table(getattr(self, kind), kind) for kind in _TABLES},
+            evidence=None if self.detection is None else self.detection.evidence,
+            bin_edges=np.asarray(self.bin_edges, dtype=np.float64),
+            hists={
+                key: (
+                    [int(e) for e in self.hist_epochs.get(key, [])],
+                    np.asarray(self.spatial_hist[key], dtype=np.int64),
+                    np.asarray(self.channel_hist[key], dtype=np.int64),
+                )
+                for key in keys
+            },
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> History:
-        """Read a run directory written by :meth:`save` (or a run directory holding one in ``history/``)."""
-        root = Path(path)
-        if not root.exists():
-            raise FileNotFoundError(f"no run directory at {root}")
-        if root.is_dir() and not (root / MANIFEST).exists() and (root / "history" / MANIFEST).exists():
-            root = root / "history"
-        man_path = root / MANIFEST
-        if not man_path.is_file():
-            raise HistoryFormatError(
-                f"{root} is not an xaisparse run directory: expected {MANIFEST} (written by History.save) inside it"
-            )
-        try:
-            manifest = json.loads(man_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HistoryFormatError(f"{man_path} is corrupt or truncated (not valid JSON: {exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-            raise HistoryFormatError(f"{man_path} is not an xaisparse history: expected format {FORMAT!r}, got {got!r}")
-        version = manifest.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-            raise HistoryFormatError(
-                f"{man_path} has schema version {version!r}; this xaisparse reads versions 1..{SCHEMA_VERSION} "
-                "(upgrade xaisparse to read newer runs)"
-            )
-        for name, digest in (manifest.get("files") or {}).items():
-            fpath = root / name
-            if not fpath.is_file():
-                raise HistoryFormatError(f"run directory {root} is incomplete: {name} is missing")
-            if sha256(fpath) != digest:
-                raise HistoryFormatError(f"{fpath} is corrupt or truncated (its SHA-256 does not match the manifest)")
-        try:
-            tables = {kind: pd.read_parquet(root / f"{kind}.parquet") for kind in _TABLES}
-            with np.load(root / "histograms.npz", allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-            evidence = pd.read_parquet(root / _EVIDENCE_FILE) if (root / _EVIDENCE_FILE).is_file() else None
-        except Exception as exc:  # pyarrow / zipfile errors on damaged files
-            raise HistoryFormatError(f"cannot read run directory {root}: {type(exc).__name__}: {exc}") from None
-        for kind, cols in _TABLES.items():
-            if list(tables[kind].columns) != cols:
-                raise HistoryFormatError(
-                    f"{kind}.parquet in {root} has columns {list(tables[kind].columns)}, expected {cols}"
-                )
+        """Read a run directory written by :meth:`save` (or a run directory holding one in ``history/``).
+
+        The manifest is validated (its checksum, then every key, type and reference) before any
+        data file is read, and every data file is checked against its size and SHA-256: a
+        damaged, truncated, foreign or newer run raises :class:`~xaisparse.HistoryFormatError`
+        naming the file and the problem; a missing directory raises ``FileNotFoundError``.
+        """
+        run = read_run(path)
+        manifest, tables = run.manifest, run.tables
         config = dict(manifest.get("config") or {})
-        if version == 1:
+        if run.version == 1:
             _upgrade_v1(tables, config, manifest)
         h = cls(
             config=config,
             metrics=tables["metrics"],
             layers=tables["layers"],
             channels=tables["channels"],
-            bin_edges=arrays.get("bin_edges", np.linspace(0, 1, 21)),
+            bin_edges=run.bin_edges if run.bin_edges is not None else np.linspace(0, 1, 21),
             layer_order=list(manifest.get("layer_order") or []),
             outcome=RunOutcome.from_dict(manifest.get("outcome")),
         )
@@ -553,12 +614,14 @@ class History:
         if isinstance(detection, Mapping):
             from .detect.result import DetectionResult
 
-            h.detection = DetectionResult.from_dict(detection, evidence)
-        for entry in manifest.get("histograms", []):
-            key, i = (entry["split"], entry["layer"]), entry["index"]
-            h.spatial_hist[key] = arrays[f"spatial_{i}"]
-            h.channel_hist[key] = arrays[f"channel_{i}"]
-            h.hist_epochs[key] = [int(e) for e in entry["epochs"]]
+            try:
+                h.detection = DetectionResult.from_dict(detection, run.evidence)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise HistoryFormatError(
+                    f"the detection result of run {path} cannot be read: {type(exc).__name__}: {exc}"
+                ) from None
+        for key, (epochs, spatial, channel) in run.hists.items():
+            h.spatial_hist[key], h.channel_hist[key], h.hist_epochs[key] = spatial, channel, epochs
         return h
 
     def __repr__(self) -> str:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from ._validation import check_split
 from .estimators import LayerSparsity
 from .recording import ActivationRecorder, LayerSelector
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd  # imported where tables are built: `import xaisparse` stays light
 
 __all__ = ["CHANNEL_STATISTICS", "LAYER_STATISTICS", "SparsityMonitor", "SparsityReport"]
 
@@ -68,6 +72,11 @@ class SparsityReport:
         return float(rows.value.iloc[0])
 
 
+#: Left out of the tables for layers without spatial extent ((N, F) features, 1x1 maps).
+_SPATIAL_CHANNEL_STATISTICS = ("spatial_mean", "spatial_std", "dead_fraction", "count")
+_SPATIAL_LAYER_STATISTICS = ("spatial_mean", "dead_fraction")
+
+
 def _frames(out: dict[str, Tensor]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per-channel values (by statistic) and per-layer numbers of one estimator's ``compute()`` output.
 
@@ -76,6 +85,10 @@ def _frames(out: dict[str, Tensor]) -> tuple[dict[str, np.ndarray], dict[str, fl
     """
     np_out = {k: v.detach().cpu().numpy() for k, v in out.items()}
     count = np_out["spatial_count"].astype(np.float64)
+    # (N, F) features and 1x1 maps: the spatial axis was skipped (nothing counted, not even a
+    # non-finite map) although samples were measured; their spatial rows would all be NaN
+    measured = np_out["sample_count"].any() or np_out["sample_nonfinite"].any()
+    no_spatial = bool(measured) and not count.any() and not np_out["spatial_nonfinite"].any()
     dead = np_out["spatial_dead"].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         dead_fraction = np.where(count > 0, dead / np.maximum(count, 1), np.nan)
@@ -104,25 +117,33 @@ def _frames(out: dict[str, Tensor]) -> tuple[dict[str, np.ndarray], dict[str, fl
             "num_channels": float(c),
             "samples": float(np_out["sample_count"].max(initial=0)),
         }
+    if no_spatial:
+        per_channel = {k: v for k, v in per_channel.items() if k not in _SPATIAL_CHANNEL_STATISTICS}
+        stats = {k: v for k, v in stats.items() if k not in _SPATIAL_LAYER_STATISTICS}
     return {k: np.asarray(v, dtype=np.float64) for k, v in per_channel.items()}, stats
 
 
 def _channel_table(keys: list[tuple[str, str]], values: list[dict[str, np.ndarray]]) -> pd.DataFrame:
     """The tidy per-channel table of several layers, built once (string columns from codes)."""
+    import pandas as pd
+
     columns = ["split", "layer", "channel", "statistic", "value"]
     if not keys:
         return pd.DataFrame(columns=columns)
     sizes = [sum(len(v) for v in per.values()) for per in values]
     splits, layers = sorted({s for s, _ in keys}), sorted({name for _, name in keys})
+    stats = list(dict.fromkeys(k for per in values for k in per))  # layers without spatial extent have fewer
     split_code = np.repeat([splits.index(s) for s, _ in keys], sizes)
     layer_code = np.repeat([layers.index(name) for _, name in keys], sizes)
-    stat_code = np.concatenate([np.repeat(np.arange(len(per)), [len(v) for v in per.values()]) for per in values])
+    stat_code = np.concatenate(
+        [np.repeat([stats.index(k) for k in per], [len(v) for v in per.values()]) for per in values]
+    )
     return pd.DataFrame(
         {
             "split": pd.array(splits, dtype="str").take(split_code),
             "layer": pd.array(layers, dtype="str").take(layer_code),
             "channel": np.concatenate([np.tile(np.arange(len(next(iter(per.values())))), len(per)) for per in values]),
-            "statistic": pd.array(list(values[0]), dtype="str").take(stat_code),  # every layer: same order
+            "statistic": pd.array(stats, dtype="str").take(stat_code),
             "value": np.concatenate([v for per in values for v in per.values()]),
         }
     )
@@ -155,6 +176,7 @@ class SparsityMonitor:
         self.recorder = ActivationRecorder(model, layers, callback=self._on_activation)
         self._split: str | None = None
         self._estimators: dict[tuple[str, str], LayerSparsity] = {}
+        self._no_spatial: set[str] = set()  # layers warned about: no spatial extent
 
     @property
     def model(self) -> nn.Module:
@@ -198,7 +220,23 @@ class SparsityMonitor:
             if x.dim() < 2:
                 raise ValueError(f"layer {name!r} produced a tensor of shape {tuple(x.shape)}; expected (N, C, ...)")
             est = self._new_estimator(key, int(x.shape[1]), x.device)
+            if math.prod(x.shape[2:]) <= 1:
+                est._warned_spatial = True  # one warning per layer, from here, not one per split and shape
+                self._warn_no_spatial(name, x)
         est.update(x)
+
+    def _warn_no_spatial(self, name: str, x: Tensor) -> None:
+        if name in self._no_spatial:
+            return
+        self._no_spatial.add(name)
+        shape = ", ".join(["N", *map(str, x.shape[1:])])
+        warnings.warn(
+            f"layer {name!r} has no spatial extent (activations ({shape})): it is measured on the channel axis "
+            f"('channel_mean': how concentrated each sample's {x.shape[1]} features are) and the sample axis "
+            f"('sample_mean'); its spatial statistics (spatial_mean, dead_fraction, ...) are left out of the tables",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _new_estimator(self, key: tuple[str, str], channels: int, device: torch.device) -> LayerSparsity:
         est = LayerSparsity(channels, bins=self.bins).to(device)
@@ -255,6 +293,8 @@ class SparsityMonitor:
         some ranks saw no batch at all or fewer batches than others, or a layer only some ranks
         reached; every rank gets the same report.
         """
+        import pandas as pd
+
         measured = {key: self._estimators[key] for key in self._measured_keys()}
         if not measured:
             warnings.warn(

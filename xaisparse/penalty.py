@@ -124,6 +124,8 @@ class SparsityPenalty(nn.Module):
                 raise TypeError(f"layer_weights[{name!r}] must be a number, got {type(w).__name__}")
         self.layer_weights = {k: float(v) for k, v in weights.items()}
         self._terms: dict[str, Tensor] = {}
+        self._fed = False  # a forward with gradients reached a selected layer since the last penalty()
+        self._no_grad_forward = False  # the latest forward through the selected layers ran without gradients
         self._warned: set[str] = set()
         self._guard = _InplaceGuard()
 
@@ -136,6 +138,7 @@ class SparsityPenalty(nn.Module):
         self.recorder.detach()
         self._guard.settle()
         self._terms.clear()
+        self._fed = self._no_grad_forward = False
 
     def __enter__(self) -> SparsityPenalty:
         return self.attach()
@@ -153,10 +156,13 @@ class SparsityPenalty(nn.Module):
 
     def _collect(self, name: str, x: Tensor) -> None:
         if not torch.is_grad_enabled():
+            self._no_grad_forward = True
             return
+        self._no_grad_forward = False
         if name in self._terms:  # a new forward began: drop the previous one's terms
             self._guard.settle()
             self._terms.clear()
+        self._fed = True
         w = self._weight_of(name)
         if w == 0.0:
             return
@@ -182,14 +188,17 @@ class SparsityPenalty(nn.Module):
         return dict(self._terms)
 
     def forward(self) -> Tensor:
-        """``λ · Σ_l w_l · mean s_l`` of the latest forward; consumes the terms."""
-        if not self._terms:
-            self._warn_once(
-                "empty",
-                "SparsityPenalty() found no activations: call it after a forward with gradients enabled "
-                "and with the penalty attached (`with penalty:` or penalty.attach()); returning 0",
-            )
-            return self._zero()
+        """``λ · Σ_l w_l · mean s_l`` of the latest forward; consumes the terms.
+
+        Raises ``RuntimeError`` (saying what to do) when there is no forward to penalise: the
+        penalty is not attached (call it inside ``with penalty:``), the latest forward ran under
+        ``torch.no_grad()``, or the terms of the latest forward were already consumed. A training
+        loop can then not run unregularised without noticing. (A forward whose layers all have
+        weight 0 gives 0.)
+        """
+        if not self._terms and not self._fed:
+            raise RuntimeError(self._why_empty())
+        self._fed = False
         for name in self._guard.settle():
             del self._terms[name]
             self._warn_once(
@@ -201,6 +210,25 @@ class SparsityPenalty(nn.Module):
         if not terms:
             return self._zero()
         return self.weight * torch.stack(list(terms.values())).sum()
+
+    def _why_empty(self) -> str:
+        what = "SparsityPenalty() has no activations to penalise: "
+        if not self.recorder.attached:
+            return what + (
+                "the penalty is not attached, so no forward was recorded. Run the forward and call penalty() "
+                "inside `with penalty:` (or after penalty.attach()): `with penalty: out = model(x); "
+                "loss = loss_fn(out, y) + penalty()`"
+            )
+        if self._no_grad_forward:
+            return what + (
+                "the latest forward of the model ran under torch.no_grad() (or inference_mode), which the "
+                "penalty does not record: it needs the forward's autograd graph. Call penalty() only after "
+                "a training forward with gradients enabled (leave it out of evaluation)"
+            )
+        return what + (
+            "no forward with gradients enabled reached its layers since the last penalty() call (each forward's "
+            "penalty is consumed once). Call penalty() once per training step, after that step's forward"
+        )
 
     def _zero(self) -> Tensor:
         p = next(self.recorder.model.parameters(), None)

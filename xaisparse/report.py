@@ -102,10 +102,14 @@ def write_comparison(runs: Mapping[str, History], out_dir: str | os.PathLike[str
     name = _save_figure(_figure(lambda: plots.comparison(dict(runs)), "run comparison"), out / "comparison.png")
     rows = []
     for run, h in runs.items():
-        acc, best = h.metric("test", "accuracy"), h.test_loss_minimum()
+        best = h.test_loss_minimum()
+        has_acc = "test" in h.splits and "accuracy" in h.metric_names()
+        acc = h.metric("test", "accuracy") if has_acc else None
         cells = ["–"] * 5
         if best is not None:
-            cells = [str(best[0]), f"{best[1]:.3f}", f"{acc.max():.3f}", f"{acc.iloc[-1]:.3f}", "–"]
+            cells[:2] = [str(best[0]), f"{best[1]:.3f}"]
+        if acc is not None and not acc.empty:
+            cells[2:4] = [f"{acc.max():.3f}", f"{acc.iloc[-1]:.3f}"]
         if h.alarm_epoch is not None:
             cells[4] = str(h.alarm_epoch)
         rows.append(f"<tr><th>{html.escape(run)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -30,6 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._errors import DeviceUnavailableError
+from ._fit_inputs import check_fit_inputs
 from ._io import atomic_write_bytes
 from ._validation import check_int, check_split
 from .checkpoint import CHECKPOINT, load_checkpoint
@@ -99,6 +101,35 @@ class Callback:
 
 def _epoch_end(cb: Any, state: TrainState) -> None:
     (cb.on_epoch_end if hasattr(cb, "on_epoch_end") else cb)(state)
+
+
+def _check_device(device: object) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has: ``ValueError`` for a malformed one,
+    :class:`~xaisparse.DeviceUnavailableError` for CUDA where there is none."""
+    try:
+        dev = torch.device(device)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from None
+    if dev.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= available:
+            raise DeviceUnavailableError(
+                f"device={str(dev)!r} was requested but this machine has {available} CUDA device(s) "
+                f"(torch.cuda.is_available() is {torch.cuda.is_available()}); use device='cpu'"
+            )
+    return dev
+
+
+def _check_not_empty(data: Dataset | DataLoader, split: str) -> None:
+    """A ``ValueError`` naming the split when ``data`` has no samples (iterable datasets pass: no length)."""
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return
+    if n == 0:
+        hint = "; pass test=None to train without a test split" if split == "test" else ""
+        raise ValueError(f"the {split} split is empty: fit() got a {type(dataset).__name__} with 0 samples{hint}")
 
 
 def _loader(data: Dataset | DataLoader, batch_size: int, seed: int) -> DataLoader:
@@ -274,9 +305,11 @@ def fit(
     monitor, pen = _deprecated_objects(model, monitor, penalty, deprecated)
     if detector is not None and not hasattr(detector, "update"):
         raise TypeError(f"detector must be an OverfitDetector (or None), got {type(detector).__name__}")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but torch.cuda.is_available() is False")
+    device = _check_device(device)
+    _check_not_empty(train, "train")
+    if test is not None:
+        _check_not_empty(test, "test")
+    check_fit_inputs(model, {"train": train, "test": test}, loss_fn)  # items, dtypes, labels: clear messages
     seed_everything(seed)
     model.to(device)
     opt = _optimizer(model, optimizer, lr, weight_decay, momentum)

@@ -718,3 +718,66 @@ def wait_image_changed(page: Any, img: Any, old_sha: str, timeout: float = 30.0)
 def widget_views(page: Any) -> Any:
     """Locator of the top-level widget view of every output that has one."""
     return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output > .jupyter-widgets")
+
+
+_APPEND_AND_RUN_JS = """
+async ([path, source]) => {
+  const app = window.jupyterapp;
+  let panel = null;
+  for (const w of app.shell.widgets('main')) {
+    if (w.context && w.context.path === path && w.content && w.content.model) { panel = w; break; }
+  }
+  if (!panel) throw new Error('no notebook panel for ' + path);
+  const nb = panel.content;
+  nb.model.sharedModel.insertCell(nb.model.cells.length, {cell_type: 'code', source});
+  nb.activeCellIndex = nb.model.cells.length - 1;
+  app.shell.activateById(panel.id);
+  app.commands.execute('notebook:run-cell');
+  return nb.model.cells.length - 1;
+}
+"""
+
+_CELL_JS = """
+([path, index]) => {
+  for (const w of window.jupyterapp.shell.widgets('main')) {
+    if (w.context && w.context.path === path && w.content && w.content.model) {
+      const c = w.content.model.cells.get(index);
+      const outs = c.outputs.toJSON();
+      const text = outs.map(o => o.text || (o.data && o.data['text/plain']) || o.evalue || '').join('');
+      return {count: c.executionCount, text, error: outs.some(o => o.output_type === 'error')};
+    }
+  }
+  return null;
+}
+"""
+
+
+def run_extra_cell(page: Any, notebook_path: str, source: str, timeout: float = 60.0) -> str:
+    """Append a code cell to the open notebook, run it and return its text output once it ran.
+
+    The kernel must be free to run it: a cell that does not finish within ``timeout`` fails
+    the test (that is the point when checking that training does not block the kernel).
+    """
+    index = page.evaluate(_APPEND_AND_RUN_JS, [notebook_path, source])
+    state = _poll(
+        lambda: ((s := page.evaluate(_CELL_JS, [notebook_path, index])) is not None and s["count"] is not None, s),
+        timeout,
+        0.2,
+        f"the extra cell {source[:40]!r} to run",
+        page,
+    )
+    assert not state["error"], f"the extra cell raised: {state['text']}"
+    return state["text"]
+
+
+def save_tall_screenshot(page: Any, path: Path, max_height: int = 8000) -> None:
+    """Screenshot of a page whose content scrolls inside an element (Voilà's lab template): the
+    viewport is stretched to the tallest scroll height for the shot, then restored."""
+    vp = page.viewport_size
+    height = page.evaluate("() => Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
+    page.set_viewport_size({"width": vp["width"], "height": min(max_height, max(vp["height"], int(height) + 40))})
+    try:
+        page.wait_for_timeout(400)
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(vp)

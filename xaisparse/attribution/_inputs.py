@@ -18,6 +18,8 @@ from torch import Tensor, nn
 
 from .._validation import check_bool, is_int
 from ..recording import select_layers
+from ..recording.expose import SITE_MODULE, expose_call_site
+from ..recording.sites import call_site_call
 
 __all__ = [
     "TARGET_KEYWORDS",
@@ -25,6 +27,7 @@ __all__ = [
     "check_inputs",
     "check_model",
     "check_target",
+    "first_call",
     "iter_batches",
     "model_device",
     "modes",
@@ -238,17 +241,46 @@ def quiet_captum() -> Iterator[None]:
         yield
 
 
-def one_layer(model: nn.Module, layer: Any) -> tuple[str, nn.Module]:
-    """The name and module of the single layer ``layer`` names (a module name or the module itself)."""
+def one_layer(model: nn.Module, layer: Any) -> tuple[str, nn.Module, nn.Module, str]:
+    """The single layer ``layer`` names: its name, the model to run, the module to hook and that module's name.
+
+    ``layer`` is a module (or its name, or a glob matching one module), or any call-site name the
+    monitor reports: ``"act#2"`` (the second call of a module used twice per forward), a functional
+    activation call (``"relu"``). Captum hooks one module that must run once per forward; for a call
+    site, and for a module called several times, the model to run is a traced copy on which that
+    call is a module of its own (:func:`~xaisparse.recording.expose_call_site`; same parameters,
+    same outputs), else the model itself (see :func:`first_call` for a module found to run several times).
+    """
     if not isinstance(layer, (str, nn.Module)):
         raise TypeError(
-            f"layer must be a module name (str, e.g. 'features.block3.relu') or a submodule of the model, got "
-            f"{type(layer).__name__} {layer!r}"
+            f"layer must be a module name (str, e.g. 'features.block3.relu'), a call-site name shown in a table "
+            f"(e.g. 'act#2') or a submodule of the model, got {type(layer).__name__} {layer!r}"
         )
+    module_names = {n for n, _ in model.named_modules() if n}
+    if isinstance(layer, str) and layer not in module_names and not any(c in layer for c in "*?["):
+        try:
+            copy, module = expose_call_site(model, layer)
+        except TypeError as err:  # not traceable
+            base, call = call_site_call(layer)
+            if call == 1 or base not in module_names:
+                select_layers(model, layer)  # an unknown name gets the closest module names
+            raise TypeError(
+                f"layer {layer!r} is call {call} of the module {base!r}; attributing one call of a module that runs "
+                f"several times needs a copy of the model made with torch.fx: {err}"
+            ) from err
+        return layer, copy, module, SITE_MODULE
     names = select_layers(model, layer)  # UnknownLayerError with the closest names
     if len(names) != 1:
         raise ValueError(f"layer must select exactly one module, {layer!r} selects {len(names)}: {names[:8]}")
-    return names[0], model.get_submodule(names[0])
+    return names[0], model, model.get_submodule(names[0]), names[0]
+
+
+def first_call(model: nn.Module, name: str) -> tuple[nn.Module, nn.Module, str]:
+    """For a module ``name`` seen to run several times per forward: a traced copy on which its first call
+    (the monitor's ``name``; the others are ``name#2``, ...) is a module of its own; the copy, that
+    module and its name."""
+    copy, module = expose_call_site(model, name)
+    return copy, module, SITE_MODULE
 
 
 def _split_batch(batch: Any, i: int) -> tuple[Tensor, Tensor | None]:

@@ -36,6 +36,7 @@ from ._inputs import (
     check_inputs,
     check_model,
     check_target,
+    first_call,
     iter_batches,
     model_device,
     modes,
@@ -123,16 +124,22 @@ class _LayerProbe:
     def __call__(self, site: str, tensor: Tensor) -> None:
         self.shapes.setdefault(site, tuple(tensor.shape))
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        if len(self.shapes) > 1:
+    def several_calls(self, may_split: bool) -> bool:
+        """Whether the hooked module ran several times (and the caller may take a call apart); then reset."""
+        if len(self.shapes) > 1 and may_split:
+            self.shapes.clear()
+            return True
+        return False
+
+    def shape(self, hooked: str, name: str) -> tuple[int, ...]:
+        """The shape of the hooked module's one call (``name``: the layer as the user named it)."""
+        if len(self.shapes) > 1:  # not reached: a module called several times is taken apart first
             raise ValueError(
-                f"layer {name!r} is called {len(self.shapes)} times per forward (call sites {list(self.shapes)}); "
-                "Captum's layer attributions need a module that runs once per forward: pick another layer (e.g. "
-                "the convolution or block output) or give each use its own module"
+                f"layer {name!r} ran {len(self.shapes)} times per forward (call sites {list(self.shapes)})"
             )
         if not self.shapes:
             raise ValueError(f"layer {name!r} did not run in the model's forward")
-        shape = self.shapes[name]
+        shape = self.shapes[hooked]
         if len(shape) < 2:
             raise ValueError(f"layer {name!r} outputs shape {shape}; a channel table needs (N, C, ...)")
         return shape
@@ -171,7 +178,7 @@ def channel_attributions(
 
     check_model(model)
     inputs = check_inputs(inputs)
-    name, module = one_layer(model, layer)
+    name, run, module, hooked = one_layer(model, layer)
     device = model_device(model)
     kw = _captum_kwargs(
         baselines, n_steps, method, internal_batch_size, layer_baselines, perturbations_per_eval, device
@@ -179,10 +186,14 @@ def channel_attributions(
     x = inputs.to(device)
     probe = _LayerProbe()
     with modes([model], eval_mode):
-        with ActivationRecorder(model, name, callback=probe), torch.no_grad():
-            logits = model(x)
+        with ActivationRecorder(run, hooked, callback=probe), torch.no_grad():
+            logits = run(x)
+        if probe.several_calls(run is model):  # Captum needs one call: take the first apart
+            run, module, hooked = first_call(model, name)
+            with ActivationRecorder(run, hooked, callback=probe), torch.no_grad():
+                run(x)
         checked = check_target(target, logits.shape, x.shape[0], device)
-        return _scores(model, module, x, checked, probe.shape(name), kw)
+        return _scores(run, module, x, checked, probe.shape(hooked, name), kw)
 
 
 @dataclass
@@ -282,7 +293,7 @@ def channel_table(
     from ..monitor import SparsityMonitor
 
     check_model(model)
-    name, module = one_layer(model, layer)
+    name, run, module, hooked = one_layer(model, layer)
     dead_threshold = check_fraction("dead_threshold", dead_threshold, low_open=True)
     important_threshold = check_fraction("important_threshold", important_threshold, low_open=True)
     irrelevant_threshold = check_fraction("irrelevant_threshold", irrelevant_threshold)
@@ -295,24 +306,31 @@ def channel_table(
     kw = _captum_kwargs(
         baselines, n_steps, method, internal_batch_size, layer_baselines, perturbations_per_eval, device
     )
-    monitor = SparsityMonitor(model, name)
+    monitor = SparsityMonitor(run, hooked)
     probe = _LayerProbe()
     monitor.recorder.add_callback(probe)
     sums: dict[str, Tensor] = {}
     images = 0
-    with modes([model], eval_mode), closing(iter_batches(data, progress=progress, desc=f"channels of {name}")) as it:
+    batches = closing(iter_batches(data, progress=progress, desc=f"channels of {name}"))
+    with modes([model], eval_mode), batches as it:
         for x, labels in it:
             x = x.to(device)
             with monitor.track("test"), torch.no_grad():
-                logits = model(x)
+                logits = run(x)
+            if probe.several_calls(run is model):  # Captum needs one call: take the first apart, start again
+                run, module, hooked = first_call(model, name)
+                monitor = SparsityMonitor(run, hooked)
+                monitor.recorder.add_callback(probe)
+                with monitor.track("test"), torch.no_grad():
+                    run(x)
             tgt = batch_target(target, labels, logits, single_batch=isinstance(data, Tensor))
-            scores = _scores(model, module, x, tgt, probe.shape(name), kw)
+            scores = _scores(run, module, x, tgt, probe.shape(hooked, name), kw)
             for key, value in scores.items():
                 total = value.to(torch.float64).sum(0)
                 sums[key] = sums[key] + total if key in sums else total
             images += x.shape[0]
     report = monitor.compute().channels
-    stats = report[report.layer == name].pivot(index="channel", columns="statistic", values="value")
+    stats = report[report.layer == hooked].pivot(index="channel", columns="statistic", values="value")
     table = pd.DataFrame(
         {
             "layer": name,

@@ -174,7 +174,7 @@ def evaluate(
         loss = h.metric(loss_split, "loss")
         loss = loss[~loss.index.duplicated(keep="last")].sort_index()
         e_star, overfit = overfits(loss, min_rise, relative_rise)
-        acc = h.metric(loss_split, "accuracy")
+        acc = h.metric(loss_split, "accuracy") if "accuracy" in h.metric_names() else pd.Series(dtype=float)
         acc = acc[~acc.index.duplicated(keep="last")]
         last = int(loss.index.max())
         result = det.detect(h)

@@ -53,7 +53,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import lightning.pytorch as pl
@@ -128,19 +128,23 @@ def _within(model: nn.Module, pl_module: nn.Module) -> bool:
 
 
 def _history_bytes(history: History) -> dict[str, bytes]:
+    """The files of a saved History, by their path in the run directory (``data-000001/metrics.parquet``)."""
     with tempfile.TemporaryDirectory(prefix="xaisparse-history-") as tmp:
         root = history.save(Path(tmp) / "history")
-        return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _history_from_bytes(files: Mapping[str, bytes]) -> History:
+    """The History of :func:`_history_bytes` (also the flat files of checkpoints written before schema 3)."""
     with tempfile.TemporaryDirectory(prefix="xaisparse-history-") as tmp:
         root = Path(tmp) / "history"
         root.mkdir()
         for name, data in files.items():
-            if Path(name).name != name:
-                raise ValueError(f"a History file name in the checkpoint is not a plain name: {name!r}")
-            (root / name).write_bytes(data)
+            rel = PurePosixPath(name)
+            if rel.is_absolute() or not rel.parts or any(part in ("", ".", "..") for part in rel.parts):
+                raise ValueError(f"a History file name in the checkpoint is not a relative path: {name!r}")
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
         return History.load(root)
 
 
@@ -238,7 +242,7 @@ class SparsityCallback(pl.Callback):
     # ------------------------------------------------------------------ the penalty
     def penalty_term(self) -> Tensor:
         """``penalty()`` of the latest training forward (0 without a penalty or outside training)."""
-        if self.penalty is None or not self.penalty.recorder.attached:
+        if self.penalty is None or not self.penalty.recorder.attached or not torch.is_grad_enabled():
             return torch.zeros(())
         term = self.penalty()
         value = term.detach()

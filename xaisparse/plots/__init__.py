@@ -5,8 +5,9 @@ CLI call the same functions, so a notebook, a report and a script show the same 
 Figures are :class:`matplotlib.figure.Figure` objects built without pyplot (no global state,
 nothing to close); save them with ``fig.savefig(...)`` or :func:`figure_png`.
 
-Each function raises :class:`NoData` (a ``ValueError``) with a readable message when there is
-nothing to draw, appends caveats (NaN epochs, missing splits, …) to the optional ``notes``
+The functions of one run take a ``History`` or the :class:`~xaisparse.SparsityReport` of one
+evaluation pass (drawn as epoch 0). Each function raises :class:`NoData` (a ``ValueError``) with a
+readable message (naming the splits, layers or statistics there are) when there is nothing to draw, appends caveats (NaN epochs, missing splits, …) to the optional ``notes``
 list, and fills the optional ``data`` dict with the numbers it drew.
 
 >>> from xaisparse.testing import synthetic_history
@@ -32,16 +33,21 @@ from .attribution import (
     channel_importance,
     display_maps,
 )
-from .channels import DISTRIBUTION_KINDS, channel_maps, distribution
+from .channels import DISTRIBUTION_KINDS, MAX_CHANNELS, channel_maps, choose_channels, distribution
 from .comparison import COMPARISON_KINDS, comparison
+from .curves import learning_curves
 from .datasets import SAMPLE_PARTS, samples
-from .runs import dashboard, heatmap, timeline
+from .maps import MAP_ORDERS, channel_over_epochs, feature_maps
+from .runs import LEGEND_LAYERS, dashboard, heatmap, timeline
 
 __all__ = [
     "ATTRIBUTION_KINDS",
     "COMPARISON_KINDS",
     "DISTRIBUTION_KINDS",
+    "LEGEND_LAYERS",
+    "MAP_ORDERS",
     "MAP_SCALES",
+    "MAX_CHANNELS",
     "SAMPLE_PARTS",
     "SIGNS",
     "STATISTIC_LABELS",
@@ -51,12 +57,16 @@ __all__ = [
     "attribution_maps",
     "channel_importance",
     "channel_maps",
+    "channel_over_epochs",
+    "choose_channels",
     "comparison",
     "dashboard",
     "display_maps",
     "distribution",
+    "feature_maps",
     "figure_png",
     "heatmap",
+    "learning_curves",
     "message_figure",
     "samples",
     "statistic_label",

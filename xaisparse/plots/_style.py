@@ -7,11 +7,15 @@ global state (no open-figure registry, no backend switch) and nothing needs clos
 from __future__ import annotations
 
 import io
+import sys
 import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..history import History
 
 #: seaborn's "colorblind" palette (the same hex values), for runs and splits.
 PALETTE: tuple[str, ...] = (
@@ -117,3 +121,19 @@ def message_figure(text: str, title: str = "") -> Figure:
     if title:
         ax.set_title(title)
     return fig
+
+
+def as_history(run: object) -> History:
+    """``run`` if it is a :class:`~xaisparse.History`; a one-epoch History (epoch 0) if it is the
+    :class:`~xaisparse.SparsityReport` of one evaluation pass; else a ``TypeError``."""
+    from ..history import History
+
+    if isinstance(run, History):
+        return run
+    monitor = sys.modules.get("xaisparse.monitor")  # a SparsityReport exists only once the monitor is imported
+    if monitor is not None and isinstance(run, monitor.SparsityReport):
+        return History.from_report(run)
+    raise TypeError(
+        "history must be an xaisparse History (from fit(...) or History.load(path)) or the SparsityReport of "
+        f"monitor.compute(), got {type(run).__name__}"
+    )

@@ -12,12 +12,24 @@ from matplotlib.patches import Patch, Rectangle
 
 from ..history import DEAD_THRESHOLD, History, channel_ordering
 from ._draw import channel_ticks, dead_legend, draw_boxes, draw_ridge, draw_violins
-from ._style import DEAD_COLOR, NoData, new_figure, split_color, statistic_label
+from ._style import DEAD_COLOR, NoData, as_history, new_figure, split_color, statistic_label
 
-__all__ = ["DISTRIBUTION_KINDS", "channel_maps", "distribution", "histogram_layers", "histogram_splits", "show_image"]
+__all__ = [
+    "DISTRIBUTION_KINDS",
+    "MAX_CHANNELS",
+    "channel_maps",
+    "choose_channels",
+    "distribution",
+    "histogram_layers",
+    "histogram_splits",
+    "show_image",
+]
 
 #: Plot kinds of :func:`distribution`.
 DISTRIBUTION_KINDS: tuple[str, ...] = ("violin", "box", "ridge", "heatmap")
+#: :func:`distribution` draws every channel of a layer with at most this many; of a wider layer
+#: (a ViT MLP has 3,072) it draws the first and last half of this many in the chosen order.
+MAX_CHANNELS = 64
 _ORDER_TEXT = {
     "mean sparsity": "by mean sparsity, sparsest first",
     "dead fraction": "by dead fraction, most dead first",
@@ -51,6 +63,51 @@ def distribution_epochs(history: History, layer: str, split: str) -> list[int]:
     return sorted(found)
 
 
+def choose_channels(ranked: np.ndarray, channels: object, order: str) -> tuple[np.ndarray, str]:
+    """The channels to draw, in display order, from all channels ``ranked`` in that order; and a note.
+
+    ``channels``: ``None`` (all, or for more than :data:`~xaisparse.plots.channels.MAX_CHANNELS` the first and last
+    ``MAX_CHANNELS // 2``), ``"all"``, an int ``k`` (the first ``k`` in the order, e.g. the ``k``
+    sparsest; ``-k``: the last ``k``) or a list of channel indices (drawn in the order). The note
+    says what was left out ("" when nothing was).
+
+    >>> import numpy as np
+    >>> choose_channels(np.array([3, 0, 2, 1]), -2, "mean sparsity")
+    (array([2, 1]), 'showing 2 of 4 channels: the last 2 (order: by mean sparsity, sparsest first)')
+    """
+    n = len(ranked)
+    if channels is None and n > MAX_CHANNELS:
+        half = MAX_CHANNELS // 2
+        shown = np.concatenate([ranked[:half], ranked[-half:]])
+        return shown, (
+            f"showing {len(shown)} of {n} channels: the first {half} and the last {half} (order: {_ORDER_TEXT[order]}) "
+            "(choose with channels=k for the first k, -k for the last k, or a list of channel indices)"
+        )
+    if channels is None or (isinstance(channels, str) and channels == "all"):
+        return ranked, ""
+    if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):
+        k = int(channels)
+        if k == 0:
+            raise ValueError("channels=0 draws nothing: pass k > 0 for the first k channels, -k for the last k")
+        shown = ranked[:k] if k > 0 else ranked[k:]
+        which = f"the first {len(shown)}" if k > 0 else f"the last {len(shown)}"
+        note = f"showing {len(shown)} of {n} channels: {which} (order: {_ORDER_TEXT[order]})"
+        return shown, ("" if len(shown) == n else note)
+    if isinstance(channels, Sequence) and not isinstance(channels, str) and channels:
+        wanted = []
+        for c in channels:
+            if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 0 <= int(c) < n:
+                raise ValueError(f"channels must be indices in [0, {n}) of this layer's {n} channels, got {c!r}")
+            wanted.append(int(c))
+        chosen = set(wanted)
+        shown = np.array([c for c in ranked if int(c) in chosen], dtype=ranked.dtype)
+        return shown, ("" if len(shown) == n else f"showing the {len(shown)} chosen of {n} channels")
+    raise TypeError(
+        f"channels must be None, 'all', an int k (first k; -k: last k) or a non-empty list of channel indices, "
+        f"got {type(channels).__name__} {channels!r}"
+    )
+
+
 def distribution(
     history: History,
     layer: str | None = None,
@@ -59,6 +116,7 @@ def distribution(
     kind: str = "violin",
     order: str = "mean sparsity",
     *,
+    channels: int | Sequence[int] | str | None = None,
     dead_threshold: float = DEAD_THRESHOLD,
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
@@ -71,15 +129,20 @@ def distribution(
     ``split="both"`` overlays train and test. Channels whose ``dead_fraction`` is at least
     ``dead_threshold`` are drawn in red and counted in the title and legend. ``layer`` defaults
     to the first layer with histograms, ``epoch`` to the last recorded one (an epoch without a
-    histogram shows the nearest one, with a note).
+    histogram shows the nearest one, with a note). ``history`` may also be the
+    :class:`~xaisparse.SparsityReport` of one evaluation pass (shown as epoch 0).
+
+    ``channels`` chooses what is drawn (see :func:`choose_channels`): by default every channel,
+    or for a layer with more than :data:`~xaisparse.plots.channels.MAX_CHANNELS` channels (a ViT MLP has 3,072) the first and
+    the last ``MAX_CHANNELS // 2`` in ``order``, the sparsest and the densest, with a note; ``k``
+    draws the first ``k``, ``-k`` the last ``k``, a list those channels, ``"all"`` all of them.
 
     >>> from xaisparse.testing import synthetic_history
     >>> fig = distribution(synthetic_history(epochs=4), "block2.relu", kind="box")
     >>> fig.axes[0].get_title().splitlines()[0]
     'block2.relu · epoch 3 · test'
     """
-    if not isinstance(history, History):
-        raise TypeError(f"history must be an xaisparse History, got {type(history).__name__}")
+    history = as_history(history)
     if kind not in DISTRIBUTION_KINDS:
         raise ValueError(f"kind must be one of {list(DISTRIBUTION_KINDS)}, got {kind!r}")
     by = channel_ordering(order)
@@ -93,9 +156,12 @@ def distribution(
         )
     if layer is None:
         layer = histogram_layers(h)[0]
-    epochs = distribution_epochs(h, layer, split)
-    if not epochs:
-        raise NoData(f"Layer {layer!r} has no histograms for split {split!r}.")
+    h.check_layer(layer)  # UnknownLayerError naming the closest recorded layers
+    have = [s for s in histogram_splits(h) if (s, layer) in h.spatial_hist]
+    missing = [s for s in shown_splits(split) if s not in have]
+    if missing == shown_splits(split):
+        raise NoData(f"Layer {layer!r} has no histograms for split {split!r}; splits with histograms of it: {have}.")
+    epochs = sorted({e for s in shown_splits(split) if s in have for e in h.histogram_epochs(s, layer)})
     if epoch is None:
         epoch = epochs[-1]
     elif int(epoch) not in epochs:
@@ -109,8 +175,8 @@ def distribution(
     for s in shown_splits(split):
         try:
             counts[s] = h.histogram(s, layer, epoch)
-        except KeyError as exc:
-            notes.append(str(exc.args[0]))
+        except ValueError as exc:
+            notes.append(str(exc))
     if not counts:
         raise NoData(f"No histogram of {layer!r} at epoch {epoch}.")
     n_ch = max(c.shape[0] for c in counts.values())
@@ -131,9 +197,16 @@ def distribution(
         no_samples = np.flatnonzero(c.sum(axis=1) <= 0)
         if no_samples.size:
             notes.append(f"{s}: channels {no_samples.tolist()[:12]} have no finite samples at epoch {epoch}.")
-    ordered = {s: c[channel_rank] for s, c in counts.items()}
     n_dead = int(dead.sum())
+    n_all = n_ch
+    channel_rank, left_out = choose_channels(channel_rank, channels, by)
+    if left_out:
+        notes.append(left_out + ".")
+    n_ch = len(channel_rank)
+    gap = MAX_CHANNELS // 2 if channels is None and n_all > MAX_CHANNELS else None  # where channels are left out
+    ordered = {s: c[channel_rank] for s, c in counts.items()}
     drawn: dict[str, Any] = {"layer": layer, "epoch": epoch, "splits": splits, "order": channel_rank, "dead": dead}
+    drawn["channels"] = n_all
     drawn.update({"counts": ordered, "edges": edges, "kind": kind, "stats": {}})
     if data is not None:
         data.clear()
@@ -141,7 +214,11 @@ def distribution(
         drawn = data
 
     dead_text = f" · {n_dead} dead channel{'s' if n_dead != 1 else ''}" if n_dead else ""
-    title = f"{layer} · epoch {epoch} · {' vs '.join(splits)}{dead_text}\nper-channel distribution of spatial sparsity"
+    shown_text = f" ({n_ch} of {n_all} channels shown)" if n_ch < n_all else ""
+    title = (
+        f"{layer} · epoch {epoch} · {' vs '.join(splits)}{dead_text}\n"
+        f"per-channel distribution of spatial sparsity{shown_text}"
+    )
     ylabel = statistic_label("spatial_mean")
     if kind == "heatmap":
         fig = _channel_heatmap(ordered, edges, channel_rank, dead, by, drawn)
@@ -181,6 +258,19 @@ def distribution(
         ax.grid(axis="x", alpha=0.3)
     else:
         ax.set_xlim(-0.7, n_ch - 0.3)
+        if gap is not None:
+            ax.axvline(gap - 0.5, color="#888888", linestyle=":", linewidth=1.5, gid="left-out")
+            ax.annotate(
+                f"{n_all - n_ch} channels\nleft out",
+                xy=(gap - 0.5, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0, -2),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize=8,
+                color="#555555",
+            )
         pad = 0.02 * (edges[-1] - edges[0])
         ax.set_ylim(edges[0] - pad, edges[-1] + pad)
         channel_ticks(ax, pos, channel_rank, dead, "x")

@@ -19,14 +19,26 @@ __all__ = ["COMPARISON_KINDS", "comparison", "comparison_default_epoch", "compar
 COMPARISON_KINDS: tuple[str, ...] = ("violin", "box")
 
 
+def _has(h: History, split: str, layer: str | None, statistic: str | None = None) -> bool:
+    """Whether run ``h`` records layer sparsity of ``layer`` (and ``statistic``) for ``split``: its queries would not raise."""
+    return (
+        layer is not None
+        and layer in h.layer_names
+        and split in h.sparsity_splits
+        and (statistic is None or statistic in h.statistics())
+    )
+
+
 def comparison_epochs(runs: Mapping[str, History], layer: str | None, split: str) -> list[int]:
     """Epochs with a histogram or a layer value of ``layer`` in any run."""
     found: set[int] = set()
     if layer is None:
         return []
     for h in runs.values():
-        found.update(h.histogram_epochs(split, layer))
-        found.update(int(e) for e in h.layer_series(split, layer, "spatial_mean").index)
+        if _has(h, split, layer):
+            found.update(h.histogram_epochs(split, layer))
+        if _has(h, split, layer, "spatial_mean"):
+            found.update(int(e) for e in h.layer_series(split, layer, "spatial_mean").index)
     return sorted(found)
 
 
@@ -34,7 +46,7 @@ def comparison_default_epoch(runs: Mapping[str, History], layer: str | None, spl
     """The last epoch with a histogram in every run that has the layer (else the last of any run)."""
     if layer is None:
         return None
-    sets = [set(h.histogram_epochs(split, layer)) for h in runs.values() if layer in h.layer_names]
+    sets = [set(h.histogram_epochs(split, layer)) for h in runs.values() if _has(h, split, layer)]
     sets = [s for s in sets if s]
     if not sets:
         return None
@@ -121,8 +133,8 @@ def comparison(
     for name, h in runs.items():
         if layer is None or layer not in h.layer_names:
             continue
-        ser = h.layer_series(split, layer, statistic)
-        if ser.empty:
+        ser = h.layer_series(split, layer, statistic) if _has(h, split, layer, statistic) else None
+        if ser is None or ser.empty:
             no_split.append(name)
             continue
         ser = ser[~ser.index.duplicated(keep="first")].sort_index()
@@ -151,7 +163,7 @@ def comparison(
     for name, h in runs.items():
         if layer is None or layer not in h.layer_names:
             continue
-        if epoch not in h.histogram_epochs(split, layer):
+        if not _has(h, split, layer) or epoch not in h.histogram_epochs(split, layer):
             no_epoch.append(name)
             continue
         counts = h.pooled_histogram(split, layer, epoch)
@@ -161,7 +173,11 @@ def comparison(
         edges = e if edges is None else edges
         data["pooled"][name] = counts
         n_ch = h.histogram(split, layer, epoch).shape[0]
-        data["channel_means"][name] = h.channel_values(split, layer, epoch, "spatial_mean", n_ch)
+        data["channel_means"][name] = (
+            h.channel_values(split, layer, epoch, "spatial_mean", n_ch)
+            if (h.channels.statistic == "spatial_mean").any()
+            else np.full(n_ch, np.nan)
+        )
         if counts.sum() <= 0:
             notes.append(f"run {name!r}: no finite sparsity values of {layer!r} at epoch {epoch}.")
         names.append(name)

@@ -10,12 +10,14 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._validation import select_names
 from ..history import History
 from ._style import (
     ALARM_COLOR,
     MINIMUM_COLOR,
     PALETTE,
     NoData,
+    as_history,
     check_statistic,
     layer_colors,
     new_figure,
@@ -23,13 +25,12 @@ from ._style import (
     statistic_name,
 )
 
-__all__ = ["dashboard", "heatmap", "timeline"]
+__all__ = ["LEGEND_LAYERS", "dashboard", "heatmap", "timeline"]
 
 
-def _layer_history(history: History) -> History:
-    """``history`` after checking it has layer sparsity to draw."""
-    if not isinstance(history, History):
-        raise TypeError(f"history must be an xaisparse History, got {type(history).__name__}")
+def _layer_history(history: object) -> History:
+    """``history`` (a History, or a monitor's report as epoch 0) after checking it has layer sparsity to draw."""
+    history = as_history(history)
     if history.is_empty:
         raise NoData("This run has no epochs yet: nothing to show.")
     if history.layers.empty:
@@ -83,24 +84,42 @@ def draw_timeline(
     notes: list[str],
     legend: str = "axes",
 ) -> dict[str, Any]:
-    """Sparsity lines per layer, losses on a twin axis and the alarm/minimum markers on ``ax``."""
-    frame = history.layer_frame(split, layers, statistic)
+    """Sparsity lines per layer, losses on a twin axis and the alarm/minimum markers on ``ax``.
+
+    ``layers``: names or globs (``"features.*"``) of recorded layers, or None for all. With more
+    than :data:`~xaisparse.plots.runs.LEGEND_LAYERS` layers the lines are not listed in the legend: a colour bar maps
+    the colour to the depth, labelled with the first, middle and last layer.
+    """
+    _check_names(history, split, statistic)
+    names = None if layers is None else select_names(list(layers), history.layer_names)
+    frame = history.layer_frame(split, names, statistic)
     if frame.empty or not np.isfinite(frame.to_numpy(dtype=float)).any():
-        raise NoData(f"No {statistic!r} values of the selected layers for split {split!r}.")
+        raise NoData(
+            f"No {statistic!r} values of the selected layers for split {split!r}; "
+            f"statistics recorded for {split!r}: {history.statistics(split)}."
+        )
     bad = nonfinite_epochs(frame)
     if bad:
         notes.append(f"NaN/Inf {statistic} at epoch(s) {bad[:10]}: left as gaps in the lines.")
     marker = "o" if frame.shape[0] <= 30 else None
-    for color, name in zip(layer_colors(frame.shape[1]), frame.columns):
+    listed = frame.shape[1] <= LEGEND_LAYERS
+    colors = layer_colors(frame.shape[1])
+    for color, name in zip(colors, frame.columns):
         ax.plot(
             frame.index.to_numpy(),
             frame[name].to_numpy(),
             color=color,
-            linewidth=2.0,
-            marker=marker,
+            linewidth=2.0 if listed else 1.2,
+            marker=marker if listed else None,
             markersize=3.5,
-            label=name,
+            label=name if listed else f"_{name}",  # "_...": left out of the legend
             gid=f"layer:{name}",
+        )
+    if not listed:
+        _depth_colorbar(ax, list(frame.columns), colors)
+        notes.append(
+            f"{frame.shape[1]} layers: colour shows depth (see the colour bar); choose layers with layers=[...] "
+            "(names or globs such as 'features.*') to name each line."
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel(statistic_label(statistic))
@@ -141,8 +160,35 @@ def draw_timeline(
     return {"frame": frame, "losses": losses, "twin": twin, **marks}
 
 
+#: :func:`timeline` names each layer in its legend up to this many layers; beyond, a depth colour bar.
+LEGEND_LAYERS = 12
+
+
+def _depth_colorbar(ax: Axes, names: list[str], colors: list[Any]) -> None:
+    """A colour bar for the layer lines: colour = position in network order, ticks at a few layer names."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    n = len(names)
+    mappable = ScalarMappable(norm=BoundaryNorm(np.arange(n + 1) - 0.5, n), cmap=ListedColormap(colors))
+    bar = ax.figure.colorbar(mappable, ax=ax, location="left", fraction=0.04, pad=0.12, aspect=30)
+    ticks = sorted({0, (n - 1) // 2, n - 1})
+    bar.set_ticks(ticks, labels=[names[i] for i in ticks], fontsize=7)
+    bar.minorticks_off()
+    bar.set_label(f"layer (network order, {n} layers)", fontsize=8)
+
+
+def _check_names(history: History, split: str, statistic: str) -> None:
+    """A split with layer sparsity and a statistic this run records, else :class:`NoData` listing them."""
+    if split not in history.sparsity_splits:
+        raise NoData(f"No layer sparsity for split {split!r}; splits with layer sparsity: {history.sparsity_splits}.")
+    if statistic not in history.statistics():
+        raise NoData(f"This run records no {statistic!r}; recorded statistics: {history.statistics()}.")
+
+
 def draw_heatmap(ax: Axes, history: History, split: str, statistic: str, notes: list[str]) -> dict[str, Any]:
     """Layers × epochs image of one statistic with a colorbar; NaN cells grey."""
+    _check_names(history, split, statistic)
     matrix = history.layer_matrix(split, statistic)
     if matrix.empty:
         raise NoData(f"No {statistic!r} values for split {split!r}.")
@@ -212,7 +258,12 @@ def timeline(
     twin axis, a dotted red line at the detector's alarm epoch (``history.detection``) and a
     dashed green line at the test-loss minimum. ``notes`` (a list) receives caveats such as
     NaN epochs; ``data`` (a dict) receives the drawn tables. Raises :class:`NoData` when there
-    is nothing to draw.
+    is nothing to draw (naming the splits and statistics there are).
+
+    ``layers``: layer names or globs (``["features.*"]``); all layers by default. Up to
+    :data:`~xaisparse.plots.runs.LEGEND_LAYERS` lines are named in the legend; more (EfficientNet-B0 has 65) are
+    coloured by depth with a colour bar instead. ``history`` may also be the
+    :class:`~xaisparse.SparsityReport` of one evaluation pass (shown as epoch 0).
 
     >>> from xaisparse.testing import synthetic_history
     >>> fig = timeline(synthetic_history(epochs=6), layers=["block1.relu"])
@@ -267,7 +318,9 @@ def dashboard(
     data: dict[str, Any] | None = None,
 ) -> Figure:
     """The timeline above the heatmap, titled with the latest epoch (the live training view)."""
-    if not isinstance(history, History) or history.is_empty:
+    if history is not None and not isinstance(history, History):
+        history = as_history(history)
+    if history is None or history.is_empty:
         raise NoData("waiting for the first epoch…")
     if history.layers.empty:
         raise NoData(f"epoch {history.epochs[-1]} recorded metrics only: no layer sparsity to show yet.")

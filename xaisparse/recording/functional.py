@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from xaisparse.recording.expose import _module_for
-from xaisparse.recording.selection import _OTHER_WEIGHTED, CONV_TYPES
-from xaisparse.recording.sites import call_site_name
+from xaisparse.recording.expose import _module_for, trace
+from xaisparse.recording.selection import _OTHER_WEIGHTED, ACTIVATION_TYPES, CONV_TYPES
+from xaisparse.recording.sites import call_site_call, call_site_name, functional_site_names
 
 __all__ = ["FunctionalActivation", "TracedActivations", "find_functional_activations", "trace_activations"]
 
@@ -112,6 +112,9 @@ class TracedActivations:
     #: Modules called in the traces whose calls never depend on the model's inputs (e.g. Swin V2's
     #: relative-position-bias MLP, run on a table of coordinates): not features of the data.
     input_independent: frozenset[str]
+    #: Activation modules and functional sites computed only from globally pooled features (the
+    #: squeeze-excitation gates of EfficientNet or MobileNetV3: 1x1 maps): not in the default selection.
+    pooled: frozenset[str] = frozenset()
 
 
 def trace_activations(model: nn.Module, *, stacklevel: int = 2) -> TracedActivations:
@@ -131,24 +134,29 @@ def trace_activations(model: nn.Module, *, stacklevel: int = 2) -> TracedActivat
     unrecordable: list[str] = []
     called: set[str] = set()
     dependent_modules: set[str] = set()
+    pooled_calls: dict[str, list[bool]] = {}  # activation module / site -> pooled, per call in the traces
     for graph in graphs:
         dependent = _input_dependent(graph)
+        pooled = _globally_pooled(model, graph, dependent)
         for node in graph.nodes:
             if node.op == "call_module":
                 called.add(str(node.target))
                 if node in dependent:
                     dependent_modules.add(str(node.target))
-        for act in _activations(model, graph, dependent, unrecordable):
+                if isinstance(model.get_submodule(str(node.target)), ACTIVATION_TYPES):
+                    pooled_calls.setdefault(str(node.target), []).append(node in pooled)
+        for act, node in _activations(model, graph, dependent, unrecordable):
             key = (act.module, act.call, act.where, act.arg)
             if key in found:
                 continue
             used = {a.site for a in found.values()}
             if act.site in used:  # a name taken by another call in the other mode's trace
-                base, k = act.site.split("#", 1)[0], 2
+                base, k = call_site_call(act.site)[0], 2
                 while call_site_name(base, k) in used:
                     k += 1
                 act = dataclasses.replace(act, site=call_site_name(base, k))
             found[key] = act
+            pooled_calls.setdefault(act.site, []).append(node in pooled)
     if unrecordable:
         names = sorted(set(unrecordable))
         warnings.warn(
@@ -158,7 +166,11 @@ def trace_activations(model: nn.Module, *, stacklevel: int = 2) -> TracedActivat
             UserWarning,
             stacklevel=stacklevel,
         )
-    return TracedActivations(list(found.values()), frozenset(called - dependent_modules))
+    return TracedActivations(
+        list(found.values()),
+        frozenset(called - dependent_modules),
+        frozenset(name for name, flags in pooled_calls.items() if all(flags)),
+    )
 
 
 def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
@@ -170,9 +182,57 @@ def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
     return dependent
 
 
+def _globally_pooled(model: nn.Module, graph: fx.Graph, dependent: set[fx.Node]) -> set[fx.Node]:
+    """The nodes computed only from globally pooled features (a global pooling, or only such inputs).
+
+    A squeeze-excitation branch (pool, 1x1 conv, activation, 1x1 conv, gate) is pooled; the
+    block's output ``x * gate`` is not, since ``x`` is not.
+    """
+    pooled: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node not in dependent:
+            continue
+        inputs = [n for n in node.all_input_nodes if n in dependent]
+        if _is_global_pool(model, node) or (inputs and all(n in pooled for n in inputs)):
+            pooled.add(node)
+    return pooled
+
+
+_POOL_MODULES = (
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+_REDUCTIONS = ("mean", "amax", "amin", "sum")
+
+
+def _is_global_pool(model: nn.Module, node: fx.Node) -> bool:
+    """An adaptive pooling to size 1, or a mean/amax/sum over positions (dims other than 0, 1) with keepdim."""
+    if node.op == "call_module":
+        mod = model.get_submodule(str(node.target))
+        return isinstance(mod, _POOL_MODULES) and _all_ones(mod.output_size)
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if node.op == "call_function" and name.startswith("adaptive_"):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return _all_ones(size)
+    if node.op in ("call_method", "call_function") and name in _REDUCTIONS:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+        return bool(node.kwargs.get("keepdim")) and all(isinstance(d, int) and d not in (0, 1) for d in dims)
+    return False
+
+
+def _all_ones(size: object) -> bool:
+    sizes = size if isinstance(size, (tuple, list)) else (size,)
+    return all(s == 1 for s in sizes)
+
+
 def _trace(model: nn.Module) -> fx.Graph:
     try:
-        return fx.Tracer().trace(model)
+        return trace(model)
     except Exception as err:
         raise TypeError(f"{type(model).__name__} cannot be traced by torch.fx ({type(err).__name__}: {err})") from err
 
@@ -190,7 +250,7 @@ def _flipped_mode(model: nn.Module) -> Iterator[None]:
 
 def _activations(
     model: nn.Module, graph: fx.Graph, dependent: set[fx.Node], unrecordable: list[str]
-) -> Iterator[FunctionalActivation]:
+) -> Iterator[tuple[FunctionalActivation, fx.Node]]:
     nodes = list(graph.nodes)
     order = {node: i for i, node in enumerate(nodes)}
     calls: dict[fx.Node, int] = {}  # call_module node -> which call of its module it is
@@ -201,53 +261,44 @@ def _activations(
             seen[target] = seen.get(target, 0) + 1
             calls[node] = seen[target]
     module_names = {name for name, _ in model.named_modules()}
-    bases: dict[str, int] = {}
-    for node in nodes:
-        if node.op not in ("call_function", "call_method"):
-            continue
+    sites = functional_site_names(nodes, module_names, lambda n: _module_for(n) is not None)
+    for node, site in sites.items():
         act = _module_for(node) if node in dependent else None
         if act is None:
             continue
         kind = _predecessor_kind(model, node)
         if kind not in ("conv", "linear"):
             continue
-        base = _base_name(node, module_names)
-        bases[base] = bases.get(base, 0) + 1
-        site = call_site_name(base, bases[base])
         inplace = bool(getattr(act, "inplace", False))
         if inplace:
             act.inplace = False  # type: ignore[assignment]  # our copy never writes into the model's tensors
         channels_last = kind == "linear"
         producer = node.args[0]
         if isinstance(producer, fx.Node) and producer.op == "call_module":
-            yield FunctionalActivation(
-                site,
-                str(producer.target),
-                calls[producer],
-                "output",
-                fn=act,
-                copy_input=inplace and type(act) is not nn.ReLU,  # ReLU's backward uses its output only
-                channels_last=channels_last,
+            yield (
+                FunctionalActivation(
+                    site,
+                    str(producer.target),
+                    calls[producer],
+                    "output",
+                    fn=act,
+                    copy_input=inplace and type(act) is not nn.ReLU,  # ReLU's backward uses its output only
+                    channels_last=channels_last,
+                ),
+                node,
             )
             continue
         consumer = _consumer(node, order)
         if consumer is not None:
             user, index = consumer
-            yield FunctionalActivation(
-                site, str(user.target), calls[user], "input", arg=index, channels_last=channels_last
+            yield (
+                FunctionalActivation(
+                    site, str(user.target), calls[user], "input", arg=index, channels_last=channels_last
+                ),
+                node,
             )
             continue
         unrecordable.append(site)
-
-
-def _base_name(node: fx.Node, module_names: set[str]) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    path = next(reversed(stack.values()))[0] if stack else ""
-    target = node.target
-    fname = target if isinstance(target, str) else getattr(target, "__name__", str(target))
-    fname = fname.rstrip("_") or fname
-    base = f"{path}.{fname}" if path else fname
-    return f"{base}_fn" if base in module_names else base  # never shadow a real module's name
 
 
 def _predecessor_kind(model: nn.Module, node: fx.Node) -> str | None:

@@ -12,12 +12,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from xaisparse.recording.functional import FunctionalActivation, trace_activations
+from xaisparse.recording.functional import FunctionalActivation, TracedActivations, trace_activations
 from xaisparse.recording.selection import (
     LayerSelector,
     _activation_kinds,
     default_activation_layers,
-    select_layers,
+    select_sites,
 )
 from xaisparse.recording.sites import call_site_name
 
@@ -96,9 +96,11 @@ class ActivationRecorder:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         model = _unwrap(model)
         self.model = model
-        modules, channels_last, grid_only, functional = _resolve(model, layers)
+        modules, channels_last, grid_only, functional, calls = _resolve(model, layers)
         self._modules: list[str] = modules
         self._selected = frozenset(modules)
+        self._only_calls = calls  # modules recorded at some of their calls only ("act#2")
+        self._unchecked_calls = bool(calls)  # whether the first forward has shown those calls exist
         self._channels_last = frozenset(channels_last)
         self._grid_only = frozenset(grid_only)
         self._functional = functional
@@ -209,10 +211,12 @@ class ActivationRecorder:
     # -- hooks ---------------------------------------------------------------------------------
     # Each hook runs eagerly under torch.compile: while dynamo traces, ``is_compiling()`` is True
     # and the call goes to the ``torch.compiler.disable``d twin, a graph break. In eager mode the
-    # check costs ~0.3 µs, a quarter of going through the disabled wrapper every time.
+    # check costs ~0.3 µs, a quarter of going through the disabled wrapper every time. The twins
+    # are made on first use (see ``_eager``): ``torch.compiler.disable`` imports torch._dynamo,
+    # which costs more than importing torch itself, and only a compiled model needs it.
     def _enter_root(self, module: nn.Module, args: object) -> None:
         if torch.compiler.is_compiling():
-            return _enter_root_eager(self, module, args)
+            return _eager("_enter_root")(self, module, args)
         if module is not self.model:
             raise RuntimeError(
                 f"{type(self.model).__name__} is running as a copy (nn.DataParallel over several GPUs runs "
@@ -226,18 +230,21 @@ class ActivationRecorder:
 
     def _exit_root(self, module: nn.Module, args: object, output: object) -> None:
         if torch.compiler.is_compiling():
-            return _exit_root_eager(self, module, args, output)
+            return _eager("_exit_root")(self, module, args, output)
         self._depth = max(self._depth - 1, 0)
+        if self._depth == 0 and self._unchecked_calls:
+            self._check_calls()
 
     def _on_output(self, name: str, module: nn.Module, args: object, output: object) -> None:
         if torch.compiler.is_compiling():
-            return _on_output_eager(self, name, module, args, output)
+            return _eager("_on_output")(self, name, module, args, output)
         if self._depth > 0:
             count = self._counts.get(name, 0) + 1
             self._counts[name] = count
         else:
             count = 1
-        if name in self._selected:
+        only = self._only_calls.get(name)
+        if name in self._selected and (only is None or count in only):
             tensor = _first_tensor(output)
             if tensor is None:
                 self._note(call_site_name(name, count))
@@ -254,9 +261,24 @@ class ActivationRecorder:
                 value = output if self._paused or not self._callbacks else act.value(output)
                 self._deliver(act.site, value, act.channels_last, act.channels_last)
 
+    def _check_calls(self) -> None:
+        """After the first forward: warn about a call site (``"act#3"``) that the forward did not reach."""
+        self._unchecked_calls = False
+        for name, calls in self._only_calls.items():
+            ran = self._counts.get(name, 0)
+            missing = sorted(c for c in calls if c > ran)
+            if missing:
+                warnings.warn(
+                    f"layers= names call {missing} of {name!r} ({', '.join(call_site_name(name, c) for c in missing)}), "
+                    f"but {name!r} ran {ran} time(s) in this forward of {type(self.model).__name__}: nothing is "
+                    f"recorded there",
+                    UserWarning,
+                    stacklevel=2,
+                )
+
     def _on_input(self, name: str, module: nn.Module, args: tuple[object, ...]) -> None:
         if torch.compiler.is_compiling():
-            return _on_input_eager(self, name, module, args)
+            return _eager("_on_input")(self, name, module, args)
         if self._depth > 0:
             count = self._input_counts.get(name, 0) + 1
             self._input_counts[name] = count
@@ -285,10 +307,19 @@ class ActivationRecorder:
             fn(site, tensor)
 
 
-_enter_root_eager = torch.compiler.disable(ActivationRecorder._enter_root)
-_exit_root_eager = torch.compiler.disable(ActivationRecorder._exit_root)
-_on_output_eager = torch.compiler.disable(ActivationRecorder._on_output)
-_on_input_eager = torch.compiler.disable(ActivationRecorder._on_input)
+_EAGER: dict[str, Callable[..., None]] = {}
+
+
+def _eager(hook: str) -> Callable[..., None]:
+    """The ``torch.compiler.disable``d twin of the hook method ``hook``, made on first use.
+
+    Called only while dynamo traces (so torch._dynamo is loaded anyway); dynamo runs the twin
+    eagerly, a graph break, also on the first call, when the twin is made inside the trace.
+    """
+    twin = _EAGER.get(hook)
+    if twin is None:
+        twin = _EAGER[hook] = torch.compiler.disable(getattr(ActivationRecorder, hook))
+    return twin
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -306,26 +337,52 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _resolve(
     model: nn.Module, layers: LayerSelector
-) -> tuple[list[str], set[str], set[str], list[FunctionalActivation]]:
-    """Selected modules, those whose output is channels-last, those kept only on a grid, functional calls."""
+) -> tuple[list[str], set[str], set[str], list[FunctionalActivation], dict[str, frozenset[int]]]:
+    """Selected modules, those whose output is channels-last, those kept only on a grid, functional
+    calls, and the modules recorded at some of their calls only."""
     kinds, n_conv = _activation_kinds(model)
     linear_like = {n for n, kind in kinds.items() if kind == "linear"}
     if layers is not None:
-        modules = select_layers(model, layers)
-        channels_last = {n for n in modules if n in linear_like or isinstance(model.get_submodule(n), nn.Linear)}
-        return modules, channels_last, set(), []
+        traced: list[TracedActivations] = []
+
+        def functional_sites() -> list[str]:
+            if not traced:
+                try:
+                    traced.append(trace_activations(model, stacklevel=6))
+                except TypeError:
+                    traced.append(TracedActivations([], frozenset()))
+            return [act.site for act in traced[0].functional]
+
+        sel = select_sites(model, layers, functional_sites)
+        channels_last = {n for n in sel.modules if n in linear_like or isinstance(model.get_submodule(n), nn.Linear)}
+        chosen = set(sel.functional)
+        functional = [act for act in traced[0].functional if act.site in chosen] if chosen else []
+        return sel.modules, channels_last, set(), functional, sel.calls
+    if n_conv == 0:
+        default_activation_layers(model)  # raises its no-convolution error
     conv = [n for n, kind in kinds.items() if kind == "conv"]
-    if conv or n_conv == 0:
-        return default_activation_layers(model), set(), set(), []  # the module rule, or its no-conv error
     positional = [n for n in kinds if n in linear_like]
     failure: TypeError | None = None
     try:
-        traced = trace_activations(model, stacklevel=4)  # the warning names the caller's line
-        functional = traced.functional
-        positional = [n for n in positional if n not in traced.input_independent]
+        found = trace_activations(model, stacklevel=4)  # the warning names the caller's line
     except TypeError as err:
-        functional, failure = [], err
-    if not positional and not functional:
+        found, failure = TracedActivations([], frozenset()), err
+    # squeeze-excitation gates and other activations of globally pooled features have no spatial extent
+    features = [act for act in found.functional if act.site not in found.pooled]
+    if conv:
+        modules = [n for n in conv if n not in found.pooled] or conv
+        functional = [act for act in features if not act.channels_last]  # after a convolution
+        if failure is not None:
+            warnings.warn(
+                f"{type(model).__name__}: recording its {len(modules)} activation module(s) after convolutions; "
+                f"functional activation calls (F.relu, ...) among them could not be searched for, so any are left "
+                f"out: {failure}. Pass layers= to choose the layers explicitly",
+                UserWarning,
+                stacklevel=4,
+            )
+        return modules, set(), set(), functional, {}
+    positional = [n for n in positional if n not in found.input_independent]
+    if not positional and not features:
         reason = (
             f"tracing it with torch.fx to find functional activation calls failed ({failure})"
             if failure
@@ -343,7 +400,7 @@ def _resolve(
             UserWarning,
             stacklevel=4,
         )
-    return positional, set(positional), set(positional), functional
+    return positional, set(positional), set(positional), features, {}
 
 
 def _first_tensor(output: object) -> torch.Tensor | None:

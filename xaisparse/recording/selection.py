@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from xaisparse._errors import UnknownLayerError, closest
+from xaisparse.recording.sites import _SEP, call_site_call
 
 __all__ = [
     "ACTIVATION_TYPES",
     "CONV_TYPES",
     "LayerSelector",
+    "SiteSelection",
     "default_activation_layers",
     "positionwise_activation_layers",
     "select_layers",
+    "select_sites",
 ]
 
 #: Element-wise activation modules that the default selection looks for.
@@ -247,3 +251,91 @@ def select_layers(model: nn.Module, layers: LayerSelector = None) -> list[str]:
             f"{_short([f'{n} ({type(m).__name__})' for n, m in cands])}"
         )
     return [n for n, _ in cands if n in chosen]
+
+
+@dataclass(frozen=True)
+class SiteSelection:
+    """What ``layers=`` chose, in call-site terms (see :func:`select_sites`).
+
+    ``modules``: the modules to hook, in registration order; ``calls[name]``: the calls of that
+    module to record (``{2}`` for ``"act#2"``), absent where every call is recorded;
+    ``functional``: the functional activation sites chosen (``"relu"``, ``"layer1.0.gelu#2"``).
+    """
+
+    modules: list[str]
+    calls: dict[str, frozenset[int]] = field(default_factory=dict)
+    functional: list[str] = field(default_factory=list)
+
+
+def select_sites(
+    model: nn.Module, layers: LayerSelector, functional_sites: Callable[[], Sequence[str]] = list
+) -> SiteSelection:
+    """:func:`select_layers`, accepting also every name the recorder reports: call sites and functional calls.
+
+    A string ``layers`` entry is, in this order: a module name (every call of it: ``"act"`` records
+    the call sites ``"act"`` and ``"act#2"`` of a module used twice); a call-site name
+    ``"<module>#<k>"`` (only the ``k``-th call of that module in each forward, e.g. ``"act#2"`` for
+    the second use of one ``nn.ReLU``, ``"act#1"`` for its first only); the name of a functional activation call
+    (``"relu"``, ``"layer1.0.relu#2"``) as listed by ``functional_sites()``; a glob, matched against
+    the module names and the functional call names (``functional_sites()`` is called only when a
+    name is not a module's: it traces the model). Other selectors are
+    matched as in :func:`select_layers`. An unknown name raises
+    :class:`~xaisparse.UnknownLayerError` with the closest names among modules and functional calls.
+
+    >>> from torch import nn
+    >>> act = nn.ReLU()
+    >>> net = nn.Sequential(nn.Conv1d(1, 2, 3), act, nn.Conv1d(2, 2, 3), act)
+    >>> select_sites(net, "1#2")
+    SiteSelection(modules=['1'], calls={'1': frozenset({2})}, functional=[])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if layers is None:
+        return SiteSelection(default_activation_layers(model))
+    cands = _candidates(model)
+    names = {n for n, _ in cands}
+    traced: list[str] | None = None
+
+    def functional() -> list[str]:
+        nonlocal traced
+        if traced is None:
+            traced = list(functional_sites())
+        return traced
+
+    whole: set[str] = set()
+    calls: dict[str, set[int]] = {}
+    chosen_functional: list[str] = []
+    selectors = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    for sel in selectors:
+        if not isinstance(sel, str) or sel in names:
+            whole.update(_match_one(sel, cands, model))
+            continue
+        base, call = call_site_call(sel)
+        if sel.endswith(f"{_SEP}1") and sel[:-2] in names:  # "act#1": the first call only
+            base, call = sel[:-2], 1
+        if (call > 1 or sel != base) and base in names:
+            calls.setdefault(base, set()).add(call)
+            continue
+        globbing = any(c in sel for c in _GLOB_CHARS)
+        hits = [f for f in functional() if (fnmatch.fnmatchcase(f, sel) if globbing else f == sel)]
+        if globbing and any(fnmatch.fnmatchcase(n, sel) for n in names):
+            whole.update(_match_one(sel, cands, model))
+        elif not hits:
+            known = [n for n, _ in cands] + functional()
+            if globbing:
+                raise UnknownLayerError(
+                    f"the pattern {sel!r} matches no layer of {type(model).__name__}; layers are: {_short(known)}"
+                )
+            raise UnknownLayerError(
+                f"{type(model).__name__} has no layer named {sel!r}; closest valid names: {_short(closest(sel, known))}"
+            )
+        chosen_functional += [f for f in hits if f not in chosen_functional]
+    if not whole and not calls and not chosen_functional:
+        raise ValueError(
+            f"layers={layers!r} selects no layer of {type(model).__name__}; layers are: "
+            f"{_short([f'{n} ({type(m).__name__})' for n, m in cands])}"
+        )
+    modules = [n for n, _ in cands if n in whole or n in calls]
+    only = {n: frozenset(c) for n, c in calls.items() if n not in whole}
+    order = {f: i for i, f in enumerate(functional())} if chosen_functional else {}
+    return SiteSelection(modules, only, sorted(chosen_functional, key=order.__getitem__))

@@ -28,7 +28,7 @@ from .comparison import RunComparison
 from .distribution import KINDS, PerplexityDistribution
 from .inspector import ChannelInspector, load_model_checkpoint
 from .live import LiveDashboard
-from .playground import KNOB_RANGES, OverfittingPlayground
+from .playground import KNOB_RANGES, OverfittingPlayground, PlaygroundSettings
 from .timeline import LayerEpochHeatmap, SparsityTimeline
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "NoData",
     "OverfittingPlayground",
     "PerplexityDistribution",
+    "PlaygroundSettings",
     "RunComparison",
     "SparsityTimeline",
     "load_model_checkpoint",

@@ -7,6 +7,7 @@ Like :class:`~xaisparse.widgets.ChannelInspector` it runs models, so torch, Capt
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -157,7 +158,7 @@ class AttributionComparison(FigureWidget):
 
         from ..attribution import ALGORITHMS, IMPORTANCES, resolve_models
         from ..attribution._inputs import model_device
-        from ..recording.selection import default_activation_layers, select_layers
+        from ..recording import ActivationRecorder
 
         if isinstance(models, torch.nn.Module):
             models = {type(models).__name__: models}
@@ -224,14 +225,17 @@ class AttributionComparison(FigureWidget):
             raise ValueError(f"model must be one of {names}, got {model!r}")
         self._layers: dict[str, list[str]] = {}
         for name, net in self.models.items():
-            try:
-                self._layers[name] = default_activation_layers(net)
+            try:  # the default selection's modules and functional calls, named as the monitor names them
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    rec = ActivationRecorder(net)
+                self._layers[name] = [*rec.modules, *rec.functional_sites]
             except ValueError:
                 self._layers[name] = []
         first = model or names[0]
         if layer is not None:
             check_str("layer", layer)
-            select_layers(self.models[first], layer)  # UnknownLayerError with the closest names
+            ActivationRecorder(self.models[first], layer)  # any name a table shows; else the closest names
         layers = self._layers[first] or ([layer] if layer else [])
         if layer is not None and layer not in layers:
             layers = [layer, *layers]

@@ -134,6 +134,8 @@ class LiveDashboard(FigureWidget):
             total = self.total_epochs if self.total_epochs is not None else h.config.get("epochs")
             parts.append(f"<b>epoch {last}</b>" + (f" / {total}" if isinstance(total, (int, float)) else ""))
             for s in ("train", "test"):
+                if s not in h.splits or "loss" not in h.metric_names():
+                    continue
                 ser = h.metric(s, "loss")
                 if not ser.empty:
                     parts.append(f"{s} loss {_fmt(float(ser.sort_index().iloc[-1]))}")

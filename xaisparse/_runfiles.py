@@ -1,0 +1,617 @@
+"""The on-disk layout of a saved run: writing it crash-safely, reading and validating it.
+
+A run directory (schema 3) holds one manifest and one data directory::
+
+    RUN/history.json          the manifest: what the run is, which files hold it, their SHA-256
+    RUN/data-000007/          the files of the latest save (Parquet tables, one NPZ of histograms)
+
+The manifest is the commit point. A save writes a new ``data-N`` directory beside the current
+one (fsync'd), then replaces the manifest atomically (a temporary file renamed over it), and only
+then removes what is no longer referenced: older ``data-*`` directories, temporary files, the
+flat files of a schema-2 run. A process killed at any point therefore leaves a manifest that names
+complete files: the old run or the new one. The first save of a path builds the whole directory
+under a hidden temporary name beside it and renames it into place (killed before: no run at the
+path, as before the save). The next save removes whatever an interrupted one left behind.
+
+Appending (a later save that adds files to the current data directory and commits a manifest
+listing them) fits the same rule: table entries are lists of parts, concatenated in order.
+
+Reading validates before it trusts: the manifest's own SHA-256, then its structure against a JSON
+schema (every key, type and reference), then each data file's size and SHA-256, and only then
+the arrays and tables, which are checked against the manifest (shapes, epochs, columns). Every
+failure is a :class:`~xaisparse.HistoryFormatError` that names the file and what was wrong.
+Schema 1 and 2 runs (flat files beside the manifest) load too.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._errors import HistoryFormatError
+from ._io import atomic_write_bytes, fsync_dir, sha256, write_new_file
+from ._validation import SPLITS
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "SCHEMA_VERSION",
+    "TABLE_COLUMNS",
+    "RunFiles",
+    "check_histograms",
+    "read_run",
+    "write_run",
+]
+
+FORMAT = "xaisparse.history"
+MANIFEST = "history.json"
+SCHEMA_VERSION = 3
+TABLE_COLUMNS: dict[str, list[str]] = {
+    "metrics": ["epoch", "split", "metric", "value"],
+    "layers": ["epoch", "split", "layer", "statistic", "value"],
+    "channels": ["epoch", "split", "layer", "channel", "statistic", "value"],
+}
+_ARRAYS = "histograms.npz"
+_EVIDENCE = "detection.parquet"
+_DATA_DIR = re.compile(r"^data-(\d{6,})$")
+# the flat data files of schema 1/2 runs (removed once a schema-3 save has committed)
+_LEGACY_FILES = (*(f"{kind}.parquet" for kind in TABLE_COLUMNS), _ARRAYS, _EVIDENCE)
+_TRIES = 3  # reads that start over when a concurrent save replaced the run meanwhile
+
+# ---------------------------------------------------------------------------- the schema
+_FILE_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", "maxLength": 200}
+_ARRAY_NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$", "maxLength": 200}
+_SHA256 = {"type": "string", "pattern": r"^[0-9a-f]{64}$"}
+_EPOCHS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+_NAMES = {"type": "array", "items": {"type": "string"}}
+_DETECTION = {
+    "type": "object",
+    "required": ["alarm_epoch", "layers", "onsets", "minima", "monitored", "epochs", "params"],
+    "properties": {
+        "alarm_epoch": {"type": ["integer", "null"], "minimum": 0},
+        "alarmed": {"type": "boolean"},
+        "layers": _NAMES,
+        "onsets": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "minima": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "monitored": _NAMES,
+        "epochs": _EPOCHS,
+        "params": {"type": "object"},
+        "summary": {"type": "string"},
+    },
+}
+_OUTCOME = {
+    "type": "object",
+    "properties": {
+        "train_seconds": {"type": ["number", "null"]},
+        "stopped_early_at": {"type": ["integer", "null"]},
+        "stop_reason": {"type": ["string", "null"]},
+        "phase_seconds": {"type": "object", "additionalProperties": {"type": "number"}},
+    },
+}
+#: Schema 3: everything required, nothing unknown (a newer writer bumps the version).
+SCHEMA_3: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": [
+        "format",
+        "schema_version",
+        "config",
+        "detection",
+        "outcome",
+        "layer_order",
+        "data",
+        "tables",
+        "evidence",
+        "arrays",
+        "histograms",
+        "files",
+        "manifest_sha256",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "format": {"const": FORMAT},
+        "schema_version": {"const": 3},
+        "config": {"type": "object"},
+        "detection": {"anyOf": [{"type": "null"}, _DETECTION]},
+        "outcome": {**_OUTCOME, "additionalProperties": False},
+        "layer_order": {**_NAMES, "uniqueItems": True},
+        "data": {"type": "string", "pattern": _DATA_DIR.pattern},
+        "tables": {
+            "type": "object",
+            "required": list(TABLE_COLUMNS),
+            "additionalProperties": False,
+            "properties": {kind: {"type": "array", "items": _FILE_NAME, "minItems": 1} for kind in TABLE_COLUMNS},
+        },
+        "evidence": {"anyOf": [{"type": "null"}, _FILE_NAME]},
+        "arrays": _FILE_NAME,
+        "histograms": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["split", "layer", "epochs", "spatial", "channel"],
+                "additionalProperties": False,
+                "properties": {
+                    "split": {"enum": list(SPLITS)},
+                    "layer": {"type": "string"},
+                    "epochs": _EPOCHS,
+                    "spatial": _ARRAY_NAME,
+                    "channel": _ARRAY_NAME,
+                },
+            },
+        },
+        "files": {
+            "type": "object",
+            "propertyNames": _FILE_NAME,
+            "additionalProperties": {
+                "type": "object",
+                "required": ["sha256", "bytes"],
+                "additionalProperties": False,
+                "properties": {"sha256": _SHA256, "bytes": {"type": "integer", "minimum": 0}},
+            },
+        },
+        "manifest_sha256": _SHA256,
+    },
+}
+#: Schemas 1 and 2 (flat files beside the manifest): what the reader needs, other keys allowed.
+SCHEMA_2: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["format", "schema_version", "histograms", "files"],
+    "properties": {
+        "format": {"const": FORMAT},
+        "schema_version": {"enum": [1, 2]},
+        "config": {"type": ["object", "null"]},
+        "detection": {"anyOf": [{"type": "null"}, _DETECTION]},
+        "detector": {"type": ["object", "null"]},
+        "outcome": {"anyOf": [{"type": "null"}, _OUTCOME]},
+        "layer_order": {"anyOf": [{"type": "null"}, _NAMES]},
+        "histograms": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["split", "layer", "index", "epochs"],
+                "properties": {
+                    "split": {"enum": list(SPLITS)},
+                    "layer": {"type": "string"},
+                    "index": {"type": "integer", "minimum": 0},
+                    "epochs": _EPOCHS,
+                },
+            },
+        },
+        "files": {"type": "object", "propertyNames": _FILE_NAME, "additionalProperties": _SHA256},
+    },
+}
+
+
+@functools.cache
+def _validator(version: int) -> Any:
+    import jsonschema
+
+    schema = SCHEMA_3 if version == 3 else SCHEMA_2
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+# ---------------------------------------------------------------------------- what a run holds
+@dataclass
+class RunFiles:
+    """The contents of a run directory, checked: what :meth:`History.load` builds a History from.
+
+    ``manifest`` is the parsed manifest (schema 1 and 2 as written); ``hists`` maps
+    ``(split, layer)`` to ``(epochs, spatial counts, channel counts)``.
+    """
+
+    version: int
+    manifest: dict[str, Any]
+    tables: dict[str, pd.DataFrame]
+    bin_edges: np.ndarray | None
+    hists: dict[tuple[str, str], tuple[list[int], np.ndarray, np.ndarray]] = field(default_factory=dict)
+    evidence: pd.DataFrame | None = None
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in manifest.items() if k != "manifest_sha256"})).hexdigest()
+
+
+def _strict_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (NaN and infinities are stored as null)")
+
+
+def check_histograms(
+    hists: Mapping[tuple[str, str], tuple[list[int], np.ndarray, np.ndarray]],
+    bins: int,
+    fail: Callable[[str], Exception],
+) -> None:
+    """Each histogram's epochs strictly increasing and its arrays shaped ``(epochs, channels, bins)``
+    and ``(epochs, bins)`` of non-negative integer counts; ``fail(message)`` builds the error."""
+    for (split, layer), (epochs, spatial, channel) in hists.items():
+        where = f"histograms of ({split!r}, {layer!r})"
+        if any(b <= a for a, b in itertools.pairwise(epochs)):
+            raise fail(f"{where}: epochs must be strictly increasing, got {epochs}")
+        n = len(epochs)
+        for name, arr, shape in (("spatial", spatial, (n, None, bins)), ("channel", channel, (n, bins))):
+            ok = arr.ndim == len(shape) and all(s is None or a == s for a, s in zip(arr.shape, shape))
+            if not ok:
+                want = "(" + ", ".join("channels" if s is None else str(s) for s in shape) + ")"
+                raise fail(f"{where}: {name} counts have shape {arr.shape}, expected {want} for {n} epochs")
+            if arr.dtype.kind not in "iu" or (arr.size and arr.min() < 0):
+                raise fail(f"{where}: {name} counts must be non-negative integers, got dtype {arr.dtype}")
+
+
+# ---------------------------------------------------------------------------- writing
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def write_run(
+    path: str | os.PathLike[str],
+    *,
+    config: dict[str, Any],
+    detection: dict[str, Any] | None,
+    outcome: dict[str, Any],
+    layer_order: list[str],
+    tables: Mapping[str, pd.DataFrame],
+    evidence: pd.DataFrame | None,
+    bin_edges: np.ndarray,
+    hists: Mapping[tuple[str, str], tuple[list[int], np.ndarray, np.ndarray]],
+) -> Path:
+    """Write one run to directory ``path`` crash-safely (see the module docstring); returns ``path``.
+
+    ``path`` may be absent, an empty directory (or one holding only what an interrupted save into
+    it left) or a saved run (any schema); anything else raises ``FileExistsError`` and is left alone.
+    """
+    target = Path(path)
+    if target.exists() and not _is_ours(target):
+        raise FileExistsError(
+            f"{target} exists and is not a saved xaisparse History (no {MANIFEST}); refusing to overwrite it"
+        )
+    bins = int(np.asarray(bin_edges).size) - 1
+
+    def invalid(message: str) -> Exception:
+        return ValueError(f"cannot save the History to {target}: {message}")
+
+    check_histograms(hists, bins, invalid)
+    blobs: dict[str, bytes] = {f"{kind}.parquet": _parquet_bytes(tables[kind]) for kind in TABLE_COLUMNS}
+    arrays: dict[str, np.ndarray] = {"bin_edges": np.asarray(bin_edges, dtype=np.float64)}
+    entries = []
+    for i, ((split, layer), (epochs, spatial, channel)) in enumerate(sorted(hists.items())):
+        arrays[f"spatial_{i}"], arrays[f"channel_{i}"] = spatial, channel
+        entries.append(
+            {
+                "split": split,
+                "layer": layer,
+                "epochs": list(epochs),
+                "spatial": f"spatial_{i}",
+                "channel": f"channel_{i}",
+            }
+        )
+    blobs[_ARRAYS] = _npz_bytes(arrays)
+    if evidence is not None:
+        blobs[_EVIDENCE] = _parquet_bytes(evidence)
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "config": config,
+        "detection": detection,
+        "outcome": outcome,
+        "layer_order": list(layer_order),
+        "data": "",  # set below
+        "tables": {kind: [f"{kind}.parquet"] for kind in TABLE_COLUMNS},
+        "evidence": None if evidence is None else _EVIDENCE,
+        "arrays": _ARRAYS,
+        "histograms": entries,
+        "files": {name: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)} for name, b in blobs.items()},
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        _replace_in_place(target, manifest, blobs)
+    else:
+        _create(target, manifest, blobs)
+    _remove_leftovers(target, keep=manifest["data"])
+    return target
+
+
+def _manifest_bytes(manifest: dict[str, Any], target: Path) -> bytes:
+    """The manifest as written, with its own SHA-256; validated first (a save never writes what load rejects)."""
+    manifest = json.loads(json.dumps(manifest, allow_nan=False))  # exactly what a reader will parse
+    manifest["manifest_sha256"] = _manifest_digest(manifest)
+    problem = _schema_problem(manifest, SCHEMA_VERSION)
+    if problem:
+        raise ValueError(f"cannot save the History to {target}: its manifest would be invalid: {problem}")
+    return json.dumps(manifest, indent=1, allow_nan=False).encode("utf-8")
+
+
+def _write_data_dir(folder: Path, blobs: Mapping[str, bytes]) -> None:
+    folder.mkdir()
+    for name, data in blobs.items():
+        write_new_file(folder / name, data)
+    fsync_dir(folder)
+
+
+def _create(target: Path, manifest: dict[str, Any], blobs: Mapping[str, bytes]) -> None:
+    """First save: build the run under a hidden name beside ``target``, then rename it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        manifest["data"] = "data-000001"
+        _write_data_dir(tmp / manifest["data"], blobs)
+        write_new_file(tmp / MANIFEST, _manifest_bytes(manifest, target))
+        fsync_dir(tmp)
+        os.rename(tmp, target)  # fails (and changes nothing) if target appeared meanwhile
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_in_place(target: Path, manifest: dict[str, Any], blobs: Mapping[str, bytes]) -> None:
+    """Later saves: a new data directory, then the manifest replaced atomically (the commit point)."""
+    numbers = [int(m.group(1)) for p in target.iterdir() if (m := _DATA_DIR.match(p.name))]
+    manifest["data"] = f"data-{max(numbers, default=0) + 1:06d}"
+    folder = target / manifest["data"]
+    try:
+        _write_data_dir(folder, blobs)
+        atomic_write_bytes(target / MANIFEST, _manifest_bytes(manifest, target))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # never referenced: the old manifest is in place
+        raise
+
+
+def _is_ours(target: Path) -> bool:
+    """A saved run, or a directory holding nothing but what an interrupted save into it left (or nothing)."""
+    if not target.is_dir():
+        return False
+    return (target / MANIFEST).is_file() or all(_is_leftover(p.name) for p in target.iterdir())
+
+
+def _is_leftover(name: str) -> bool:
+    return bool(_DATA_DIR.match(name)) or name.startswith(f".{MANIFEST}.")
+
+
+def _remove_leftovers(target: Path, keep: str) -> None:
+    """After a committed save: what no manifest references any more, and what interrupted saves left."""
+    for p in target.iterdir():
+        if (_is_leftover(p.name) and p.name != keep) or (p.name in _LEGACY_FILES and p.is_file()):
+            _remove(p)
+    for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        if p.name.startswith((f".{target.name}.tmp-", f".{target.name}.old-")):  # this writer's and 0.x's
+            _remove(p)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- reading
+class _Replaced(Exception):
+    """A file the manifest names vanished because a concurrent save replaced the run: read again."""
+
+
+def read_run(path: str | os.PathLike[str]) -> RunFiles:
+    """Read and validate a run directory (or a directory holding one in ``history/``)."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"no run directory at {root}{_leftover_note(root)}")
+    if root.is_dir() and not (root / MANIFEST).exists() and (root / "history" / MANIFEST).exists():
+        root = root / "history"
+    man_path = root / MANIFEST
+    if not man_path.is_file():
+        raise HistoryFormatError(
+            f"{root} is not an xaisparse run directory: expected {MANIFEST} (written by History.save) inside it"
+        )
+    for attempt in range(_TRIES):
+        raw = _manifest_bytes_of(man_path)
+        try:
+            return _read(root, man_path, raw)
+        except _Replaced as exc:
+            if attempt == _TRIES - 1 or _manifest_bytes_of(man_path) == raw:
+                raise HistoryFormatError(str(exc)) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _manifest_bytes_of(man_path: Path) -> bytes:
+    """The manifest's bytes (one seam: the corruption tests feed edited bytes here, not to the disk)."""
+    return man_path.read_bytes()
+
+
+def _leftover_note(root: Path) -> str:
+    """A hint when an interrupted save of xaisparse 0.x left the run under a hidden name beside ``root``."""
+    if not root.parent.is_dir():
+        return ""
+    found = sorted(p.name for p in root.parent.glob(f".{glob.escape(root.name)}.*") if (p / MANIFEST).is_file())
+    if not found:
+        return ""
+    return (
+        f" (an interrupted save left {', '.join(found)} beside it: the .old-* directory is the run as it was "
+        f"before that save; rename it to {root.name} to recover it)"
+    )
+
+
+def _schema_problem(manifest: Any, version: int) -> str | None:
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator(version).iter_errors(manifest))
+    if error is None:
+        return None
+    message = error.message if len(error.message) <= 300 else error.message[:300] + "…"
+    return f"at {error.json_path}: {message}"
+
+
+def _parse(man_path: Path, raw: bytes) -> tuple[dict[str, Any], int]:
+    def bad(problem: str) -> HistoryFormatError:
+        return HistoryFormatError(f"{man_path} is not a valid xaisparse history manifest: {problem}")
+
+    try:
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=_strict_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise HistoryFormatError(f"{man_path} is corrupt or truncated (not valid JSON: {exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise HistoryFormatError(f"{man_path} is not an xaisparse history: expected format {FORMAT!r}, got {got!r}")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        raise HistoryFormatError(
+            f"{man_path} has schema version {version!r}; this xaisparse reads versions 1..{SCHEMA_VERSION} "
+            "(upgrade xaisparse to read newer runs)"
+        )
+    if version == 3:
+        stored = manifest.get("manifest_sha256")
+        if stored != _manifest_digest(manifest):
+            raise bad("its SHA-256 does not match its contents (the file was edited or damaged)")
+    problem = _schema_problem(manifest, version)
+    if problem:
+        raise bad(f"{problem} (schema {version})")
+    return manifest, version
+
+
+def _layout(manifest: dict[str, Any], version: int, bad: Callable[[str], HistoryFormatError]) -> dict[str, Any]:
+    """Where the data are, in schema-3 terms (schemas 1 and 2 keep flat files beside the manifest)."""
+    if version == 3:
+        layout = {k: manifest[k] for k in ("data", "tables", "evidence", "arrays", "histograms", "files")}
+    else:
+        files = manifest["files"]
+        layout = {
+            "data": "",
+            "tables": {kind: [f"{kind}.parquet"] for kind in TABLE_COLUMNS},
+            "evidence": _EVIDENCE if _EVIDENCE in files else None,
+            "arrays": _ARRAYS,
+            "histograms": [
+                {**h, "spatial": f"spatial_{h['index']}", "channel": f"channel_{h['index']}"}
+                for h in manifest["histograms"]
+            ],
+            "files": {name: {"sha256": digest, "bytes": None} for name, digest in files.items()},
+        }
+    named = [*(p for parts in layout["tables"].values() for p in parts), layout["arrays"]]
+    named += [layout["evidence"]] if layout["evidence"] else []
+    for name in named:
+        if name not in layout["files"]:
+            raise bad(f"{name} is used but not listed in 'files' (with its SHA-256)")
+    keys, arrays = set(), set()
+    for i, h in enumerate(layout["histograms"]):
+        key = (h["split"], h["layer"])
+        if key in keys:
+            raise bad(f"histograms[{i}] repeats split {key[0]!r}, layer {key[1]!r}")
+        keys.add(key)
+        for name in (h["spatial"], h["channel"]):
+            if name in arrays or name == "bin_edges":
+                raise bad(f"histograms[{i}] uses array {name!r} twice")
+            arrays.add(name)
+    return layout
+
+
+def _read(root: Path, man_path: Path, raw: bytes) -> RunFiles:
+    manifest, version = _parse(man_path, raw)
+
+    def bad(problem: str) -> HistoryFormatError:
+        return HistoryFormatError(f"{man_path} is not a valid xaisparse history manifest: {problem}")
+
+    layout = _layout(manifest, version, bad)
+    folder = root / layout["data"]
+    for name, entry in layout["files"].items():
+        fpath = folder / name
+        try:
+            size = fpath.stat().st_size if fpath.is_file() else None
+            digest = None if size is None or size != (entry["bytes"] or size) else sha256(fpath)
+        except FileNotFoundError:  # removed between the two looks: a concurrent save
+            size = None
+        if size is None:
+            raise _Replaced(f"run directory {root} is incomplete: {Path(layout['data'], name)} is missing")
+        if entry["bytes"] is not None and size != entry["bytes"]:
+            raise _Replaced(f"{fpath} is corrupt or truncated: {size} bytes, the manifest says {entry['bytes']} bytes")
+        if digest != entry["sha256"]:
+            raise _Replaced(f"{fpath} is corrupt or truncated (its SHA-256 does not match the manifest)")
+
+    def damaged(name: str, exc: Exception) -> HistoryFormatError:
+        return HistoryFormatError(f"{folder / name} cannot be read: {type(exc).__name__}: {exc}")
+
+    tables = {kind: _read_table(folder, parts, kind, damaged) for kind, parts in layout["tables"].items()}
+    try:
+        with np.load(folder / layout["arrays"], allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise _Replaced(f"{folder / layout['arrays']} vanished while it was read") from None
+    except Exception as exc:  # zipfile / format errors of a damaged file
+        raise damaged(layout["arrays"], exc) from None
+
+    def wrong(problem: str) -> HistoryFormatError:
+        return HistoryFormatError(f"{folder / layout['arrays']} does not match {man_path}: {problem}")
+
+    edges = arrays.get("bin_edges")
+    if edges is None and version == 3:
+        raise wrong("no bin_edges array")
+    if edges is not None and (
+        edges.ndim != 1 or edges.size < 2 or edges.dtype.kind != "f" or not np.all(np.diff(edges) > 0)
+    ):
+        raise wrong(f"bin_edges must be increasing floats (at least 2), got {edges.dtype} of shape {edges.shape}")
+    hists = {}
+    for h in layout["histograms"]:
+        for name in (h["spatial"], h["channel"]):
+            if name not in arrays:
+                raise wrong(f"array {name!r} of ({h['split']!r}, {h['layer']!r}) is missing")
+        hists[(h["split"], h["layer"])] = ([int(e) for e in h["epochs"]], arrays[h["spatial"]], arrays[h["channel"]])
+    bins = edges.size - 1 if edges is not None else 20
+    check_histograms(hists, bins, wrong)
+    evidence = None
+    if layout["evidence"]:
+        evidence = _read_parquet(folder / layout["evidence"], damaged)
+    return RunFiles(version, manifest, tables, edges, hists, evidence)
+
+
+def _read_parquet(fpath: Path, damaged: Callable[[str, Exception], HistoryFormatError]) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(fpath)
+    except FileNotFoundError:
+        raise _Replaced(f"{fpath} vanished while it was read") from None
+    except Exception as exc:  # pyarrow's errors on damaged files
+        raise damaged(fpath.name, exc) from None
+
+
+def _read_table(
+    folder: Path, parts: list[str], kind: str, damaged: Callable[[str, Exception], HistoryFormatError]
+) -> pd.DataFrame:
+    """The parts of one table, concatenated, with checked columns and the dtypes the writer used."""
+    cols = TABLE_COLUMNS[kind]
+    frames = []
+    for name in parts:
+        t = _read_parquet(folder / name, damaged)
+        if list(t.columns) != cols:
+            raise HistoryFormatError(f"{folder / name} has columns {list(t.columns)}, expected {cols}")
+        for col in cols:
+            kind_ok = {"epoch": "iu", "channel": "iu", "value": "fiu"}.get(col)
+            if kind_ok is not None and t[col].dtype.kind not in kind_ok:
+                raise HistoryFormatError(f"{folder / name}: column {col!r} has dtype {t[col].dtype}, expected numbers")
+        splits = set(t["split"].astype(str)) - set(SPLITS)
+        if splits:
+            raise HistoryFormatError(f"{folder / name}: unknown split(s) {sorted(splits)}; expected {list(SPLITS)}")
+        frames.append(t)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
