@@ -97,8 +97,12 @@ def _figures(
     pairs: pd.DataFrame,
     lead_methods: tuple[str, ...] = ("D0", *CANDIDATES, "B1", "B2", "L1", "L2"),
     order: tuple[str, ...] = METHODS,
+    scores_name: str = "scores.png",
 ) -> list[str]:
-    """Seaborn figures (object-oriented matplotlib, no pyplot): outcome bars, lead ECDFs, paired differences."""
+    """Seaborn figures (object-oriented matplotlib, no pyplot): outcome bars, lead ECDFs, paired differences.
+
+    The score bars of ``summaries`` go to ``scores_name``; the lead ECDFs read the held-out rows of ``table``.
+    """
     import seaborn as sns
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -120,8 +124,8 @@ def _figures(
             ax.set_xlim(-1.05, 1.05)
             ax.set_xlabel("hit − false alarm (95 % bootstrap CI)")
             ax.set_title(f"{g}\n({int(s.runs.iloc[0])} runs)")
-        fig.savefig(out / "scores.png", dpi=110)
-        written.append("scores.png")
+        fig.savefig(out / scores_name, dpi=110)
+        written.append(scores_name)
     held = table[(table.split == "held_out") & table.method.isin(lead_methods)]
     held = held.merge(runs[["run", "dataset"]], on="run")
     if not held.empty:

@@ -144,14 +144,18 @@ def _v2_again(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _signal_figure(out: Path, scored: dict[str, Any]) -> str | None:
-    """Median of each signal (z-scored within its run) against epochs from the test-loss minimum, held-out runs."""
+def _signal_figure(out: Path, scored: dict[str, Any], split: str = "held_out") -> str | None:
+    """Median of each signal (z-scored within its run) against epochs from the test-loss minimum.
+
+    Drawn from the runs of ``split``: ``signals.png`` for the held-out runs, ``signals_tuning.png`` for the
+    tuning runs (the runs the tuned rules were chosen on: a picture of the signals, not a held-out result).
+    """
     import seaborn as sns
     from matplotlib.figure import Figure
 
     rows = []
     for job, _h, f, _loss, sig, _twin in scored.values():
-        if job.split != "held_out":
+        if job.split != split:
             continue
         for name, s in sig.items():
             if s is None or s.dropna().size < 3 or not np.nanstd(s.to_numpy(dtype=float)):
@@ -174,11 +178,12 @@ def _signal_figure(out: Path, scored: dict[str, Any]) -> str | None:
         if not sub.empty:
             sns.lineplot(data=sub, x="from_min", y="z", hue="optimiser", estimator="median", errorbar=("pi", 50), ax=ax)
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_title(f"{name} (held-out runs)")
+        ax.set_title(f"{name} ({split.replace('_', '-')} runs)")
         ax.set_xlabel("epoch − e* (test-loss minimum)")
         ax.set_ylabel("signal, z-scored per run (median, IQR)")
-    fig.savefig(out / "signals.png", dpi=110)
-    return "signals.png"
+    name = "signals.png" if split == "held_out" else f"signals_{split}.png"
+    fig.savefig(out / name, dpi=110)
+    return name
 
 
 def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_000, quick: bool = False) -> Path:
@@ -193,7 +198,7 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
         protocol="Protocol: `studies/PROTOCOL.md` and its v3 addendum (pre-registered before any v3 run).",
         quick=quick,
         timing_note="Wall seconds of one training run with the label-free signals (one process, one torch thread, "
-        "`nice -n 19`, 2 submitit workers on the shared 2-core machine; `median_load1`: the 1-minute load average "
+        "`nice -n 19`, 2 submitit workers on the shared 2-core machine, 1 in the last session; `median_load1`: the 1-minute load average "
         "when the run ended).",
     )
     complete = bool((status.status == "complete").all())
@@ -334,8 +339,18 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
         lead_methods=("P1", "P2", "P3", "P4", "P5", "P6", "D1", "B2", "L2"),
         order=tuple(dict.fromkeys([*SET_METHODS["adam"], *SET_METHODS["sgd"], "P7"])),
     )
-    sig_fig = _signal_figure(results, scored)
-    figs += [sig_fig] if sig_fig else []
+    pooled = summary.group.str.endswith("pooled")
+    figs += _figures(
+        results,
+        summary[pooled & summary.group.str.startswith("tuning")],
+        table.iloc[:0],
+        runs,
+        pd.DataFrame(),
+        scores_name="scores_tuning.png",
+    )
+    for split in ("held_out", "tuning"):
+        sig_fig = _signal_figure(results, scored, split)
+        figs += [sig_fig] if sig_fig else []
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
     lines += [
         "Labels of the methods:",

@@ -43,28 +43,32 @@ ALPHA = 0.05
 
 
 def run_facts(history: Any) -> dict[str, Any]:
-    """Test-loss facts of one run (the yardstick: held-out labels, for scoring only)."""
+    """Test-loss facts of one run (the yardstick: held-out labels, for scoring only).
+
+    The facts a run summary holds come from :meth:`History.summary
+    <xaisparse.history.History.summary>` (finite-only minimum, earliest on ties; last values);
+    the study adds whether the loss overfits (§7: 5 % above its minimum), the largest rise, the
+    accuracy at the minimum and the mean final sparsity over the layers.
+    """
+    row = history.summary(split="test").iloc[0]
     loss = history.metric("test", "loss")
-    loss = loss[~loss.index.duplicated(keep="last")].sort_index()
-    acc = history.metric("test", "accuracy")
-    acc = acc[~acc.index.duplicated(keep="last")].sort_index()
     e_star, overfit = overfits(loss, MIN_RISE, relative=True)
-    best = float(loss[e_star])
+    best = float(row["min test loss"])
     last = int(loss.index.max())
-    sparsity = history.layer_matrix("test", "spatial_mean")
-    final = sparsity[last] if last in sparsity.columns else pd.Series(dtype=float)
+    final = row[[c for c in row.index if c.startswith("sparsity ")]].to_numpy(dtype=float)
+    seconds = row["train seconds"]
     return {
         "e_star": e_star,
         "last_epoch": last,
         "overfits": overfit,
         "min_loss": best,
-        "last_loss": float(loss[last]),
+        "last_loss": float(row["last test loss"]),
         "max_rise": float(loss[loss.index > e_star].max() / best - 1) if last > e_star else 0.0,
-        "best_acc": float(acc.max()),
-        "acc_at_best": float(acc.get(e_star, math.nan)),
-        "last_acc": float(acc[last]),
-        "final_sparsity": float(np.nanmean(final.to_numpy(dtype=float))) if final.notna().any() else math.nan,
-        "train_seconds": history.outcome.train_seconds,
+        "best_acc": float(row["best test acc"]),
+        "acc_at_best": float(history.metric("test", "accuracy").get(e_star, math.nan)),
+        "last_acc": float(row["last test acc"]),
+        "final_sparsity": float(np.nanmean(final)) if np.isfinite(final).any() else math.nan,
+        "train_seconds": None if pd.isna(seconds) else float(seconds),
         "num_classes": len(history.config.get("data", {}).get("test_class_counts", [])) or math.nan,
     }
 
