@@ -212,7 +212,8 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
     chosen = []
     for cand, (signal, how, which) in published.CANDIDATES.items():
         row: dict[str, Any] = {"candidate": cand, "signal": signal, "rule": how, "runs": which}
-        row["chosen"] = rules[cand].describe()
+        tuned_on_nothing = how == "tuned" and (grid_scores.empty or cand not in set(grid_scores.candidate))
+        row["chosen"] = "not chosen: no tuning run" if tuned_on_nothing else rules[cand].describe()
         if how == "tuned" and not grid_scores.empty:
             g = grid_scores[grid_scores.candidate == cand]
             best = g[g.rule == row["chosen"]].iloc[0] if len(g) else None
