@@ -10,7 +10,7 @@ UV := $(TOOLS)/bin/uv
 STAMP := $(VENV)/.xaisparse-installed
 JOBS ?= 2
 
-.PHONY: venv lint test docs demo lock bench study study-quick study-v1 lab clean
+.PHONY: venv lint test docs demo lock bench study study-quick study-v2 study-v1 lab clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -57,14 +57,20 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/overhead.py
 
+## Study v3 (studies/PROTOCOL.md and its v3 addendum): the grid through submitit, hours on 2 cores.
 study: $(STAMP)
-	nice -n 19 $(PY) studies/study.py --out runs/study --workers 2
+	nice -n 19 $(PY) -m studies --study v3 --out runs/study --workers 2
 
 study-quick: $(STAMP)
-	$(PY) studies/study.py --quick --out runs/study-quick --archs small_cnn --datasets digits
+	$(PY) -m studies --quick --out runs/study-quick --archs small_cnn --datasets digits
 
-study-v1: $(STAMP)
-	$(PY) studies/replicate.py --out runs/study-v1
+## Study v2's grid (parts A, R, T); its committed results are studies/results/v2/.
+study-v2: $(STAMP)
+	nice -n 19 $(PY) -m studies --study v2 --out runs/study-v2 --workers 2
+
+## Study v1 is kept as committed results only (its script was retired; `git log -- studies/replicate.py`).
+study-v1:
+	@echo "study v1 is kept as results: studies/results/results.md and its tables (script retired: git log -- studies/replicate.py)"
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -45,6 +45,7 @@ include_patterns = [
     "bench/README.md",
     "studies/results/results.md",
     "studies/results/v2/results.md",
+    "studies/results/v3/results.md",
 ]
 exclude_patterns = [".venv", ".tools", ".git", "build", "runs", "test-artifacts", "**/.ipynb_checkpoints"]
 root_doc = "docs/index"

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from grid import EPOCHS, Job, is_finished, run_dir
-from methods import CANDIDATES, LABELS
-from regularisers import c3, c4, learning_check
-from regularisers import learned as is_learned
-from scoring import CELL, NO_STOP, decision, method_rows, run_facts, summarise
 
 from xaisparse._io import atomic_write_text
-from xaisparse.history import History
+
+from .grid import EPOCHS, Job, is_finished, load_history, run_dir
+from .methods import CANDIDATES, LABELS
+from .regularisers import REGULARISERS, c3, c4, learning_check, pairs
+from .regularisers import learned as is_learned
+from .scoring import CELL, DECISION_COLUMNS, NO_STOP, decision, method_rows, run_facts, summarise
 
 #: The exploration's stops of the pre-registered methods on the tuning runs (PROTOCOL.md §6).
 EXPLORATION_STOPS = Path(__file__).resolve().parent / "explore" / "results" / "selected_runs.csv"
@@ -51,27 +51,24 @@ def _status(root: Path, grid: list[Job]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def run_record(root: Path, row: Any) -> tuple[Any, dict[str, Any]]:
+    """A finished run's History and its facts (test-loss facts, the grid's labels, the measured times).
+
+    ``row``: anything with the grid's columns as attributes (a row of ``grid_status.csv``).
+    """
+    h = load_history(root, row.run)
+    f = run_facts(h)
+    study = h.config.get("study", {})
+    f.update({k: getattr(row, k) for k in ("run", "part", "split", "dataset", "arch", "regime", "condition", "seed")})
+    f.update({k: study.get(k, math.nan) for k in ("wall_seconds", "load1", "started", "finished")})
+    return h, f
+
+
 def _load(root: Path, status: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-run facts (one row per finished run) and per-run method rows (detector parts A and T)."""
     facts, methods = [], []
     for row in status[status.status == "complete"].itertuples():
-        h = History.load(root / "runs" / row.run)
-        f = run_facts(h)
-        study = h.config.get("study", {})
-        f.update(
-            run=row.run,
-            part=row.part,
-            split=row.split,
-            dataset=row.dataset,
-            arch=row.arch,
-            regime=row.regime,
-            condition=row.condition,
-            seed=row.seed,
-            wall_seconds=study.get("wall_seconds", math.nan),
-            load1=study.get("load1", math.nan),
-            started=study.get("started", math.nan),
-            finished=study.get("finished", math.nan),
-        )
+        h, f = run_record(root, row)
         facts.append(f)
         if row.condition == "baseline":
             for m in method_rows(row.run, h, f):
@@ -93,9 +90,19 @@ def _rates(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _figures(
-    out: Path, summaries: pd.DataFrame, table: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame
+    out: Path,
+    summaries: pd.DataFrame,
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    pairs: pd.DataFrame,
+    lead_methods: tuple[str, ...] = ("D0", *CANDIDATES, "B1", "B2", "L1", "L2"),
+    order: tuple[str, ...] = METHODS,
+    scores_name: str = "scores.png",
 ) -> list[str]:
-    """Seaborn figures (object-oriented matplotlib, no pyplot): outcome bars, lead ECDFs, paired differences."""
+    """Seaborn figures (object-oriented matplotlib, no pyplot): outcome bars, lead ECDFs, paired differences.
+
+    The score bars of ``summaries`` go to ``scores_name``; the lead ECDFs read the held-out rows of ``table``.
+    """
     import seaborn as sns
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -109,7 +116,7 @@ def _figures(
         for ax, g in zip(axes, groups):
             s = summaries[(summaries.group == g) & (summaries.method != NO_STOP)]
             y = np.arange(len(s))
-            ax.barh(y, s.score, color=["#0173b2" if m.startswith("D") else "#949494" for m in s.method])
+            ax.barh(y, s.score, color=["#0173b2" if m.startswith(("D", "P")) else "#949494" for m in s.method])
             ax.errorbar(s.score, y, xerr=[s.score - s.score_lo, s.score_hi - s.score], fmt="none", color="k", lw=1)
             ax.axvline(0, color="k", lw=0.8)
             ax.set_yticks(y, s.method)
@@ -117,13 +124,14 @@ def _figures(
             ax.set_xlim(-1.05, 1.05)
             ax.set_xlabel("hit − false alarm (95 % bootstrap CI)")
             ax.set_title(f"{g}\n({int(s.runs.iloc[0])} runs)")
-        fig.savefig(out / "scores.png", dpi=110)
-        written.append("scores.png")
-    held = table[(table.split == "held_out") & table.method.isin(("D0", *CANDIDATES, "B1", "B2", "L1", "L2"))]
+        fig.savefig(out / scores_name, dpi=110)
+        written.append(scores_name)
+    held = table[(table.split == "held_out") & table.method.isin(lead_methods)]
     held = held.merge(runs[["run", "dataset"]], on="run")
     if not held.empty:
         datasets = sorted(held.dataset.unique())
-        order = [m for m in METHODS if m in set(held.method)]
+        order = [m for m in (*order, *lead_methods) if m in set(held.method)]
+        order = list(dict.fromkeys(order))
         fig = Figure(figsize=(5.2 * len(datasets), 4.2), layout="constrained")
         axes = fig.subplots(1, len(datasets), sharey=True, squeeze=False)[0]
         for ax, d in zip(axes, datasets):
@@ -228,21 +236,33 @@ def _busy_seconds(runs: pd.DataFrame) -> float:
     return total
 
 
-def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_000, quick: bool = False) -> Path:
-    """Score every finished run of ``grid`` under ``root`` and rewrite ``results`` (tables, figures, results.md)."""
+def start_results(results: Path, root: Path, grid: list[Job]) -> pd.DataFrame:
+    """Empty ``results`` of earlier tables and figures; write and return the grid's status."""
     results.mkdir(parents=True, exist_ok=True)
     for old in [*results.glob("*.csv"), *results.glob("*.png")]:  # nothing stale from an earlier analysis
         old.unlink()
     status = _status(root, grid)
     status.to_csv(results / "grid_status.csv", index=False)
-    runs, table = _load(root, status)
+    return status
+
+
+def head_lines(
+    results: Path,
+    status: pd.DataFrame,
+    runs: pd.DataFrame,
+    *,
+    title: str,
+    protocol: str,
+    quick: bool,
+    timing_note: str,
+) -> list[str]:
+    """The top of results.md: title, date, runs complete / missing, the measured times (also as CSV)."""
     lines = [
-        "# Study v2 results (generated by `studies/study.py`; never edited by hand)",
+        f"# {title}",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         + (" in **--quick** mode (8 epochs, 100 images: a test of the code, not a result)." if quick else "."),
-        "Protocol: `studies/PROTOCOL.md` (pre-registered). Runs complete / in the grid, by part, dataset and architecture "
-        "(`grid_status.csv` lists every run):",
+        f"{protocol} Runs complete / in the grid, by part, dataset and architecture (`grid_status.csv` lists every run):",
         "",
     ]
     counts = status.groupby(["part", "dataset", "arch", "condition"]).status.value_counts().unstack(fill_value=0)
@@ -254,17 +274,24 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
     if not timing.empty:
         timing.to_csv(results / "timing.csv", index=False)
         timing_total.to_csv(results / "timing_total.csv", index=False)
-        lines += [
-            "## Measured time per run",
-            "",
-            "Wall seconds of one training run (one process, one torch thread, `nice -n 19`, on the shared "
-            "2-core machine; `median_load1`: the 1-minute load average when the run ended).",
-            "",
-            _md(timing, ".1f"),
-            "",
-            projection,
-            "",
-        ]
+        lines += ["## Measured time per run", "", timing_note, "", _md(timing, ".1f"), "", projection, ""]
+    return lines
+
+
+def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_000, quick: bool = False) -> Path:
+    """Score every finished run of ``grid`` under ``root`` and rewrite ``results`` (tables, figures, results.md)."""
+    status = start_results(results, root, grid)
+    runs, table = _load(root, status)
+    lines = head_lines(
+        results,
+        status,
+        runs,
+        title="Study v2 results (generated by `python -m studies --study v2`; never edited by hand)",
+        protocol="Protocol: `studies/PROTOCOL.md` (pre-registered).",
+        quick=quick,
+        timing_note="Wall seconds of one training run (one process, one torch thread, `nice -n 19`, on the shared "
+        "2-core machine; `median_load1`: the 1-minute load average when the run ended).",
+    )
     if runs.empty:
         atomic_write_text(results / "results.md", "\n".join(lines) + "\n")
         return results
@@ -321,23 +348,7 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
         lines += [
             "### Decision (§8) on the held-out runs" + ("" if complete else " scored so far"),
             "",
-            _md(
-                decided[
-                    [
-                        "method",
-                        "score",
-                        "p_holm",
-                        "c1_score_above_0",
-                        "minus_B1",
-                        "minus_B2",
-                        "minus_B3",
-                        "c2_beats_references",
-                        "c3_above_0_each_dataset",
-                        "works",
-                        "default_worthy",
-                    ]
-                ]
-            ),
+            _md(decided[DECISION_COLUMNS]),
             "",
             (
                 "**Variants meeting all three criteria: " + (", ".join(works) if works else "none") + "**; "
@@ -428,8 +439,6 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
             _md(t4[t4.metric == "last_loss"], ".3f"),
             "",
         ]
-    from regularisers import REGULARISERS, pairs
-
     classes = reg.groupby("dataset").num_classes.first()
     for cond in ("penalty", *REGULARISERS):
         p = pairs(reg, cond, "baseline")

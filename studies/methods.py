@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from xaisparse.detect import OverfitDetector, early_stopping_epoch
+from xaisparse.detect import LEGACY_DEFAULTS, OverfitDetector, early_stopping_epoch
 from xaisparse.detect.baselines import fixed_epoch, restored_best_epoch
 from xaisparse.detect.baselines import train_loss_plateau_epoch as plateau
 
-#: id -> the detector (D0 exactly as shipped; D1–D4 drop layers undefined at epoch 0, §5).
+#: id -> the detector (D0 exactly as shipped before v3 — the package's default until the v3
+#: addendum §V4 made D1 the default —; D1–D4 drop layers undefined at epoch 0, §5).
 DETECTORS: dict[str, OverfitDetector] = {
-    "D0": OverfitDetector(),
+    "D0": OverfitDetector(**LEGACY_DEFAULTS),
     "D1": OverfitDetector(
         smooth=1, threshold=0.0, noise=6.0, patience=3, min_layers=1.0, warmup=5, exclude_undefined=True
     ),

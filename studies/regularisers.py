@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scoring import ALPHA, holm
+
+from .bootstrap import median_ci
+from .scoring import ALPHA, holm
 
 METRICS = ("last_loss", "best_acc", "last_acc", "min_loss", "final_sparsity")
 PRIMARY = "last_loss"
@@ -30,17 +32,6 @@ def wilcoxon_p(diff: np.ndarray) -> float:
     if len(d) == 0:
         return 1.0
     return float(wilcoxon(d, zero_method="wilcox", method="exact", alternative="two-sided").pvalue)
-
-
-def median_ci(diff: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95 % CI of the median (seeds resampled)."""
-    d = diff[np.isfinite(diff)]
-    if len(d) == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    boot = np.median(d[rng.integers(0, len(d), size=(resamples, len(d)))], axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def pairs(runs: pd.DataFrame, condition: str, reference: str) -> pd.DataFrame:

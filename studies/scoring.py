@@ -15,42 +15,62 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from methods import CANDIDATES, CHANCE_FIRST, LABEL_FREE_REFERENCES, LABELS, stops
 
 from xaisparse.detect import OUTCOMES
 from xaisparse.detect.baselines import chance_outcomes
 from xaisparse.detect.scoring import classify, overfits
 
+from .bootstrap import percentile_ci, resample_index
+from .methods import CANDIDATES, CHANCE_FIRST, LABEL_FREE_REFERENCES, LABELS, stops
+
 MIN_RISE = 0.05  # §7: the run overfits when its test loss rises 5 % above the minimum
 MAX_LEAD, LATE = 5, 2
 CELL = ["dataset", "arch", "regime"]
+#: the columns of the decision table shown in results.md
+DECISION_COLUMNS = [
+    "method",
+    "score",
+    "p_holm",
+    "c1_score_above_0",
+    "minus_B1",
+    "minus_B2",
+    "minus_B3",
+    "c2_beats_references",
+    "c3_above_0_each_dataset",
+    "works",
+    "default_worthy",
+]
 NO_STOP = "N0"  # train to the last epoch: the excess loss a stop has to beat
 ALPHA = 0.05
 
 
 def run_facts(history: Any) -> dict[str, Any]:
-    """Test-loss facts of one run (the yardstick: held-out labels, for scoring only)."""
+    """Test-loss facts of one run (the yardstick: held-out labels, for scoring only).
+
+    The facts a run summary holds come from :meth:`History.summary
+    <xaisparse.history.History.summary>` (finite-only minimum, earliest on ties; last values);
+    the study adds whether the loss overfits (§7: 5 % above its minimum), the largest rise, the
+    accuracy at the minimum and the mean final sparsity over the layers.
+    """
+    row = history.summary(split="test").iloc[0]
     loss = history.metric("test", "loss")
-    loss = loss[~loss.index.duplicated(keep="last")].sort_index()
-    acc = history.metric("test", "accuracy")
-    acc = acc[~acc.index.duplicated(keep="last")].sort_index()
     e_star, overfit = overfits(loss, MIN_RISE, relative=True)
-    best = float(loss[e_star])
+    best = float(row["min test loss"])
     last = int(loss.index.max())
-    sparsity = history.layer_matrix("test", "spatial_mean")
-    final = sparsity[last] if last in sparsity.columns else pd.Series(dtype=float)
+    final = row[[c for c in row.index if c.startswith("sparsity ")]].to_numpy(dtype=float)
+    seconds = row["train seconds"]
     return {
         "e_star": e_star,
         "last_epoch": last,
         "overfits": overfit,
         "min_loss": best,
-        "last_loss": float(loss[last]),
+        "last_loss": float(row["last test loss"]),
         "max_rise": float(loss[loss.index > e_star].max() / best - 1) if last > e_star else 0.0,
-        "best_acc": float(acc.max()),
-        "acc_at_best": float(acc.get(e_star, math.nan)),
-        "last_acc": float(acc[last]),
-        "final_sparsity": float(np.nanmean(final.to_numpy(dtype=float))) if final.notna().any() else math.nan,
-        "train_seconds": history.outcome.train_seconds,
+        "best_acc": float(row["best test acc"]),
+        "acc_at_best": float(history.metric("test", "accuracy").get(e_star, math.nan)),
+        "last_acc": float(row["last test acc"]),
+        "final_sparsity": float(np.nanmean(final)) if np.isfinite(final).any() else math.nan,
+        "train_seconds": None if pd.isna(seconds) else float(seconds),
         "num_classes": len(history.config.get("data", {}).get("test_class_counts", [])) or math.nan,
     }
 
@@ -60,8 +80,14 @@ def _excess(loss: pd.Series, stop: int | None, best: float) -> float:
     return float(loss.get(at, math.nan) / best - 1)
 
 
-def method_rows(name: str, history: Any, facts: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per method on one run: stop, lead, outcome probabilities, excess loss."""
+def method_rows(
+    name: str, history: Any, facts: dict[str, Any], extra: dict[str, int | None] | None = None
+) -> list[dict[str, Any]]:
+    """One row per method on one run: stop, lead, outcome probabilities, excess loss.
+
+    The methods are v2's (:func:`~studies.methods.stops`), ``extra`` (more stops by method id),
+    no stop (``N0``) and chance (``B3``, its exact expected outcome shares).
+    """
     loss = history.metric("test", "loss")
     loss = loss[~loss.index.duplicated(keep="last")].sort_index()
     e_star, overfit, best = facts["e_star"], facts["overfits"], facts["min_loss"]
@@ -70,7 +96,7 @@ def method_rows(name: str, history: Any, facts: dict[str, Any]) -> list[dict[str
         return classify(overfit, stop, e_star, MAX_LEAD, LATE)[0]
 
     rows = []
-    for method, stop in {**stops(history), NO_STOP: None}.items():
+    for method, stop in {**stops(history), **(extra or {}), NO_STOP: None}.items():
         outcome, lead = classify(overfit, stop, e_star, MAX_LEAD, LATE)
         rows.append(
             {
@@ -98,26 +124,7 @@ def method_rows(name: str, history: Any, facts: dict[str, Any]) -> list[dict[str
     return rows
 
 
-# ---------------------------------------------------------------------------- bootstrap
-def resample_index(cells: pd.Series, resamples: int, seed: int = 0) -> np.ndarray:
-    """``resamples × n`` row positions: each cell's rows resampled with replacement within the cell."""
-    rng = np.random.default_rng(seed)
-    codes = pd.factorize(cells)[0]
-    parts = []
-    for c in np.unique(codes):
-        pos = np.flatnonzero(codes == c)
-        parts.append(pos[rng.integers(0, len(pos), size=(resamples, len(pos)))])
-    return np.concatenate(parts, axis=1) if parts else np.zeros((resamples, 0), dtype=int)
-
-
-def _ci(values: np.ndarray) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if not len(finite):
-        return math.nan, math.nan
-    lo, hi = np.percentile(finite, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
+# ---------------------------------------------------------------------------- summaries
 def _wide(table: pd.DataFrame, column: str, methods: Sequence[str]) -> np.ndarray:
     """runs × methods matrix of one column (rows in the order of ``table.run.unique()``)."""
     w = table.pivot(index="run", columns="method", values=column)
@@ -126,9 +133,15 @@ def _wide(table: pd.DataFrame, column: str, methods: Sequence[str]) -> np.ndarra
 
 
 def summarise(
-    table: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], resamples: int, seed: int = 0
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    methods: Sequence[str],
+    resamples: int,
+    seed: int = 0,
+    labels: dict[str, tuple[str, str]] | None = None,
 ) -> pd.DataFrame:
     """Rates, score, CIs, leads and excess loss per method over the runs of ``runs`` (one group)."""
+    labels = LABELS if labels is None else labels
     runs = runs.set_index("run")
     table = table[table.run.isin(runs.index)]
     order = list(dict.fromkeys(table.run))
@@ -145,7 +158,7 @@ def summarise(
         boot_score = score[:, j][idx].mean(1)
         row = {
             "method": m,
-            "label": LABELS.get(m, ("no stop (train to the last epoch)", ""))[0],
+            "label": labels.get(m, ("no stop (train to the last epoch)", ""))[0],
             "runs": len(order),
             "overfitting_runs": int(runs.overfits.sum()),
             "stops": int(sub.stop.notna().sum()),
@@ -156,8 +169,8 @@ def summarise(
             "score": score[:, j].mean(),
         }
         for name, mat in (("hit", hit), ("false_alarm", fa), ("miss", miss)):
-            row[f"{name}_lo"], row[f"{name}_hi"] = _ci(mat[:, j][idx].mean(1))
-        row["score_lo"], row["score_hi"] = _ci(boot_score)
+            row[f"{name}_lo"], row[f"{name}_hi"] = percentile_ci(mat[:, j][idx].mean(1))
+        row["score_lo"], row["score_hi"] = percentile_ci(boot_score)
         row["p_score_le_0"] = float((boot_score <= 0).mean())
         row["median_lead"] = float(leads.median()) if len(leads) else math.nan
         row["lead_q25"] = float(leads.quantile(0.25)) if len(leads) else math.nan
@@ -165,7 +178,7 @@ def summarise(
         ex = excess[:, j]
         row["median_excess_loss"] = float(np.median(ex)) if np.isfinite(ex).all() and len(ex) else math.nan
         if np.isfinite(ex).all() and len(ex):
-            row["excess_lo"], row["excess_hi"] = _ci(np.median(ex[idx], axis=1))
+            row["excess_lo"], row["excess_hi"] = percentile_ci(np.median(ex[idx], axis=1))
         else:
             row["excess_lo"] = row["excess_hi"] = math.nan
         rows.append(row)
@@ -182,7 +195,7 @@ def paired_p(table: pd.DataFrame, runs: pd.DataFrame, a: str, b: str, resamples:
     s = _wide(table, "p_hit", [a, b]) - _wide(table, "p_false_alarm", [a, b])
     d = s[:, 0] - s[:, 1]
     boot = d[idx].mean(1)
-    lo, hi = _ci(boot)
+    lo, hi = percentile_ci(boot)
     return {"difference": float(d.mean()), "lo": lo, "hi": hi, "p": float((boot <= 0).mean())}
 
 
@@ -203,18 +216,31 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 
 def decision(
-    table: pd.DataFrame, runs: pd.DataFrame, pooled: pd.DataFrame, by_dataset: dict[str, pd.DataFrame], resamples: int
+    table: pd.DataFrame,
+    runs: pd.DataFrame,
+    pooled: pd.DataFrame,
+    by_dataset: dict[str, pd.DataFrame],
+    resamples: int,
+    candidates: Sequence[str] = CANDIDATES,
+    labels: dict[str, tuple[str, str]] | None = None,
+    adjusted: dict[str, float] | None = None,
 ) -> pd.DataFrame:
-    """§8: which label-free variant works, and which is default-worthy (one row per D1–D4)."""
+    """§8: which label-free variant works, and which is default-worthy (one row per candidate).
+
+    ``adjusted``: Holm-adjusted p-values computed over a larger family (v3: P1–P9, whose
+    candidates are scored on different groups of runs); default: Holm over ``candidates`` here.
+    """
+    labels = LABELS if labels is None else labels
     pooled = pooled.set_index("method")
-    present = [m for m in CANDIDATES if m in pooled.index]
-    adjusted = dict(zip(present, holm([pooled.loc[m, "p_score_le_0"] for m in present])))
+    present = [m for m in candidates if m in pooled.index]
+    if adjusted is None:
+        adjusted = dict(zip(present, holm([pooled.loc[m, "p_score_le_0"] for m in present])))
     no_stop = pooled.loc[NO_STOP, "median_excess_loss"] if NO_STOP in pooled.index else math.nan
     rows = []
     for m in present:
         row: dict[str, Any] = {
             "method": m,
-            "label": LABELS[m][0],
+            "label": labels[m][0],
             "score": pooled.loc[m, "score"],
             "p_score_le_0": pooled.loc[m, "p_score_le_0"],
             "p_holm": adjusted[m],

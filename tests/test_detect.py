@@ -18,10 +18,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xaisparse.detect import DetectionResult, OverfitDetector, early_stopping_epoch, evaluate_detector
+from xaisparse.detect import LEGACY_DEFAULTS, DetectionResult, early_stopping_epoch, evaluate_detector
+from xaisparse.detect import OverfitDetector as _Detector
 from xaisparse.detection import EVIDENCE_COLUMNS
 from xaisparse.history import LAYER_COLUMNS, History
 from xaisparse.testing import synthetic_history
+
+
+def OverfitDetector(*args, **kw) -> _Detector:  # stands in for the class in these tests
+    """The rule at the settings it shipped with until study v3: these tests exercise its mechanics.
+
+    The current defaults (study v2's D1) are tested in test_default_is_study_v2s_d1.
+    """
+    return _Detector(*args, **{**LEGACY_DEFAULTS, **kw})
+
+
+def test_default_is_study_v2s_d1() -> None:
+    from studies.methods import DETECTORS
+
+    assert _Detector().config == DETECTORS["D1"].config
+    assert _Detector(**LEGACY_DEFAULTS).config == DETECTORS["D0"].config
+
 
 # The plain threshold rule of the brief, with nothing adaptive: easy to follow by hand.
 PLAIN = dict(noise=0.0, warmup=0)
@@ -573,7 +590,7 @@ def test_evaluate_min_rise_and_inputs():
 
 def test_evaluate_synthetic_runs(synth_runs):
     runs = {f"k{k}": h for (k, _), h in synth_runs.items()}
-    ev = evaluate_detector(runs)
+    ev = evaluate_detector(runs, OverfitDetector())
     t = ev.runs.set_index(["run", "method"])
     for (k, _), h in synth_runs.items():
         loss = h.metric("test", "loss")

@@ -10,7 +10,6 @@ of those runs' saved histories (tests/data/explore/).
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -191,8 +190,8 @@ def test_exclude_undefined_layers():
     rising = [0.3, 0.3, 0.3, 0.5, 0.7]
     h = two_split_history({"x": rising, "flat": [np.nan] * 5}, {"x": rising, "flat": [np.nan] * 5}, "spatial_mean")
     kw = dict(smooth=1, threshold=0.05, noise=0.0, patience=1, warmup=0, min_layers=1.0)
-    assert OverfitDetector(**kw).detect(h).alarm_epoch is None
-    res = OverfitDetector(exclude_undefined=True, **kw).detect(h)
+    assert OverfitDetector(exclude_undefined=False, **kw).detect(h).alarm_epoch is None
+    res = OverfitDetector(**kw).detect(h)  # exclude_undefined=True is the default (study v2's D1)
     assert res.alarm_epoch == 3 and res.monitored == ["x"] and res.params["required"] == 1
 
 
@@ -240,8 +239,7 @@ def fixture(name: str) -> History:
 
 @pytest.mark.parametrize("variant", ["D1", "D2", "D3", "D4"])
 def test_variants_never_read_metrics(variant):
-    sys.path.insert(0, str(ROOT / "studies"))
-    from methods import DETECTORS
+    from studies.methods import DETECTORS
 
     h = fixture("digits-clean-vgg_small-s4")
     want = DETECTORS[variant].detect(h).alarm_epoch
@@ -253,8 +251,7 @@ def test_variants_never_read_metrics(variant):
 @pytest.mark.parametrize("run", ["digits-clean-vgg_small-s4", "digits-noise20-small_cnn-s0"])
 def test_stops_reproduce_the_exploration(run):
     """The package recomputes every stop the exploration code recorded on these tuning runs."""
-    sys.path.insert(0, str(ROOT / "studies"))
-    from methods import LABELS, stops
+    from studies.methods import LABELS, stops
 
     table = pd.read_csv(SELECTED)
     table = table[table.run == run]
@@ -269,9 +266,7 @@ def test_stops_reproduce_the_exploration(run):
 
 def test_online_equals_offline_in_training(tmp_path):
     """Fed by fit after every epoch, each variant ends where it ends offline on the saved run."""
-    sys.path.insert(0, str(ROOT / "studies"))
-    from methods import DETECTORS
-
+    from studies.methods import DETECTORS
     from xaisparse.monitor import SparsityMonitor
     from xaisparse.train import fit
 

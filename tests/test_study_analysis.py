@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "studies"))
 
 
 def _runs(cells: dict[tuple[str, str, str], tuple[list[float], list[float]]]) -> pd.DataFrame:
@@ -38,7 +32,7 @@ def _runs(cells: dict[tuple[str, str, str], tuple[list[float], list[float]]]) ->
 
 
 def test_learning_check_counts_runs_below_twice_chance() -> None:
-    from regularisers import learning_check
+    from studies.regularisers import learning_check
 
     runs = _runs(
         {
@@ -54,7 +48,7 @@ def test_learning_check_counts_runs_below_twice_chance() -> None:
 
 
 def test_c3_post_hoc_verdict_drops_cells_where_the_penalised_networks_never_learned() -> None:
-    from regularisers import c3
+    from studies.regularisers import c3
 
     seeds = 10
     good = [0.85] * seeds
@@ -80,7 +74,7 @@ def test_c3_post_hoc_verdict_drops_cells_where_the_penalised_networks_never_lear
 
 
 def test_busy_seconds_is_the_union_of_the_run_intervals() -> None:
-    from analysis import _busy_seconds
+    from studies.analysis import _busy_seconds
 
     runs = pd.DataFrame(
         {

@@ -142,7 +142,7 @@ def test_cli_run_report_compare(tmp_path):
     common = ["--epochs", "2", "--train-subset", "60", "--probe-size", "64", "--width", "4", "--no-progress"]
     a = _cli("run", "--out", str(tmp_path / "a"), *common)
     assert a.returncode == 0, a.stderr
-    assert "test-loss minimum: epoch" in a.stdout and "sparsity detector" in a.stdout
+    assert "test-loss minimum: epoch" in a.stdout and "sparsity event (not validated" in a.stdout
     assert (tmp_path / "a" / "report" / "index.html").is_file() and (
         tmp_path / "a" / "report" / "timeline.png"
     ).is_file()
@@ -169,7 +169,7 @@ def test_cli_works_without_ipywidgets_and_widgets_name_the_extra(tmp_path):
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr
-        assert "sparsity detector" in out.stdout
+        assert "sparsity event (not validated" in out.stdout
         for name in ("index.html", "timeline.png", "heatmap.png", "distribution.png"):
             assert (tmp_path / run / "report" / name).stat().st_size > 1000, name
     args = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]

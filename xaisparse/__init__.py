@@ -43,6 +43,9 @@ _EXPORTS: dict[str, str] = {
     "load_weights": "xaisparse.checkpoint",
     "DetectionResult": "xaisparse.detect",
     "evaluate_detector": "xaisparse.detect",
+    # when to stop: labelled early stopping, published label-free signals
+    "EarlyStopping": "xaisparse.stopping",
+    "LabelFreeSignals": "xaisparse.stopping",
     # Captum attributions beside activation sparsity
     "attribute": "xaisparse.attribution",
     "attribution_sparsity": "xaisparse.attribution",

@@ -70,6 +70,16 @@ def _add_run_args(
         choices=["dropout", "batchnorm", "weight_decay", "augment"],
         help="add a classical regulariser (repeatable)",
     )
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        nargs="?",
+        const=10,
+        default=None,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs (default 10) without a lower held-out loss and restore the best epoch's "
+        "weights (the held-out set then serves as validation data)",
+    )
     p.add_argument("--probe-size", type=int, default=512, help="samples per split measured each epoch")
     p.add_argument("--seed", type=int, default=defaults.get("seed", 0))
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -80,7 +90,7 @@ def _add_run_args(
 def _build(args: argparse.Namespace):
     """The dataset (a train/test pair) and the model from parsed arguments."""
     from .data import _EMBEDDED, _canonical_name, load_dataset
-    from .models import build_model
+    from .models import build_model, regularisation
 
     regs = set(args.regularizer)
     kw: dict[str, Any] = {"train_subset": args.train_subset, "label_noise": args.label_noise, "seed": args.seed}
@@ -89,16 +99,9 @@ def _build(args: argparse.Namespace):
     else:
         kw.update(download=args.download, augment="augment" in regs)
     data = load_dataset(args.dataset, args.data_root, **kw)
-    model_kw: dict[str, Any] = {}
+    model_kw, _ = regularisation(args.model, regs)
     if args.model == "small_cnn":
-        model_kw = {
-            "width": args.width,
-            "depth": args.depth,
-            "batch_norm": "batchnorm" in regs,
-            "dropout": 0.3 if "dropout" in regs else 0.0,
-        }
-    elif args.model.startswith("vgg"):
-        model_kw = {"batch_norm": "batchnorm" in regs, "dropout": 0.5 if "dropout" in regs else 0.0}
+        model_kw.update(width=args.width, depth=args.depth)
     import torch
 
     torch.manual_seed(args.seed)
@@ -123,11 +126,13 @@ def _weight(args: argparse.Namespace) -> float:
 
 def _train(args: argparse.Namespace, out: Path):
     from .detect import OverfitDetector
+    from .models import regularisation
     from .penalty import SparsityPenalty
+    from .stopping import EarlyStopping
     from .train import fit
 
     data, model = _build(args)
-    wd = 5e-4 if "weight_decay" in set(args.regularizer) else 0.0
+    _, wd = regularisation(args.model, args.regularizer)
     weight = _weight(args)
     name = args.name or (f"{args.model}-penalty{weight:g}" if weight else f"{args.model}-baseline")
     config = {
@@ -152,12 +157,34 @@ def _train(args: argparse.Namespace, out: Path):
         device=args.device,
         seed=args.seed,
         detector=OverfitDetector(),
+        early_stopping=None if args.early_stopping is None else EarlyStopping(patience=args.early_stopping),
         progress=not args.no_progress,
         checkpoint_dir=out,
         config=config,
     )
     history.save(out / "history")
     return history
+
+
+def _early_stopping_line(history) -> str:
+    """What labelled early stopping did in this run, or what it would have done on its held-out loss."""
+    from .detect import early_stopping_epoch, restored_best_epoch
+
+    used = history.config.get("early_stopping")
+    if used:
+        stop, restored = used.get("stopped_epoch"), used.get("restored_epoch")
+        head = f"early stopping (patience {used['patience']}, best weights restored): "
+        head += f"stopped at epoch {stop}" if stop is not None else "did not fire"
+        return head + (f", restored epoch {restored}" if restored is not None else "")
+    loss = history.metric("test", "loss")
+    stop = early_stopping_epoch(loss, patience=10)
+    if stop is None:
+        return "early stopping (patience 10, not used in this run): would not have fired"
+    restored = restored_best_epoch(loss, stop)
+    return (
+        f"early stopping (patience 10, not used in this run; --early-stopping turns it on): would have stopped at "
+        f"epoch {stop} and restored epoch {restored} (loss {float(loss[restored]):.3f})"
+    )
 
 
 def _verdict(history) -> str:
@@ -186,12 +213,17 @@ def _verdict(history) -> str:
         "test-loss minimum: "
         + ("none (no test loss)" if best is None else f"epoch {best[0]} (loss {best[1]:.3f})")
         + ("" if best is None else f"; last epoch loss {facts['last test loss']:.3f}"),
-        f"sparsity detector: {run_verdict(history)}",
+    ]
+    if best is not None:
+        lines.append(_early_stopping_line(history))
+    lines += [
+        f"sparsity event (not validated as an overfitting warning): {run_verdict(history)}",
     ]
     if history.detection is not None:
         lines.append(f"note: {EVIDENCE_NOTE}")
     if best is not None and history.detection is not None:
-        rows, _ = evaluate_detector(history)
+        rows, _ = evaluate_detector(history, patience=10)
+        rows = rows.sort_values("method", key=lambda m: m != "early_stopping", kind="stable")  # early stopping first
         cols = ["method", "stop_epoch", "lead", "outcome", "loss_at_stop", "accuracy_at_stop"]
         lines.append(rows[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return "\n".join(lines)

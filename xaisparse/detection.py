@@ -75,11 +75,12 @@ def evidence_frame(rows: Sequence[Row]) -> pd.DataFrame:
     return ev
 
 
-#: What study v2 found, said wherever a detector verdict is shown (CLI, docstrings).
+#: What the studies found, said wherever a detector verdict is shown (CLI, docstrings).
 EVIDENCE_NOTE = (
     "no label-free detector variant (rise rule, train/test divergence, train-test gap, slope) was validated as "
-    "an early warning on the held-out runs of study v2 (studies/results/v2/results.md); its alarm is a sparsity "
-    "event, not evidence of overfitting: stop on a labelled validation loss"
+    "an early warning on the held-out runs of study v2 (studies/results/v2/results.md); the default (v2's D1) "
+    "stays above the chance reference only by staying silent in most runs. Its alarm is a sparsity event, not "
+    "evidence of overfitting: stop on a validation loss (EarlyStopping)"
 )
 
 

@@ -17,7 +17,16 @@ from torch import nn
 
 from ._validation import check_bool, check_fraction, check_int, check_number, check_str
 
-__all__ = ["MODEL_NAMES", "VGG_CONFIGS", "SmallCNN", "VGGSmall", "build_model", "resnet18_small"]
+__all__ = [
+    "CLASSICAL_REGULARISERS",
+    "MODEL_NAMES",
+    "VGG_CONFIGS",
+    "SmallCNN",
+    "VGGSmall",
+    "build_model",
+    "regularisation",
+    "resnet18_small",
+]
 
 
 def _is_tracing() -> bool:
@@ -310,3 +319,41 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
     if unknown:
         raise TypeError(f"unexpected keyword(s) {', '.join(unknown)} for model {key!r}; valid: {', '.join(valid)}")
     return builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kw)
+
+
+#: The classical regularisers of the CLI (``--regularizer``) and of the study, with fixed settings
+#: (not tuned): dropout 0.3 before each classifier ``Linear`` of ``small_cnn`` and 0.5 in VGG,
+#: batch normalisation after each convolution, Adam/SGD weight decay 5e-4; ``augment`` is a data
+#: setting (random crops and flips of the torchvision datasets), not a model one.
+CLASSICAL_REGULARISERS = ("dropout", "batchnorm", "weight_decay", "augment")
+_DROPOUT = {"small_cnn": 0.3, "vgg": 0.5}
+_WEIGHT_DECAY = 5e-4
+
+
+def regularisation(model: str, regularisers: Any = ()) -> tuple[dict[str, Any], float]:
+    """``(model keywords, weight decay)`` of a set of :data:`CLASSICAL_REGULARISERS` for ``build_model(model, ...)``.
+
+    ``small_cnn`` and the VGGs get explicit ``batch_norm``/``dropout`` values (off unless asked);
+    ``resnet18`` has batch normalisation built in and no dropout slot, so asking for either is an error.
+
+    >>> regularisation("small_cnn", ["dropout", "weight_decay"])
+    ({'batch_norm': False, 'dropout': 0.3}, 0.0005)
+    >>> regularisation("vgg11")
+    ({'batch_norm': False, 'dropout': 0.0}, 0.0)
+    """
+    chosen = [regularisers] if isinstance(regularisers, str) else list(regularisers)
+    unknown = sorted(set(chosen) - set(CLASSICAL_REGULARISERS))
+    if unknown:
+        raise ValueError(f"unknown regulariser(s) {unknown}; valid: {list(CLASSICAL_REGULARISERS)}")
+    key = check_str("model name", model).strip().lower().replace("-", "_")
+    if key not in _BUILDERS:
+        raise ValueError(f"unknown model {model!r}; valid names: {', '.join(MODEL_NAMES)}")
+    family = "vgg" if key.startswith("vgg") else key
+    kw: dict[str, Any] = {}
+    if family in _DROPOUT:
+        kw = {"batch_norm": "batchnorm" in chosen, "dropout": _DROPOUT[family] if "dropout" in chosen else 0.0}
+    elif {"dropout", "batchnorm"} & set(chosen):
+        raise ValueError(
+            f"{key} has batch normalisation built in and no dropout slot; drop --regularizer dropout/batchnorm"
+        )
+    return kw, (_WEIGHT_DECAY if "weight_decay" in chosen else 0.0)

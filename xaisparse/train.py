@@ -41,6 +41,7 @@ from .epoch import EpochStep, measure_epoch, measure_split, timed
 from .history import History
 from .monitor import SparsityMonitor
 from .penalty import SparsityPenalty
+from .stopping.early import EarlyStopping
 
 if TYPE_CHECKING:  # pragma: no cover
     from .detect import OverfitDetector
@@ -234,6 +235,7 @@ def fit(
     monitor: SparsityMonitor | None = None,
     penalty: SparsityPenalty | None = None,
     detector: OverfitDetector | None = None,
+    early_stopping: EarlyStopping | None = None,
     callbacks: Iterable[Callback | Callable[[TrainState], Any]] = (),
     probe_size: int = 512,
     train_statistics: str = "probe",
@@ -263,6 +265,10 @@ def fit(
     probe pass, and loss and accuracy always do. It saves the monitor's work on the train
     probe; with a ``penalty`` on the same layers, the training forwards' sparsity comes with
     the penalty's own read of each activation (one pass for both).
+    ``early_stopping`` (an :class:`~xaisparse.stopping.EarlyStopping`) watches a recorded
+    held-out metric (by default the ``test`` loss: pass your validation set as ``test``), stops
+    after its patience and restores the best epoch's weights; what it did is in
+    ``history.outcome.stop_reason`` and ``history.config["early_stopping"]``.
     ``checkpoint_dir`` keeps the latest model/optimizer/RNG state and history after each epoch
     (atomically); ``resume`` continues such a run up to ``epochs``. How the run ended is in
     ``history.outcome``.
@@ -298,7 +304,13 @@ def fit(
     opt = _optimizer(model, optimizer, lr, weight_decay, momentum)
     train_loader = _loader(train, batch_size, seed)
     probes = {"train": _probe(train, probe_size, seed), "test": _probe(test, probe_size, seed)}
-    cbs = list(callbacks)
+    cbs: list[Any] = list(callbacks)
+    if early_stopping is not None:
+        if not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be an EarlyStopping (or None), got {type(early_stopping).__name__}")
+        if test is None and early_stopping.split in (None, "test"):
+            raise ValueError("early_stopping watches the held-out (test=) data's metric, but fit got test=None")
+        cbs.append(early_stopping)
 
     run_config = {
         "epochs": epochs,
@@ -316,6 +328,7 @@ def fit(
             "axis": pen.axis,
         },
         "detector": None if detector is None else detector.config.to_dict(),
+        "early_stopping": None if early_stopping is None else early_stopping.config,
         "probe_size": probe_size,
         "train_statistics": train_statistics,
         "seed": seed,
@@ -391,6 +404,8 @@ def fit(
         if pen is not None:
             pen.detach()
         history.outcome.train_seconds = round(time.perf_counter() - t0, 2)
+        if early_stopping is not None:
+            history.config["early_stopping"] = {**early_stopping.config, **early_stopping.result()}
         for name, seconds in phases.items():
             phases[name] = round(seconds, 3)
     return history
@@ -403,7 +418,7 @@ def _stop_reason(state: TrainState, cbs: list[Any], step: EpochStep) -> str | No
         return step.stop_reason
     for cb in cbs:
         if getattr(cb, "stop_requested", False):
-            return f"callback {type(cb).__name__}"
+            return str(getattr(cb, "stop_reason", None) or f"callback {type(cb).__name__}")
     return None
 
 

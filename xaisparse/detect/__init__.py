@@ -26,10 +26,14 @@ This package exports what a user of the detector needs (its ``__all__``); the bu
 their modules. Importing them from ``xaisparse.detect`` itself still works for one release,
 with a ``DeprecationWarning`` naming the module, and so does the old name ``evaluate``.
 
+On a synthetic run whose sparsity starts rising at epoch 7, the default (study v2's D1: it
+waits for every layer to rise clearly, so it is late and rarely wrong) and the rule's defaults
+until study v3 (:data:`LEGACY_DEFAULTS`):
+
 >>> from xaisparse.testing import synthetic_history
->>> result = OverfitDetector().detect(synthetic_history(epochs=16, overfit_at=7, seed=1))
->>> result.alarmed, result.alarm_epoch is not None and 5 <= result.alarm_epoch <= 11
-(True, True)
+>>> run = synthetic_history(epochs=16, overfit_at=7, seed=1)
+>>> OverfitDetector().detect(run).alarm_epoch, OverfitDetector(**LEGACY_DEFAULTS).detect(run).alarm_epoch
+(14, 10)
 """
 
 import importlib
@@ -38,12 +42,13 @@ from typing import Any
 from .._deprecation import deprecated
 from ..detection import EVIDENCE_NOTE, DetectionResult, DetectorState
 from . import baselines, rule, scoring, signals, slope  # noqa: F401  (xaisparse.detect.<module> works)
-from .config import RULES, SIGNALS, DetectorConfig
+from .config import LEGACY_DEFAULTS, RULES, SIGNALS, DetectorConfig
 from .online import OverfitDetector, detect
 from .scoring import OUTCOMES, Evaluation, early_stopping_epoch, evaluate_detector
 
 __all__ = [
     "EVIDENCE_NOTE",
+    "LEGACY_DEFAULTS",
     "OUTCOMES",
     "RULES",
     "SIGNALS",

@@ -15,6 +15,10 @@ with a :class:`~xaisparse.monitor.SparsityMonitor` on fixed probe data (``train=
   ``sparsity/<split>/<layer>`` (so any Lightning logger, TensorBoard included, receives it);
 * an :class:`~xaisparse.detect.OverfitDetector` is fed after every epoch; its result is kept
   in ``history.detection`` and with ``stop_on_alarm`` it sets ``trainer.should_stop``;
+* an :class:`~xaisparse.stopping.EarlyStopping` (``early_stopping=``) reads the recorded
+  validation metric after every epoch (``self.log("val_loss", ...)``: its default ``val``
+  ``loss``), sets ``trainer.should_stop`` after its patience and restores the best epoch's
+  weights into the module (at the stop, or at ``max_epochs``);
 * the History travels inside Lightning's checkpoints (the callback's ``state_dict``: the
   files of :meth:`~xaisparse.history.History.save` as bytes, so ``weights_only`` loading works)
   and is restored on ``Trainer.fit(ckpt_path=...)``.
@@ -63,6 +67,7 @@ from ..epoch import EpochStep, measure_epoch
 from ..history import History, canonical_statistic
 from ..monitor import LAYER_STATISTICS, SparsityMonitor
 from ..penalty import SparsityPenalty
+from ..stopping.early import EarlyStopping
 
 __all__ = ["SparsityCallback", "sparsity_penalty"]
 
@@ -145,7 +150,8 @@ class SparsityCallback(pl.Callback):
     default ``SparsityMonitor(pl_module, layers, bins=bins)``, built in ``setup``. ``penalty``:
     a :class:`SparsityPenalty` on the module (or a submodule), added to the loss by
     :func:`sparsity_penalty` in ``training_step`` (see the module docstring for why it is
-    explicit). ``detector``: an :class:`~xaisparse.detect.OverfitDetector`. ``history``:
+    explicit). ``detector``: an :class:`~xaisparse.detect.OverfitDetector`. ``early_stopping``: an
+    :class:`~xaisparse.stopping.EarlyStopping` on a logged validation metric. ``history``:
     continue an existing History (default: a new one with ``config``). ``log_statistic``: the
     layer statistic logged per split and layer (``None``: log nothing). ``batch_size``: of the
     probe passes.
@@ -187,6 +193,7 @@ class SparsityCallback(pl.Callback):
         bins: int = 20,
         penalty: SparsityPenalty | None = None,
         detector: Any = None,
+        early_stopping: EarlyStopping | None = None,
         history: History | None = None,
         log_statistic: str | None = "spatial_mean",
         log_prefix: str = "sparsity",
@@ -206,6 +213,8 @@ class SparsityCallback(pl.Callback):
             raise TypeError(f"penalty must be a SparsityPenalty or None, got {type(penalty).__name__}")
         if detector is not None and not hasattr(detector, "update"):
             raise TypeError(f"detector must be an OverfitDetector or None, got {type(detector).__name__}")
+        if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be an EarlyStopping or None, got {type(early_stopping).__name__}")
         if history is not None and not isinstance(history, History):
             raise TypeError(f"history must be a History or None, got {type(history).__name__}")
         if log_statistic is not None:
@@ -213,6 +222,7 @@ class SparsityCallback(pl.Callback):
         self.monitor = monitor
         self.penalty = penalty
         self.detector = detector
+        self.early_stopping = early_stopping
         self.history = history if history is not None else History(config=dict(config or {}))
         self.log_statistic = log_statistic
         self.log_prefix = check_str("log_prefix", log_prefix)
@@ -280,6 +290,13 @@ class SparsityCallback(pl.Callback):
             if self.history.outcome.stopped_early_at is None and epoch < (trainer.max_epochs or 0):
                 self.history.outcome.stopped_early_at = epoch
                 self.history.outcome.stop_reason = step.stop_reason
+        if self.early_stopping is not None:
+            last = epoch >= (trainer.max_epochs or 0)
+            if self.early_stopping.update(self.history, epoch, pl_module, last=last):
+                trainer.should_stop = True
+                if self.history.outcome.stopped_early_at is None and not last:
+                    self.history.outcome.stopped_early_at = epoch
+                    self.history.outcome.stop_reason = self.early_stopping.stop_reason
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._t0 is not None:
