@@ -617,7 +617,7 @@ def test_old_names_still_work_for_one_release_with_a_warning():
     for name, module in (("classify", scoring), ("js_divergence", signals), ("EVIDENCE_COLUMNS", xaisparse.detection)):
         with pytest.warns(DeprecationWarning, match=f"import it from {module.__name__}"):
             assert getattr(det, name) is getattr(module, name)
-    assert "classify" not in det.__all__ and len(det.__all__) == 12
+    assert "classify" not in det.__all__ and len(det.__all__) == 13
     with pytest.raises(AttributeError):
         det.no_such_name  # noqa: B018
     h = synthetic_history(epochs=6, seed=0)

@@ -298,7 +298,7 @@ def test_notebook_page_shows_its_figures(build, site, browser, notebook):
 #: than the page until then (not strict: the test passes as soon as the rewrite lands).
 REWRITE_PENDING = {
     "07_replication_study": pytest.mark.xfail(
-        strict=False, reason="notebook 07 is being rewritten by the study branch (wide tables and prints)"
+        strict=False, reason="notebook 07: the study tables are wider than the page (to be wrapped)"
     )
 }
 

@@ -29,15 +29,9 @@ MIN_FIGURES = {"01": 3}  # the rest: 2
 #: Bundles with one of these types are rendered from it, not from their text/plain.
 RICH = ("text/html", "text/markdown", "image/png", "image/svg+xml", "application/vnd.jupyter.widget-view+json")
 
-#: Notebook 07 is being rewritten by the study branch (long analysis cells, a wide printed
-#: list); not strict, so the mark can go once the rewrite lands.
-REWRITE_PENDING = {
-    "07_replication_study": pytest.mark.xfail(strict=False, reason="notebook 07 is being rewritten by the study branch")
-}
-
 
 def _params(notebooks: list[Path]) -> list[Any]:
-    return [pytest.param(nb, marks=REWRITE_PENDING.get(nb.stem, ()), id=nb.stem) for nb in notebooks]
+    return [pytest.param(nb, id=nb.stem) for nb in notebooks]
 
 
 def _read(path: Path) -> Any:
