@@ -216,9 +216,11 @@ def _verdict(history) -> str:
     ]
     if best is not None:
         lines.append(_early_stopping_line(history))
-    lines += [
-        f"sparsity event (not validated as an overfitting warning): {run_verdict(history)}",
-    ]
+    # the caveat only where a detector ran (an own loop's run may have none)
+    label = (
+        "sparsity detector" if history.detection is None else "sparsity event (not validated as an overfitting warning)"
+    )
+    lines.append(f"{label}: {run_verdict(history)}")
     if history.detection is not None:
         lines.append(f"note: {EVIDENCE_NOTE}")
     if best is not None and history.detection is not None:
