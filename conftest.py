@@ -84,6 +84,7 @@ def _seeded_generators(request: pytest.FixtureRequest) -> Iterator[None]:
     torch.manual_seed(seed)
     threads, dtype, grad = torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()
     with matplotlib.rc_context():  # a theme one test sets (seaborn.set_theme) does not reach the next
+        matplotlib.rcdefaults()  # nor one a module or session fixture set before this test
         yield
     torch.set_num_threads(threads)
     torch.set_default_dtype(dtype)

@@ -9,8 +9,10 @@ apart from held-out ones.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,18 @@ def _rates(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+@contextlib.contextmanager
+def seaborn_theme() -> Iterator[None]:
+    """Seaborn's whitegrid theme and colorblind palette for the figures drawn inside; the caller's rcParams after."""
+    import matplotlib
+    import seaborn as sns
+
+    with matplotlib.rc_context():
+        sns.set_theme(style="whitegrid", palette="colorblind")
+        yield
+
+
+@seaborn_theme()
 def _figures(
     out: Path,
     summaries: pd.DataFrame,
@@ -107,7 +121,6 @@ def _figures(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    sns.set_theme(style="whitegrid", palette="colorblind")
     written = []
     if not summaries.empty:
         groups = list(dict.fromkeys(summaries.group))

@@ -18,7 +18,7 @@ import pandas as pd
 from xaisparse._io import atomic_write_text
 
 from . import published
-from .analysis import _figures, _md, _rates, head_lines, run_record, start_results
+from .analysis import _figures, _md, _rates, head_lines, run_record, seaborn_theme, start_results
 from .grid import EPOCHS, SGD_LR, Job
 from .methods import LABELS as V2_LABELS
 from .scoring import DECISION_COLUMNS, NO_STOP, decision, holm, method_rows, summarise
@@ -144,6 +144,7 @@ def _v2_again(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@seaborn_theme()
 def _signal_figure(out: Path, scored: dict[str, Any], split: str = "held_out") -> str | None:
     """Median of each signal (z-scored within its run) against epochs from the test-loss minimum.
 
@@ -170,7 +171,6 @@ def _signal_figure(out: Path, scored: dict[str, Any], split: str = "held_out") -
         return None
     data = pd.DataFrame(rows)
     data = data[data.from_min.between(-30, 30)]
-    sns.set_theme(style="whitegrid", palette="colorblind")
     fig = Figure(figsize=(13, 3.4), layout="constrained")
     axes = fig.subplots(1, len(published.SIGNALS), squeeze=False)[0]
     for ax, name in zip(axes, published.SIGNALS):
