@@ -3,7 +3,9 @@
 ``python tests/killsave.py CASES_DIR`` reads ``CASES_DIR/plan.json``: scenarios, each an initial
 folder (what the parent of the run directory holds before the save), and ``CASES_DIR/new.pickle``
 (the History to save: :func:`new_history`, pickled by the test so that this process needs neither
-torch nor the test's imports, and its forks stay small). For each scenario it first saves it once to count and list the filesystem operations of the save: every
+torch nor the test's imports, and its forks stay small). A scenario whose name starts with
+``append`` saves with a :class:`~xaisparse.history.HistoryWriter` instead: the child first saves
+``CASES_DIR/first.pickle`` with it (untraced, the whole run), then appends the new History (traced). For each scenario it first saves it once to count and list the filesystem operations of the save: every
 ``open``, ``os.*`` and ``shutil.*`` audit event (:func:`sys.addaudithook`) whose path lies in the
 scenario's folder (or is relative: ``shutil.rmtree`` works with directory descriptors). Then, for
 each operation ``k``, it copies the initial folder, forks a child that saves into the copy and
@@ -44,8 +46,28 @@ def new_history():
     return h
 
 
-def _save(history, folder: Path, kill_at: int, report_fd: int) -> None:
-    """In the child: save with a tracer that kills the process before operation ``kill_at`` (0: never)."""
+def first_history():
+    """What a HistoryWriter saved before appending :func:`new_history`: its first three epochs, with a
+    detector result and an outcome of their own."""
+    from xaisparse.detect import OverfitDetector
+    from xaisparse.testing import synthetic_history
+
+    h = synthetic_history(epochs=3, layers=("a", "b"), channels=2, seed=2)
+    h.detection = OverfitDetector(smooth=1, threshold=0.0, noise=0.0, patience=1, warmup=0).detect(h)
+    return h
+
+
+def _save(history, folder: Path, kill_at: int, report_fd: int, first=None) -> None:
+    """In the child: save with a tracer that kills the process before operation ``kill_at`` (0: never);
+    with ``first``: a HistoryWriter saves ``first`` (not traced), then ``history`` (an append)."""
+    if first is None:
+        save = history.save
+    else:
+        from xaisparse.history import HistoryWriter
+
+        writer = HistoryWriter(folder / RUN)
+        writer.save(first)  # the whole run, before the tracer
+        save = lambda _path: writer.save(history)  # noqa: E731 - an append
     root = str(folder)
     seen: list[str] = []
 
@@ -62,11 +84,11 @@ def _save(history, folder: Path, kill_at: int, report_fd: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     sys.addaudithook(tracer)
-    history.save(folder / RUN)
+    save(folder / RUN)
     os.write(report_fd, json.dumps(seen).encode())
 
 
-def _fork_save(history, folder: Path, kill_at: int) -> tuple[int, list[str]]:
+def _fork_save(history, folder: Path, kill_at: int, first=None) -> tuple[int, list[str]]:
     """Save in a forked child; returns (the signal that ended it or 0, the operations it reported)."""
     r, w = os.pipe()
     pid = os.fork()
@@ -74,7 +96,7 @@ def _fork_save(history, folder: Path, kill_at: int) -> tuple[int, list[str]]:
         code = 0
         try:
             os.close(r)
-            _save(history, folder, kill_at, w)
+            _save(history, folder, kill_at, w, first)
         except BaseException:
             import traceback
 
@@ -106,16 +128,21 @@ def main(cases_dir: str) -> None:
     plan = json.loads((cases / "plan.json").read_text())
     with open(cases / "new.pickle", "rb") as f:
         history = pickle.load(f)  # written by the test itself
+    first = None
+    if (cases / "first.pickle").exists():
+        with open(cases / "first.pickle", "rb") as f:
+            first = pickle.load(f)  # written by the test itself
     results = {}
     for name, initial in plan.items():
+        before = first if name.startswith("append") else None
         probe = cases / name / "complete"
         shutil.copytree(initial, probe)
-        killed, operations = _fork_save(history, probe, 0)
+        killed, operations = _fork_save(history, probe, 0, before)
         assert killed == 0 and operations, (name, killed, operations)
         for k in range(1, len(operations) + 1):
             folder = cases / name / f"kill-{k:03d}"
             shutil.copytree(initial, folder)
-            signal_no, _ = _fork_save(history, folder, k)
+            signal_no, _ = _fork_save(history, folder, k, before)
             assert signal_no == signal.SIGKILL, f"{name}: the child was not killed before operation {k}"
         results[name] = operations
     (cases / "operations.json").write_text(json.dumps(results, indent=1))

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from tests import oracle
-from tests.killsave import RUN, new_history, old_history
+from tests.killsave import RUN, first_history, new_history, old_history
 from xaisparse import HistoryFormatError, _runfiles
 from xaisparse.detect import OverfitDetector
-from xaisparse.history import History, RunOutcome, load_runs
+from xaisparse.history import History, HistoryWriter, RunOutcome, load_runs
 from xaisparse.testing import synthetic_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def test_failed_save_leaves_previous_run_intact(tmp_path, hist, monkeypatch, fai
         raise OSError("disk full")
 
     if fails == "serialising":
-        monkeypatch.setattr(np, "savez_compressed", boom)
+        monkeypatch.setattr(np.lib.format, "write_array", boom)
     else:  # the new data directory is written; replacing the manifest fails
         monkeypatch.setattr(_runfiles, "atomic_write_bytes", boom)
     with pytest.raises(OSError, match="disk full"):
@@ -374,6 +374,118 @@ def test_a_save_killed_at_any_filesystem_operation_leaves_the_old_run_or_the_new
             assert [p.name for p in folder.iterdir()] == [RUN], (scenario, k, list(folder.iterdir()))
             assert len([p for p in (folder / RUN).iterdir() if p.name.startswith("data-")]) == 1
             _same_run(old, History.load(folder / RUN))
+
+
+def test_an_append_killed_at_any_filesystem_operation_leaves_the_last_committed_epoch_or_the_new_one(tmp_path):
+    """SIGKILL just before each filesystem operation of a HistoryWriter's append (epoch 3 after epochs
+    0-2): the run loads as the committed three epochs or as all four, switching once; a new writer
+    over what the kill left saves and appends cleanly (no file the manifest does not name)."""
+    first, new = first_history(), new_history()
+    pd.testing.assert_frame_equal(  # the append's premise: the new run extends the first one
+        new.channels[new.channels.epoch < 3].reset_index(drop=True), first.channels.reset_index(drop=True)
+    )
+    initial = tmp_path / "initial" / "append"
+    initial.mkdir(parents=True)
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "plan.json").write_text(json.dumps({"append": str(initial)}))
+    for name, h in (("new", new), ("first", first)):
+        with open(cases / f"{name}.pickle", "wb") as f:
+            pickle.dump(h, f)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, str(ROOT / "tests" / "killsave.py"), str(cases)], check=True, env=env, timeout=600)
+    ops = json.loads((cases / "operations.json").read_text())["append"]
+    assert not [op for op in ops if op.startswith("os.mkdir") and "data-" in op], ops  # no new data directory
+    assert any(op.startswith("os.rename run/.history.json") for op in ops), ops  # the commit (os.replace)
+    assert "os.remove run/data-000001/histograms.npz" in ops, ops  # the previous save's histograms
+    states = []
+    for k in range(1, len(ops) + 1):
+        run = cases / "append" / f"kill-{k:03d}" / RUN
+        got = History.load(run)
+        try:
+            _same_run(new, got)
+            states.append("new")
+        except AssertionError:
+            _same_run(first, got)
+            states.append("first")
+    assert states == sorted(states, key=["first", "new"].index), list(zip(ops, states))
+    assert "first" in states and "new" in states, states
+    for k in range(1, len(ops) + 1):
+        run = cases / "append" / f"kill-{k:03d}" / RUN
+        writer = HistoryWriter(run)
+        writer.save(first)
+        writer.save(new)
+        _same_run(new, History.load(run))
+        manifest = _manifest(run)
+        assert len(manifest["tables"]["channels"]) == 2, manifest["tables"]  # the second save appended
+        assert sorted(p.name for p in (run / manifest["data"]).iterdir()) == sorted(manifest["files"])
+        assert [p.name for p in run.iterdir() if p.name != "history.json"] == [manifest["data"]]
+
+
+def _prefixes(h: History):
+    """``h`` as it grew: a History of its first k epochs, for k = 1..len(h.epochs) (rows in order)."""
+    for k in range(1, len(h.epochs) + 1):
+        part = History(
+            config=dict(h.config),
+            metrics=h.metrics[h.metrics.epoch < k].reset_index(drop=True),
+            layers=h.layers[h.layers.epoch < k].reset_index(drop=True),
+            channels=h.channels[h.channels.epoch < k].reset_index(drop=True),
+            bin_edges=h.bin_edges,
+            layer_order=list(h.layer_order),
+        )
+        for key, epochs in h.hist_epochs.items():
+            part.spatial_hist[key], part.population_hist[key] = h.spatial_hist[key][:k], h.population_hist[key][:k]
+            part.hist_epochs[key] = epochs[:k]
+        part.detection = OverfitDetector(smooth=1, threshold=0.0, noise=0.0, patience=1, warmup=0).detect(part)
+        yield part
+
+
+def test_appending_epoch_by_epoch_loads_as_one_whole_save(tmp_path):
+    """A HistoryWriter saving a growing run after every epoch: each load equals the in-memory run and
+    one whole History.save of it (the reference path), while the files on disk are table parts."""
+    h = synthetic_history(epochs=6, layers=("a", "b"), channels=3, seed=4)
+    writer = HistoryWriter(tmp_path / "run")
+    for k, part in enumerate(_prefixes(h), start=1):
+        writer.save(part)
+        got = History.load(tmp_path / "run")
+        _same_run(part, got)
+        _same_run(History.load(part.save(tmp_path / f"whole-{k}")), got)
+        manifest = _manifest(tmp_path / "run")
+        assert manifest["data"] == "data-000001"  # one data directory: appended to, never rewritten
+        assert len(manifest["tables"]["channels"]) == k and len(manifest["tables"]["metrics"]) == k
+        assert sorted(p.name for p in (tmp_path / "run" / manifest["data"]).iterdir()) == sorted(manifest["files"])
+    for kind in ("metrics", "layers", "channels"):  # dtypes too: the parts concatenate to the whole table
+        pd.testing.assert_frame_equal(
+            History.load(tmp_path / "run").to_dataframe(kind), History.load(tmp_path / "whole-6").to_dataframe(kind)
+        )
+
+
+def test_the_writer_saves_whole_when_saved_rows_changed_the_run_was_replaced_or_parts_pile_up(tmp_path):
+    parts = list(_prefixes(synthetic_history(epochs=5, layers=("a",), channels=2, seed=5)))
+    run = tmp_path / "run"
+    writer = HistoryWriter(run, max_parts=3)
+    writer.save(parts[0])
+    writer.save(parts[1])
+    edited = parts[2]
+    edited.metrics.loc[0, "value"] = 123.0  # a row the writer saved before
+    writer.save(edited)
+    assert _manifest(run)["data"] == "data-000002" and History.load(run).metrics.value.iloc[0] == 123.0
+    _same_run(edited, History.load(run))
+    parts[3].metrics.loc[0, "value"] = 123.0
+    parts[3].save(run)  # someone else saved the run meanwhile: the writer's last save is not on disk
+    parts[4].metrics.loc[0, "value"] = 123.0
+    writer.save(parts[4])
+    assert _manifest(run)["data"] == "data-000004"
+    _same_run(parts[4], History.load(run))
+    history = parts[4]
+    for epoch in range(5, 9):  # appends up to max_parts parts per table, then one whole save
+        history.record_epoch(epoch, {"test": {"loss": float(epoch)}})
+        writer.save(history)
+        assert len(_manifest(run)["tables"]["metrics"]) <= 3
+    assert _manifest(run)["data"] == "data-000005"
+    _same_run(history, History.load(run))
+    with pytest.raises(ValueError, match="max_parts must be a positive int"):
+        HistoryWriter(run, max_parts=0)
 
 
 def test_leftovers_of_interrupted_saves_are_named_on_load_and_removed_by_the_next_save(tmp_path, hist):
@@ -641,3 +753,21 @@ def test_the_saved_study_runs_load():
         h = History.load(path)  # schema 2 on disk
         assert "population_mean" in h.statistics() and "channel_mean" not in h.statistics()
         assert set(h.population_hist) == set(h.spatial_hist) and h.layer_frame("test").shape[0] == len(h.epochs)
+
+
+def test_the_split_lists_follow_the_tables_after_they_are_cached():
+    """splits/sparsity_splits (and check_split, which every query runs) are cached per state of the
+    tables: a recorded epoch, a replaced table or rows added in place change them at once."""
+    h = History()
+    h.record_epoch(0, {"train": {"loss": 1.0}, "test": {"loss": 2.0}})
+    assert (h.splits, h.sparsity_splits) == (["train", "test"], [])
+    with pytest.raises(ValueError, match="splits for which this run records anything: \\['train', 'test'\\]"):
+        h.check_split("val")
+    h.record_epoch(1, {"val": {"loss": 1.5}})
+    assert h.check_split("val") == "val" and h.splits == ["train", "val", "test"]
+    h.metrics.loc[len(h.metrics)] = [2, "holdout", "loss", 0.5]  # a row added in place
+    assert h.splits == ["train", "val", "test", "holdout"]
+    h.layers = synthetic_history(epochs=2, layers=("a",), channels=2, splits=("test",), seed=3).layers
+    assert h.sparsity_splits == ["test"] and h.check_split("test", sparsity=True) == "test"
+    h.splits.append("mutated")  # callers get copies: the cache cannot be changed from outside
+    assert h.splits == ["train", "val", "test", "holdout"]

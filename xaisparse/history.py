@@ -31,7 +31,7 @@ import pandas as pd
 from ._deprecation import deprecated, renamed_keyword
 from ._errors import HistoryFormatError, UnknownLayerError, closest
 from ._io import jsonable
-from ._runfiles import SCHEMA_VERSION, TABLE_COLUMNS, read_run, write_run
+from ._runfiles import SCHEMA_VERSION, TABLE_COLUMNS, RunState, append_run, read_run, write_run, write_whole
 from ._validation import check_split
 from .detection import DetectionResult
 from .histogram_stats import histogram_mean
@@ -44,6 +44,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "SCHEMA_VERSION",
     "History",
+    "HistoryWriter",
     "RunOutcome",
     "as_runs",
     "canonical_statistic",
@@ -226,6 +227,8 @@ class History:
     layer_order: list[str] = field(default_factory=list)
     detection: DetectionResult | None = None
     outcome: RunOutcome = field(default_factory=RunOutcome)
+    # (metrics, layers, their lengths, splits, sparsity splits): see _split_lists
+    _splits_seen: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for kind, keys in _KEYS.items():
@@ -311,13 +314,30 @@ class History:
     @property
     def splits(self) -> list[str]:
         """Splits with any record, ``train`` first, then ``val``, ``test``, then any other."""
-        found = list(dict.fromkeys([*self.metrics.split.astype(str), *self.layers.split.astype(str)]))
-        return _split_order(found)
+        return list(self._split_lists()[0])
 
     @property
     def sparsity_splits(self) -> list[str]:
         """Splits with layer sparsity recorded (same order as :attr:`splits`)."""
-        return _split_order(list(dict.fromkeys(self.layers.split.astype(str))))
+        return list(self._split_lists()[1])
+
+    def _split_lists(self) -> tuple[list[str], list[str]]:
+        """(:attr:`splits`, :attr:`sparsity_splits`), computed once per state of the two tables.
+
+        Every query checks its split, so scoring many runs asked for these lists again and again.
+        The cache holds the two table objects themselves (so their ids cannot be reused) and their
+        lengths: replacing a table (as :meth:`record_epoch` and loading do) or adding rows to it
+        recomputes the lists.
+        """
+        metrics, layers = self.metrics, self.layers
+        seen = self._splits_seen
+        if seen is not None and seen[0] is metrics and seen[1] is layers and seen[2] == (len(metrics), len(layers)):
+            return seen[3], seen[4]
+        in_layers = [str(s) for s in layers.split.unique()]
+        found = list(dict.fromkeys([*(str(s) for s in metrics.split.unique()), *in_layers]))
+        lists = (_split_order(found), _split_order(in_layers))
+        self._splits_seen = (metrics, layers, (len(metrics), len(layers)), *lists)
+        return lists
 
     @property
     def sparsity_epochs(self) -> list[int]:
@@ -690,14 +710,18 @@ class History:
         it is itself a saved History or empty (never a foreign directory: ``FileExistsError``);
         on any failure the previous contents stay as they were.
         """
-        keys = sorted(self.spatial_hist)
-        return write_run(
-            path,
+        return write_run(path, tables=self._clean_tables(), **vars(self._run_state()))
+
+    def _clean_tables(self) -> dict[str, pd.DataFrame]:
+        return {kind: _clean_table(getattr(self, kind), kind) for kind in _TABLES}
+
+    def _run_state(self) -> RunState:
+        """What a save writes besides the tables (JSON-safe fields, evidence, histograms as int64)."""
+        return RunState(
             config=jsonable(self.config),
             detection=None if self.detection is None else self.detection.to_dict(),
             outcome=jsonable(asdict(self.outcome)),
             layer_order=[str(name) for name in self.layer_order],
-            tables={kind: _clean_table(getattr(self, kind), kind) for kind in _TABLES},
             evidence=None if self.detection is None else self.detection.evidence,
             bin_edges=np.asarray(self.bin_edges, dtype=np.float64),
             hists={
@@ -706,7 +730,7 @@ class History:
                     np.asarray(self.spatial_hist[key], dtype=np.int64),
                     np.asarray(self.population_hist[key], dtype=np.int64),
                 )
-                for key in keys
+                for key in sorted(self.spatial_hist)
             },
         )
 
@@ -756,6 +780,64 @@ class History:
         return (
             f"History(epochs={span}, splits={self.splits}, layers={len(self.layer_names)}, config={self.config!r:.80})"
         )
+
+
+class HistoryWriter:
+    """Saves a growing :class:`History` to one run directory again and again, writing only what changed.
+
+    What :func:`~xaisparse.train.fit` uses for its checkpoint after every epoch. The first
+    :meth:`save` writes the whole run, as :meth:`History.save` does; each later one appends the
+    table rows recorded since as one more part of each table, writes the histograms and the
+    detector's evidence anew (they are small) and commits a new manifest: the same layout and the
+    same crash safety (a process killed at any point leaves the last committed save or this one;
+    see :ref:`the on-disk layout <history-layout>`), and loading gives exactly what one whole save
+    would. The whole run is written again instead when the rows saved before changed (tables only
+    grow by :meth:`History.record_epoch`), when something else wrote the directory meanwhile, or
+    when a table reaches ``max_parts`` parts (so that a load reads few files).
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> h, writer = History(), HistoryWriter(Path(tempfile.mkdtemp()) / "run")
+    >>> for epoch in range(3):
+    ...     h.record_epoch(epoch, {"test": {"loss": 1.0 / (epoch + 1)}})
+    ...     _ = writer.save(h)
+    >>> History.load(writer.path).metric("test").tolist()
+    [1.0, 0.5, 0.3333333333333333]
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_parts: int = 32) -> None:
+        if isinstance(max_parts, bool) or not isinstance(max_parts, int) or max_parts < 1:
+            raise ValueError(f"max_parts must be a positive int, got {max_parts!r}")
+        self.path = Path(path)
+        self.max_parts = max_parts
+        self._committed: bytes | None = None
+        self._saved: dict[str, pd.DataFrame] = {}
+
+    def save(self, history: History) -> Path:
+        """Write ``history`` to :attr:`path`: appended to this writer's last save where it can be, else whole."""
+        check_history(history)
+        state = history._run_state()
+        parts = self._new_rows(history) if self._committed is not None else None
+        raw = None
+        if parts is not None and self._committed is not None:
+            cleaned = {kind: _clean_table(rows, kind) for kind, rows in parts.items() if len(rows)}
+            raw = append_run(self.path, self._committed, cleaned, state, self.max_parts)
+        if raw is None:
+            raw = write_whole(self.path, history._clean_tables(), state)
+        self._committed = raw
+        self._saved = {kind: getattr(history, kind).reset_index(drop=True) for kind in _TABLES}
+        return self.path
+
+    def _new_rows(self, history: History) -> dict[str, pd.DataFrame] | None:
+        """Each table's rows past those of the last save, or None if those rows changed."""
+        parts = {}
+        for kind in _TABLES:
+            table, saved = getattr(history, kind), self._saved[kind]
+            n = len(saved)
+            if len(table) < n or not table.iloc[:n].reset_index(drop=True).equals(saved):
+                return None
+            parts[kind] = table.iloc[n:]
+        return parts
 
 
 def _upgrade_v1(tables: dict[str, pd.DataFrame], config: dict[str, Any], manifest: dict[str, Any]) -> None:

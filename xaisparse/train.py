@@ -13,7 +13,6 @@ the current epoch.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import math
 import os
@@ -38,7 +37,7 @@ from ._validation import check_int
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .data import probe_subset
 from .epoch import EpochStep, measure_epoch, measure_split, timed
-from .history import History
+from .history import History, HistoryWriter
 from .monitor import SparsityMonitor
 from .penalty import SparsityPenalty
 from .stopping.early import EarlyStopping
@@ -270,7 +269,8 @@ def fit(
     after its patience and restores the best epoch's weights; what it did is in
     ``history.outcome.stop_reason`` and ``history.config["early_stopping"]``.
     ``checkpoint_dir`` keeps the latest model/optimizer/RNG state and history after each epoch
-    (atomically); ``resume`` continues such a run up to ``epochs``. How the run ended is in
+    (atomically; after the first save the history is appended to, see
+    :class:`~xaisparse.history.HistoryWriter`); ``resume`` continues such a run up to ``epochs``. How the run ended is in
     ``history.outcome``.
 
     Deprecated (one release, with a ``DeprecationWarning``): ``penalty=<number>``,
@@ -340,8 +340,10 @@ def fit(
     history = History(config=run_config)
     start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    writer = None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        writer = HistoryWriter(ckpt_dir / "history")  # after the first save, each epoch's save appends
     if resume is not None:
         ckpt = load_checkpoint(resume)
         model.load_state_dict(ckpt["model"])
@@ -392,9 +394,9 @@ def fit(
                 with timed(phases, "callbacks"):
                     for cb in cbs:
                         _epoch_end(cb, state)
-            if ckpt_dir is not None:
+            if ckpt_dir is not None and writer is not None:
                 with timed(phases, "checkpoint"):
-                    _save_checkpoint(ckpt_dir, model, opt, train_loader, history, epoch)
+                    _save_checkpoint(ckpt_dir, model, opt, train_loader, history, epoch, writer)
             _postfix(bar, step.metrics, history)
             stopper = _stop_reason(state, cbs, step)
             if stopper is not None and epoch < epochs:
@@ -460,12 +462,18 @@ def _train_one_epoch(
 
 
 def _save_checkpoint(
-    ckpt_dir: Path, model: nn.Module, opt: Any, loader: DataLoader, history: History, epoch: int
+    ckpt_dir: Path,
+    model: nn.Module,
+    opt: Any,
+    loader: DataLoader,
+    history: History,
+    epoch: int,
+    writer: HistoryWriter,
 ) -> None:
-    history.save(ckpt_dir / "history")
-    state = {
+    writer.save(history)
+    state = {  # serialised below at once: no copy of the weights needed
         "epoch": epoch,
-        "model": copy.deepcopy(model.state_dict()),
+        "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }
