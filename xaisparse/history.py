@@ -814,7 +814,7 @@ class HistoryWriter:
         self._saved: dict[str, pd.DataFrame] = {}
 
     def save(self, history: History) -> Path:
-        """Write ``history`` to :attr:`path`: appended to this writer's last save where it can be, else whole."""
+        """Write ``history`` to ``self.path``: appended to this writer's last save where it can be, else whole."""
         check_history(history)
         state = history._run_state()
         parts = self._new_rows(history) if self._committed is not None else None
