@@ -3,15 +3,18 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from xaisparse.checkpoint import load_weights
 from xaisparse.detect import OverfitDetector
 from xaisparse.history import History
 from xaisparse.monitor import SparsityMonitor
 from xaisparse.penalty import SparsityPenalty
+from xaisparse.stopping import EarlyStopping
 from xaisparse.train import Callback, fit
 
 
@@ -89,6 +92,39 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     a, b = full.metric("test", "loss"), resumed.metric("test", "loss")
     assert a.tolist() == pytest.approx(b.tolist(), rel=1e-6)
     assert History.load(tmp_path / "part" / "history").epochs == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("watch", ["test loss", "test accuracy (EarlyStopping, max)"])
+def test_best_checkpoint_holds_the_weights_of_the_best_epoch(tmp_path, watch):
+    snapshots = {}  # the weights after each epoch, copied by hand (callbacks run before the checkpoint)
+    early = None if watch == "test loss" else EarlyStopping(patience=50, metric="accuracy", mode="max")
+    h = fit(
+        _net(),
+        _data(),
+        _data(seed=1),
+        epochs=5,
+        lr=0.5,
+        progress=False,
+        batch_size=16,
+        checkpoint_dir=tmp_path,
+        early_stopping=early,
+        callbacks=[lambda s: snapshots.__setitem__(s.epoch, {k: v.clone() for k, v in s.model.state_dict().items()})],
+    )
+    values = h.metric("test", "loss" if early is None else "accuracy").to_numpy()
+    best_epoch = int(np.argmin(values) if early is None else np.argmax(values))  # numpy: the first on ties
+    assert best_epoch < 5  # not simply the last epoch (here: the loss at 0, the accuracy tied at 2 and 5)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == best_epoch and best["value"] == pytest.approx(values[best_epoch])
+    assert best["watched"] == ("test loss" if early is None else "test accuracy")
+    for name, tensor in snapshots[best_epoch].items():
+        assert torch.equal(best["model"][name], tensor), name
+    restored = load_weights(_net(seed=5), tmp_path / "best.pt")
+    assert torch.equal(restored[0].weight, snapshots[best_epoch]["0.weight"])
+
+
+def test_no_best_checkpoint_without_held_out_data(tmp_path):
+    fit(_net(), _data(), epochs=1, progress=False, checkpoint_dir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "best.pt").exists()
 
 
 def test_detector_result_is_saved_and_bad_args_are_clear():

@@ -1,7 +1,9 @@
 """Model checkpoints written by :func:`~xaisparse.train.fit`: reading them, and loading their weights.
 
 ``fit(checkpoint_dir=DIR)`` keeps ``DIR/checkpoint.pt``: a dict with the model's ``state_dict``
-under ``"model"`` plus optimiser and RNG state, saved atomically after each epoch. Everything
+under ``"model"`` plus optimiser and RNG state, saved atomically after each epoch, and
+``DIR/best.pt``: the weights of the best epoch so far (lowest test loss, or what ``EarlyStopping``
+watches), rewritten only when an epoch improves on it. Everything
 here reads tensors and plain data only (``torch.load(weights_only=True)``).
 """
 
@@ -15,10 +17,12 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["CHECKPOINT", "load_checkpoint", "load_weights"]
+__all__ = ["BEST_CHECKPOINT", "CHECKPOINT", "load_checkpoint", "load_weights"]
 
 #: File name of the checkpoint inside a run directory.
 CHECKPOINT = "checkpoint.pt"
+#: File name of the best epoch's weights inside a run directory (``{"epoch", "model", "watched", "value"}``).
+BEST_CHECKPOINT = "best.pt"
 
 M = TypeVar("M", bound=nn.Module)
 

@@ -34,10 +34,10 @@ from ._errors import DeviceUnavailableError
 from ._fit_inputs import check_fit_inputs
 from ._io import atomic_write_bytes
 from ._validation import check_int
-from .checkpoint import CHECKPOINT, load_checkpoint
+from .checkpoint import BEST_CHECKPOINT, CHECKPOINT, load_checkpoint
 from .data import probe_subset
 from .epoch import EpochStep, measure_epoch, measure_split, timed
-from .history import History, HistoryWriter
+from .history import History, HistoryWriter, loss_minimum
 from .monitor import SparsityMonitor
 from .penalty import SparsityPenalty
 from .stopping.early import EarlyStopping
@@ -268,7 +268,10 @@ def fit(
     held-out metric (by default the ``test`` loss: pass your validation set as ``test``), stops
     after its patience and restores the best epoch's weights; what it did is in
     ``history.outcome.stop_reason`` and ``history.config["early_stopping"]``.
-    ``checkpoint_dir`` keeps the latest model/optimizer/RNG state and history after each epoch
+    ``checkpoint_dir`` keeps the latest model/optimizer/RNG state and history after each epoch,
+    and the best epoch's weights in ``best.pt`` (the lowest test loss so far, or what
+    ``early_stopping`` watches; ``{"epoch", "model", "watched", "value"}``; see
+    :func:`~xaisparse.checkpoint.load_weights`)
     (atomically; after the first save the history is appended to, see
     :class:`~xaisparse.history.HistoryWriter`); ``resume`` continues such a run up to ``epochs``. How the run ended is in
     ``history.outcome``.
@@ -397,6 +400,7 @@ def fit(
             if ckpt_dir is not None and writer is not None:
                 with timed(phases, "checkpoint"):
                     _save_checkpoint(ckpt_dir, model, opt, train_loader, history, epoch, writer)
+                    _save_best(ckpt_dir, model, history, epoch, early_stopping)
             _postfix(bar, step.metrics, history)
             stopper = _stop_reason(state, cbs, step)
             if stopper is not None and epoch < epochs:
@@ -482,6 +486,28 @@ def _save_checkpoint(
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(ckpt_dir / CHECKPOINT, buf.getvalue())
+
+
+def _save_best(
+    ckpt_dir: Path, model: nn.Module, history: History, epoch: int, early_stopping: EarlyStopping | None
+) -> None:
+    """Write ``BEST_CHECKPOINT`` when ``epoch`` is the best so far of the watched metric (earliest on ties).
+
+    Watched: what ``early_stopping`` watches (its split, metric and mode), else the test loss.
+    Nothing is written when that metric is not recorded (``fit(test=None)``).
+    """
+    metric, mode = ("loss", "min") if early_stopping is None else (early_stopping.metric, early_stopping.mode)
+    split = "test" if early_stopping is None else early_stopping._split(history)
+    m = history.metrics
+    series = m[(m.split == split) & (m.metric == metric)].set_index("epoch")["value"].astype(float)
+    series = series[series.index <= epoch]
+    best = loss_minimum(series if mode == "min" else -series)
+    if best is None or best[0] != epoch:
+        return
+    value = float(series.loc[epoch])
+    buf = io.BytesIO()
+    torch.save({"epoch": epoch, "model": model.state_dict(), "watched": f"{split} {metric}", "value": value}, buf)
+    atomic_write_bytes(ckpt_dir / BEST_CHECKPOINT, buf.getvalue())
 
 
 def _progress(it: Iterable[int], enabled: bool, initial: int, total: int) -> Any:
