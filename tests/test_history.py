@@ -236,6 +236,36 @@ def test_damaged_runs_get_clear_errors(tmp_path, hist, damage, message):
     assert str(tmp_path / "run") in str(err.value)  # the message names the file
 
 
+def test_the_fast_manifest_check_agrees_with_jsonschema(tmp_path, hist):
+    """Manifests are checked by fastjsonschema (quick to import); jsonschema, the reference
+    implementation of draft 2020-12, must give the same verdict on valid and damaged manifests."""
+    import jsonschema
+
+    hist.detection = OverfitDetector(smooth=1, threshold=0.0, noise=0.0, patience=1, warmup=0).detect(hist)
+    manifest = json.loads((hist.save(tmp_path / "run") / "history.json").read_text())
+    damaged = [
+        lambda m: m["histograms"][0].pop("layer"),
+        lambda m: m.update(extra=1),
+        lambda m: m["outcome"].update(train_seconds="fast"),
+        lambda m: m["detection"].pop("onsets"),
+        lambda m: m["histograms"][1].update(split="held-out"),
+        lambda m: m["tables"].update(metrics=["../x.parquet"]),
+        lambda m: m["histograms"][0].update(index=-1),
+        lambda m: m.update(detection=None),  # allowed: a run without a detector
+        lambda m: m.update(layer_order=None),
+    ]
+    for version, schema in ((4, _runfiles.SCHEMA_4), (3, _runfiles.SCHEMA_3), (2, _runfiles.SCHEMA_2)):
+        reference = jsonschema.validators.validator_for(schema)
+        reference.check_schema(schema)
+        if version != 4:
+            continue
+        for damage in [lambda m: None, *damaged]:
+            m = json.loads(json.dumps(manifest))
+            damage(m)
+            expected = reference(schema).is_valid(m)
+            assert (_runfiles._schema_problem(m, 4) is None) == expected, m
+
+
 def _flips(raw: bytes, both: bool = True):
     """Every byte changed, one at a time; ASCII stays ASCII: digits, letters' case, quotes, brackets.
 
