@@ -10,7 +10,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # conda-forge names that differ from PyPI names
-CONDA_TO_PYPI = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
+CONDA_TO_PYPI = {"pytorch": "torch", "matplotlib-base": "matplotlib", "python-fastjsonschema": "fastjsonschema"}
 
 
 def _name(spec: str) -> str:
