@@ -185,3 +185,16 @@ def test_learning_curves_draw_the_run_and_earlier_runs_faintly():
     assert wide.axes[0].get_xlim()[1] == 50.5  # 1.25 × 40, not all 200 epochs
     with pytest.raises(NoData):
         plots.learning_curves(type(h)())
+
+
+def test_learning_curves_wrap_into_rows_for_a_page():
+    h = synthetic_history(epochs=6)
+    one_row = plots.learning_curves(h)
+    wrapped = plots.learning_curves(h, columns=2)
+    boxes = [ax.get_position() for ax in wrapped.axes[:3]]
+    assert boxes[0].y0 == pytest.approx(boxes[1].y0) and boxes[2].y1 < boxes[0].y0  # loss, accuracy; sparsity below
+    assert boxes[2].width > 1.5 * boxes[0].width  # the last panel spans the short last row
+    assert wrapped.get_figwidth() < one_row.get_figwidth() and wrapped.get_figheight() > one_row.get_figheight()
+    assert [ax.get_title() for ax in wrapped.axes[:3]] == ["loss", "accuracy", "sparsity per layer (test)"]
+    with pytest.raises(ValueError, match="columns must be an int >= 1"):
+        plots.learning_curves(h, columns=0)

@@ -147,6 +147,10 @@ def test_the_views_show_the_runs_own_numbers(trained):
     assert pg.run.snapshot.map_epochs == history.epochs
     assert pg.channel_choice.max == maps.maps[pg.layer_choice.value].shape[1] - 1
     assert pg.figure("maps").get_suptitle().startswith("epoch 2: feature maps of a test image of digit 0")
+    page = pg.figure("curves", columns=2)  # for a document: two panels to a row
+    assert len({round(ax.get_position().y0, 3) for ax in page.axes[:3]}) == 2
+    with pytest.raises(ValueError, match="columns must be an int >= 1"):
+        pg.figure("curves", columns=0)
     test = load_digits_dataset(size=16, seed=0, train_subset=40, label_noise=0.25).test
     labels = test.tensors[1].tolist()
     assert [labels[i] for i in pg.run.image_index] == [0, 1, 2, 3]  # "digit k" is a test image of digit k

@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..history import History, check_history
-from ._style import ALARM_COLOR, MINIMUM_COLOR, NoData, layer_colors, new_figure, split_color
+from ._style import ALARM_COLOR, MINIMUM_COLOR, NoData, check_columns, layer_colors, panel_figure, split_color
 
 __all__ = ["LOSS_NOTE", "learning_curves"]
 
@@ -53,6 +53,7 @@ def learning_curves(
     split: str = "test",
     *,
     total_epochs: int | None = None,
+    columns: int = 3,
     notes: list[str] | None = None,
     data: dict[str, Any] | None = None,
 ) -> Figure:
@@ -65,7 +66,8 @@ def learning_curves(
     purple lines between that epoch and the next (the next epoch trained with the change).
     The test-loss minimum (green) and the detector's alarm (red) are marked. ``total_epochs``
     (for a run in progress) leaves room on the x axis: a quarter more than the epochs so far
-    (at least 10), never past the run's last epoch.
+    (at least 10), never past the run's last epoch. ``columns``: panels to a row (3: one wide
+    row, as in the playground; 2 or 1 wrap them into a page-wide figure for a document).
 
     >>> from xaisparse.testing import synthetic_history
     >>> fig = learning_curves(synthetic_history(epochs=8), [synthetic_history(seed=1)], [(3, "λ 0→1")])
@@ -73,12 +75,12 @@ def learning_curves(
     ['loss', 'accuracy', 'sparsity per layer (test)']
     """
     h = check_history(history)
+    check_columns(columns)
     if h.is_empty:
         raise NoData("waiting for the first epoch…")
     notes = [] if notes is None else notes
     earlier = _earlier_runs(previous)
-    fig = new_figure(12.5, 3.7)
-    ax_loss, ax_acc, ax_sp = fig.subplots(1, 3, width_ratios=[1.0, 1.0, 1.25])
+    fig, (ax_loss, ax_acc, ax_sp) = panel_figure(3, columns, 12.5, 3.7, ratios=[1.0, 1.0, 1.25])
     drawn: dict[str, Any] = {"loss": {}, "accuracy": {}, "sparsity": {}, "earlier": len(earlier)}
     for k, old in enumerate(earlier):
         label = "earlier runs" if k == 0 else None

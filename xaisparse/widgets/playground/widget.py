@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from ... import plots
 from ...history import History
+from ...plots._style import check_columns
 from ...plots.curves import LOSS_NOTE
 from ...summary import compare_runs
 from .._base import FigureWidget
@@ -466,7 +467,7 @@ class OverfittingPlayground(FigureWidget):
     def _snapshot(self) -> Snapshot | None:
         return self.run.snapshot if self.run is not None else None
 
-    def _figure(self, name: str, snap: Snapshot, notes: list[str]) -> Figure:
+    def _figure(self, name: str, snap: Snapshot, notes: list[str], columns: int = 3) -> Figure:
         if name == "curves":
             earlier = [h for h in self.runs if h is not (self.run.history if self.run else None)][-EARLIER_RUNS:]
             changes = [(e, _change_text(k, old, new)) for e, k, old, new in snap.changes]
@@ -475,6 +476,7 @@ class OverfittingPlayground(FigureWidget):
                 earlier,
                 _merge(changes),
                 total_epochs=self.run.settings.epochs if self.run else None,
+                columns=columns,
                 notes=notes,
             )
         if snap.maps is None:
@@ -585,16 +587,18 @@ class OverfittingPlayground(FigureWidget):
             raise plots.NoData("Set the knobs and press Train.")
         return self._figure("curves", snap, notes)
 
-    def figure(self, view: str = "curves") -> Figure:
+    def figure(self, view: str = "curves", *, columns: int = 3) -> Figure:
         """One view of the current run as a matplotlib figure: one of ``curves``, ``maps``,
-        ``distribution``, ``channel`` (for static notebooks and reports)."""
+        ``distribution``, ``channel`` (for static notebooks and reports). ``columns``: the
+        ``curves`` panels to a row (3: one wide row as in the app; 2 or 1 wrap them to a page's width)."""
         if view not in VIEWS:
             raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
+        check_columns(columns)
         snap = self._snapshot()
         if snap is None:
             raise plots.NoData("no run yet: press Train (or call train()) first")
         with RENDER_LOCK:
-            return self._figure(view, snap, [])
+            return self._figure(view, snap, [], columns=columns)
 
     # ------------------------------------------------------------------ status, buttons, table
     def _sync_all(self, table: bool = True) -> None:
