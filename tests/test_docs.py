@@ -294,22 +294,9 @@ def test_notebook_page_shows_its_figures(build, site, browser, notebook):
         page.close()
 
 
-#: Notebook 07 is being rewritten by the study branch; its tables and printed lists are wider
-#: than the page until then (not strict: the test passes as soon as the rewrite lands).
-REWRITE_PENDING = {
-    "07_replication_study": pytest.mark.xfail(
-        strict=False, reason="notebook 07: the study tables are wider than the page (to be wrapped)"
-    )
-}
-
-
 @pytest.mark.browser
 @pytest.mark.xdist_group("docs")
-@pytest.mark.parametrize(
-    "notebook",
-    [pytest.param(nb, marks=REWRITE_PENDING.get(nb.stem, ())) for nb in NOTEBOOKS],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_page_fits_the_page_width(build, site, browser, notebook):
     """Read at a glance: no output block or table of the page scrolls sideways (a conclusion cut
     off at the right edge is the sentence the reader came for), and no figure is up-scaled."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+import struct
 import subprocess
 import sys
 
@@ -443,6 +444,41 @@ def test_comparison_wraps_its_panels_into_rows():
         np.testing.assert_array_equal(line_by_gid(wrapped, gid).get_ydata(), line_by_gid(wide, gid).get_ydata())
     with pytest.raises(ValueError, match="columns must be an int >= 1"):
         plots.comparison(runs, columns=True)
+
+
+#: Width of the docs page's content column, where the static PNG of a widget is shown: furo's
+#: 46em at 16 px (tests/test_docs.py measures the same in Chromium).
+DOCS_PAGE_PX = 46 * 16
+
+
+def _shown_text_pt(png: bytes, fig: Figure) -> float:
+    """The smallest text of ``fig`` in pt as shown on the docs page from ``png`` (its rendering):
+    a font of s pt is s·dpi/72 px in the PNG, shrunk by page/PNG width when the PNG is wider than the
+    page, and 96 CSS px make 72 pt."""
+    width_px = struct.unpack(">I", png[16:20])[0]  # the IHDR chunk's width
+    dpi = width_px / fig.get_figwidth()
+    scale = min(1.0, DOCS_PAGE_PX / width_px)
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+    assert len(texts) > 10  # titles, labels, tick labels, legend
+    return min(t.get_fontsize() for t in texts) * dpi / 72 * scale * 72 / 96
+
+
+def test_run_comparison_png_is_legible_at_the_page_width():
+    """The widget's static PNG (what the docs show without a kernel) wraps its panels into rows:
+    loss and layer side by side, the distribution below across the width; every text is at least
+    8 pt where the PNG is shown at the page's width (the one wide row of three panels is not)."""
+    runs = {"a": synthetic_history(epochs=6, seed=0), "b": synthetic_history(epochs=6, seed=1)}
+    w = RunComparison(runs)
+    fig = w.to_figure()
+    fig.draw_without_rendering()  # constrained layout places the axes
+    loss, layer, dist = (ax.get_position() for ax in fig.axes[:3])
+    assert abs(loss.y0 - layer.y0) < 0.02 and loss.x1 < layer.x0  # one row of two
+    assert dist.y1 < min(loss.y0, layer.y0) and dist.width > 1.5 * loss.width  # below, across the width
+    assert _shown_text_pt(w._repr_png_(), fig) >= 8.0
+    wide = RunComparison(runs, columns=3)
+    assert _shown_text_pt(wide._repr_png_(), wide.to_figure()) < 8.0  # shrunk to the page: unreadable
+    with pytest.raises(ValueError, match="columns must be an int >= 1"):
+        RunComparison(runs, columns=0)
 
 
 def test_run_comparison_robustness():

@@ -76,7 +76,9 @@ def comparison(
     dots. ``runs``: a dict ``name -> History`` (e.g. from :func:`~xaisparse.history.load_runs`)
     or a list of histories. ``layer`` defaults to the first layer common to all runs,
     ``epoch`` to the last epoch with a histogram in every run. ``columns``: panels to a row
-    (3: one wide row; 2 or 1 wrap them into a page-wide figure whose text stays legible).
+    (3: one wide row; 2 or 1 wrap them into a page-wide figure whose text stays legible). No
+    text is smaller than 10 pt, so the page-wide figure shown on a page 736 px wide (the docs)
+    still shows it at 8.5 pt.
     """
     runs_all = as_runs(runs)
     if not runs_all:
@@ -199,7 +201,7 @@ def comparison(
             ax_dist.scatter(
                 i + 0.47 + jitter, means, s=9, color="#222222", alpha=0.7, zorder=5, gid=f"channel_means:{name}"
             )
-    ax_dist.set_xticks(range(len(names)), names, rotation=20 if len(names) > 3 else 0, fontsize=9)
+    ax_dist.set_xticks(range(len(names)), names, rotation=20 if len(names) > 3 else 0, fontsize=10)
     ax_dist.set_xlim(-0.6, max(len(names), 1) - 0.4 + 0.2)
     if edges is not None:
         ax_dist.set_ylim(edges[0] - 0.02, edges[-1] + 0.02)
@@ -220,5 +222,5 @@ def comparison(
             color="#777777",
         )
     handles = [Patch(facecolor=colors[n], label=n) for n in runs_all]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=10, frameon=False)
     return fig

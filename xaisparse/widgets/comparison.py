@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from .. import plots
 from .._validation import SPLITS, select_names
 from ..history import as_runs, common_layers
+from ..plots._style import check_columns
 from ..plots.comparison import comparison_default_epoch, comparison_epochs
 from ._base import FigureWidget, split_buttons, statistic_dropdown
 
@@ -30,7 +31,9 @@ class RunComparison(FigureWidget):
     ``runs``: a dict ``name -> History`` (e.g. from :func:`~xaisparse.history.load_runs`) or a
     list of histories. Controls: ``layer_dropdown`` (layers common to all runs),
     ``metric_dropdown``, ``statistic_dropdown``, ``split_buttons``, ``epoch_slider``,
-    ``kind_dropdown``.
+    ``kind_dropdown``. ``columns``: panels to a row of the figure (default 2: the loss and the
+    layer side by side, the distribution below, in a page-wide figure whose text stays legible
+    where the PNG is shown at a page's width; 3: one wide row).
     """
 
     _title = "run comparison"
@@ -44,6 +47,8 @@ class RunComparison(FigureWidget):
         statistic: str = "spatial_mean",
         metric: str = "loss",
         kind: str = "violin",
+        *,
+        columns: int = 2,
     ) -> None:
         self.runs = as_runs(runs)
         if not self.runs:
@@ -53,6 +58,7 @@ class RunComparison(FigureWidget):
                 raise TypeError(f"{name} must be a str, got {type(value).__name__}")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+        self.columns = check_columns(columns)
         if epoch is not None and (not isinstance(epoch, (int, np.integer)) or isinstance(epoch, bool)):
             raise TypeError(f"epoch must be an int or None, got {type(epoch).__name__}")
         sticky: list[str] = []
@@ -127,6 +133,7 @@ class RunComparison(FigureWidget):
             self.statistic_dropdown.value,
             self.metric_dropdown.value,
             self.kind_dropdown.value,
+            columns=self.columns,
             notes=notes,
             data=self.data,
         )
