@@ -102,6 +102,25 @@ def seaborn_theme() -> Iterator[None]:
         yield
 
 
+#: Figures are saved at this dpi and at most this many inches wide: 736 px, the docs page's column,
+#: so that the notebook and the docs show them at their natural size (text stays readable).
+FIGURE_DPI = 110
+PAGE_INCHES = 736 / FIGURE_DPI
+
+
+def panel_grid(n: int, height: float, *, columns: int = 2, sharey: bool = False) -> tuple[Any, list[Any]]:
+    """A page-wide figure of ``n`` panels, ``columns`` to a row, ``height`` inches per row; its axes in order."""
+    from matplotlib.figure import Figure
+
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    fig = Figure(figsize=(PAGE_INCHES, height * rows), layout="constrained")
+    axes = list(fig.subplots(rows, columns, sharey=sharey, squeeze=False).ravel())
+    for extra in axes[n:]:
+        extra.remove()
+    return fig, axes[:n]
+
+
 @seaborn_theme()
 def _figures(
     out: Path,
@@ -118,14 +137,12 @@ def _figures(
     The score bars of ``summaries`` go to ``scores_name``; the lead ECDFs read the held-out rows of ``table``.
     """
     import seaborn as sns
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     written = []
     if not summaries.empty:
         groups = list(dict.fromkeys(summaries.group))
-        fig = Figure(figsize=(4.2 * len(groups), 4.6), layout="constrained")
-        axes = fig.subplots(1, len(groups), sharey=True, squeeze=False)[0]
+        fig, axes = panel_grid(len(groups), 3.6, sharey=True)
         for ax, g in zip(axes, groups):
             s = summaries[(summaries.group == g) & (summaries.method != NO_STOP)]
             y = np.arange(len(s))
@@ -136,8 +153,8 @@ def _figures(
             ax.invert_yaxis()
             ax.set_xlim(-1.05, 1.05)
             ax.set_xlabel("hit − false alarm (95 % bootstrap CI)")
-            ax.set_title(f"{g}\n({int(s.runs.iloc[0])} runs)")
-        fig.savefig(out / scores_name, dpi=110)
+            ax.set_title(f"{g}\n({int(s.runs.iloc[0])} runs)", fontsize=10)
+        fig.savefig(out / scores_name, dpi=FIGURE_DPI)
         written.append(scores_name)
     held = table[(table.split == "held_out") & table.method.isin(lead_methods)]
     held = held.merge(runs[["run", "dataset"]], on="run")
@@ -145,8 +162,7 @@ def _figures(
         datasets = sorted(held.dataset.unique())
         order = [m for m in (*order, *lead_methods) if m in set(held.method)]
         order = list(dict.fromkeys(order))
-        fig = Figure(figsize=(5.2 * len(datasets), 4.2), layout="constrained")
-        axes = fig.subplots(1, len(datasets), sharey=True, squeeze=False)[0]
+        fig, axes = panel_grid(len(datasets), 4.0, columns=1)  # one per row: room for the methods' legend
         for ax, d in zip(axes, datasets):
             sub = held[(held.dataset == d) & held.lead.notna()]
             if not sub.empty:
@@ -159,15 +175,14 @@ def _figures(
                 fontsize=9,
             )
             ax.set_xlabel("lead (epochs)")
-        fig.savefig(out / "lead_ecdf.png", dpi=110)
+        fig.savefig(out / "lead_ecdf.png", dpi=FIGURE_DPI)
         written.append("lead_ecdf.png")
     if not pairs.empty:
         archs = sorted(pairs.arch.unique())
         comparisons = list(dict.fromkeys(pairs.comparison))
         datasets = sorted(pairs.dataset.unique())
         colors = dict(zip(datasets, sns.color_palette("colorblind", len(datasets))))
-        fig = Figure(figsize=(4.6 * len(archs) + 1.6, 0.9 * len(comparisons) + 1.6), layout="constrained")
-        axes = fig.subplots(1, len(archs), sharey=True, squeeze=False)[0]
+        fig, axes = panel_grid(len(archs), 0.9 * len(comparisons) + 1.6, sharey=True)
         jitter = np.random.default_rng(0)
         for ax, arch in zip(axes, archs):
             for k, comp in enumerate(comparisons):
@@ -180,12 +195,13 @@ def _figures(
             ax.axvline(0, color="k", lw=0.8)
             ax.set_yticks(range(len(comparisons)), comparisons)
             ax.set_title(arch)
-            ax.set_xlabel("last-epoch test loss:\ncondition − baseline (same seed)")
+            ax.set_xlabel("difference")
         axes[0].invert_yaxis()  # shared: once for all
+        fig.supxlabel("last-epoch test loss: condition − baseline (same seed)", fontsize=10)
         handles = [Line2D([], [], color=colors[d], marker="o", ls="", label=d) for d in datasets]
         handles.append(Line2D([], [], color="k", marker="x", ls="", label="condition run never learned"))
-        axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
-        fig.savefig(out / "paired_last_loss.png", dpi=110)
+        fig.legend(handles=handles, loc="outside upper center", ncol=3, fontsize=8, frameon=False)
+        fig.savefig(out / "paired_last_loss.png", dpi=FIGURE_DPI)
         written.append("paired_last_loss.png")
     return written
 
@@ -289,6 +305,37 @@ def head_lines(
         timing_total.to_csv(results / "timing_total.csv", index=False)
         lines += ["## Measured time per run", "", timing_note, "", _md(timing, ".1f"), "", projection, ""]
     return lines
+
+
+def _pairs_long(reg: pd.DataFrame) -> pd.DataFrame:
+    """One row per seed pair and comparison (condition − baseline): the paired figure's points."""
+    classes = reg.groupby("dataset").num_classes.first()
+    pairs_long = []
+    for cond in ("penalty", *REGULARISERS):
+        p = pairs(reg, cond, "baseline")
+        if len(p):
+            pairs_long.append(
+                pd.DataFrame(
+                    {
+                        "comparison": f"{cond} − baseline",
+                        "dataset": p.dataset,
+                        "arch": p.arch,
+                        "difference": p.last_loss_diff,
+                        "learned": is_learned(p[f"best_acc_{cond}"], p.dataset.map(classes)),
+                    }
+                )
+            )
+    return pd.concat(pairs_long, ignore_index=True) if pairs_long else pd.DataFrame()
+
+
+def redraw_figures(results: Path) -> list[str]:
+    """Draw a v2 results folder's figures again from its own tables (``runs.csv``,
+    ``detector_summary.csv``, ``detector_runs.csv``): a new layout without the run directories;
+    no number changes."""
+    runs = pd.read_csv(results / "runs.csv")
+    summary = pd.read_csv(results / "detector_summary.csv")
+    table = pd.read_csv(results / "detector_runs.csv")
+    return _figures(results, summary, table, runs, _pairs_long(runs[runs.split == "held_out"]))
 
 
 def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_000, quick: bool = False) -> Path:
@@ -398,7 +445,6 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
             _md(c[[*CELL, "method", "runs", "overfitting_runs", "hit", "false_alarm", "score"]]),
             "",
         ]
-    pairs_long = []
     reg = runs[runs.split == "held_out"]
     t3, v3 = c3(reg, resamples)
     if not t3.empty:
@@ -452,22 +498,7 @@ def analyse(root: Path, grid: list[Job], results: Path, *, resamples: int = 10_0
             _md(t4[t4.metric == "last_loss"], ".3f"),
             "",
         ]
-    classes = reg.groupby("dataset").num_classes.first()
-    for cond in ("penalty", *REGULARISERS):
-        p = pairs(reg, cond, "baseline")
-        if len(p):
-            pairs_long.append(
-                pd.DataFrame(
-                    {
-                        "comparison": f"{cond} − baseline",
-                        "dataset": p.dataset,
-                        "arch": p.arch,
-                        "difference": p.last_loss_diff,
-                        "learned": is_learned(p[f"best_acc_{cond}"], p.dataset.map(classes)),
-                    }
-                )
-            )
-    long = pd.concat(pairs_long, ignore_index=True) if pairs_long else pd.DataFrame()
+    long = _pairs_long(reg)
     figs = _figures(results, summary, table, runs, long)
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
     lines += [

@@ -18,7 +18,17 @@ import pandas as pd
 from xaisparse._io import atomic_write_text
 
 from . import published
-from .analysis import _figures, _md, _rates, head_lines, run_record, seaborn_theme, start_results
+from .analysis import (
+    FIGURE_DPI,
+    _figures,
+    _md,
+    _rates,
+    head_lines,
+    panel_grid,
+    run_record,
+    seaborn_theme,
+    start_results,
+)
 from .grid import EPOCHS, SGD_LR, Job
 from .methods import LABELS as V2_LABELS
 from .scoring import DECISION_COLUMNS, NO_STOP, decision, holm, method_rows, summarise
@@ -152,7 +162,6 @@ def _signal_figure(out: Path, scored: dict[str, Any], split: str = "held_out") -
     tuning runs (the runs the tuned rules were chosen on: a picture of the signals, not a held-out result).
     """
     import seaborn as sns
-    from matplotlib.figure import Figure
 
     rows = []
     for job, _h, f, _loss, sig, _twin in scored.values():
@@ -171,8 +180,7 @@ def _signal_figure(out: Path, scored: dict[str, Any], split: str = "held_out") -
         return None
     data = pd.DataFrame(rows)
     data = data[data.from_min.between(-30, 30)]
-    fig = Figure(figsize=(13, 3.4), layout="constrained")
-    axes = fig.subplots(1, len(published.SIGNALS), squeeze=False)[0]
+    fig, axes = panel_grid(len(published.SIGNALS), 3.0)
     for ax, name in zip(axes, published.SIGNALS):
         sub = data[data.signal == name]
         if not sub.empty:
@@ -182,7 +190,7 @@ def _signal_figure(out: Path, scored: dict[str, Any], split: str = "held_out") -
         ax.set_xlabel("epoch − e* (test-loss minimum)")
         ax.set_ylabel("signal, z-scored per run (median, IQR)")
     name = "signals.png" if split == "held_out" else f"signals_{split}.png"
-    fig.savefig(out / name, dpi=110)
+    fig.savefig(out / name, dpi=FIGURE_DPI)
     return name
 
 

@@ -53,7 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--analyse-only", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--redraw-figures",
+        action="store_true",
+        help="v2: draw the results folder's figures again from its own tables (no runs needed, no number changes)",
+    )
     args = ap.parse_args(argv)
+    if args.redraw_figures:
+        if args.study != "v2":
+            ap.error("--redraw-figures is for --study v2 (v3's figures come with --analyse-only)")
+        from .analysis import redraw_figures
+
+        results = Path(args.results) if args.results else RESULTS / args.study
+        print(f"figures drawn again in {results}: {', '.join(redraw_figures(results))}")
+        return 0
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
     if args.train_only and args.analyse_only:

@@ -85,3 +85,26 @@ def test_busy_seconds_is_the_union_of_the_run_intervals() -> None:
     # [0, 12] ∪ [20, 30] = 22 seconds; the run with no start time is left out
     assert _busy_seconds(runs) == pytest.approx(22.0)
     assert _busy_seconds(runs.iloc[:0]) == 0.0
+
+
+def test_v2_figures_redrawn_from_the_committed_tables_fit_the_page(tmp_path):
+    """``python -m studies --study v2 --redraw-figures`` needs only the results' own tables, and
+    every figure it draws is at most 736 px wide (the docs column: shown at its natural size)."""
+    import shutil
+    import struct
+    from pathlib import Path
+
+    from studies.analysis import redraw_figures
+
+    committed = Path(__file__).resolve().parents[1] / "studies" / "results" / "v2"
+    for name in ("runs.csv", "detector_summary.csv", "detector_runs.csv"):
+        shutil.copy(committed / name, tmp_path / name)
+    drawn = redraw_figures(tmp_path)
+    assert drawn == ["scores.png", "lead_ecdf.png", "paired_last_loss.png"]
+    for name in drawn:
+        head = (tmp_path / name).read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", head[16:24])  # the IHDR chunk
+        assert 600 <= width <= 736 and height > 300, (name, width, height)
+    groups = pd.read_csv(tmp_path / "detector_summary.csv").group.nunique()
+    assert groups == 5  # five score panels, two to a row: three rows
