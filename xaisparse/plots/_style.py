@@ -112,6 +112,11 @@ def new_figure(width: float = 9.0, height: float = 4.2) -> PlotFigure:
 #: at its natural size on the documentation page (no shrinking, so its text stays legible).
 PAGE_WIDTH = 9.0
 
+#: Width (inches) of a one-panel-row widget figure (timeline, heatmap, live dashboard, feature and
+#: attribution maps): its PNG (:data:`DPI`) is about as wide as the documentation column (736 px),
+#: so its smallest text (9 pt) is shown at 8 pt or more there, and at its own size in JupyterLab.
+WIDGET_WIDTH = 8.0
+
 
 def check_columns(columns: object) -> int:
     """``columns`` (panels to a row) as an int >= 1, else a ValueError saying what was got."""
