@@ -446,6 +446,38 @@ def test_comparison_wraps_its_panels_into_rows():
         plots.comparison(runs, columns=True)
 
 
+@pytest.mark.parametrize("columns", [3, 2, 1])
+def test_comparison_legend_fits_the_figure(columns):
+    """Seven runs with long names (notebook 06's knobs): the figure-wide legend wraps into as many
+    rows as it needs; after drawing, its box lies inside the figure, and every run is listed."""
+    names = [
+        "start",
+        "4× the images (800)",
+        "clean labels (noise 0)",
+        "more noise (0.4)",
+        "3× the width (24)",
+        "dropout 0.5",
+        "penalty λ=1",
+    ]
+    runs = {name: synthetic_history(epochs=4, seed=i) for i, name in enumerate(names)}
+    fig = plots.comparison(runs, columns=columns)
+    fig.draw_without_rendering()
+    (legend,) = fig.legends
+    box, page = legend.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+    assert [t.get_text() for t in legend.get_texts()] == names
+    if columns < 3:  # the page-wide figure (9 in) wraps the legend into rows
+        assert legend_rows(legend) > 1
+    short = plots.comparison({"a": synthetic_history(epochs=4, seed=0), "b": synthetic_history(epochs=4, seed=1)})
+    short.draw_without_rendering()
+    assert legend_rows(short.legends[0]) == 1  # short names: one row
+
+
+def legend_rows(legend) -> int:
+    """Rows of a drawn legend: the distinct heights of its labels."""
+    return len({round(t.get_window_extent().y0) for t in legend.get_texts()})
+
+
 #: Width of the docs page's content column, where the static PNG of a widget is shown: furo's
 #: 46em at 16 px (tests/test_docs.py measures the same in Chromium).
 DOCS_PAGE_PX = 46 * 16

@@ -150,6 +150,30 @@ def panel_figure(
     return fig, axes
 
 
+def legend_columns(fig: Figure, labels: Sequence[str], fontsize: float = 10.0) -> int:
+    """How many columns a figure-wide legend of ``labels`` (patch or line handles) can have in ``fig``.
+
+    Every column is given the width of the widest label (measured in ``fontsize`` with
+    matplotlib's text layout) plus the handle, its padding and the column spacing, so the legend
+    is never wider than the figure; labels that do not fit in one row wrap into more.
+    """
+    if not labels:
+        return 1
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    font = FontProperties(size=fontsize)
+    widest = max(TextToPath().get_text_width_height_descent(str(t), font, ismath=False)[0] for t in labels)
+    # the legend's spacings are in units of its font size; widths here are in points
+    handle = (float(rcParams["legend.handlelength"]) + float(rcParams["legend.handletextpad"])) * fontsize
+    spacing = float(rcParams["legend.columnspacing"]) * fontsize
+    margin = 2 * (float(rcParams["legend.borderpad"]) + float(rcParams["legend.borderaxespad"])) * fontsize + 8.0
+    column = handle + widest + spacing
+    room = fig.get_figwidth() * 72.0 - margin + spacing  # no spacing after the last column
+    return max(1, min(len(labels), int(room // column)))
+
+
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     """PNG bytes of ``fig`` (Agg, no pyplot)."""
     buf = io.BytesIO()
