@@ -446,6 +446,38 @@ def test_comparison_wraps_its_panels_into_rows():
         plots.comparison(runs, columns=True)
 
 
+@pytest.mark.parametrize("columns", [3, 2, 1])
+def test_comparison_legend_fits_the_figure(columns):
+    """Seven runs with long names (notebook 06's knobs): the figure-wide legend wraps into as many
+    rows as it needs; after drawing, its box lies inside the figure, and every run is listed."""
+    names = [
+        "start",
+        "4× the images (800)",
+        "clean labels (noise 0)",
+        "more noise (0.4)",
+        "3× the width (24)",
+        "dropout 0.5",
+        "penalty λ=1",
+    ]
+    runs = {name: synthetic_history(epochs=4, seed=i) for i, name in enumerate(names)}
+    fig = plots.comparison(runs, columns=columns)
+    fig.draw_without_rendering()
+    (legend,) = fig.legends
+    box, page = legend.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+    assert [t.get_text() for t in legend.get_texts()] == names
+    if columns < 3:  # the page-wide figure (9 in) wraps the legend into rows
+        assert legend_rows(legend) > 1
+    short = plots.comparison({"a": synthetic_history(epochs=4, seed=0), "b": synthetic_history(epochs=4, seed=1)})
+    short.draw_without_rendering()
+    assert legend_rows(short.legends[0]) == 1  # short names: one row
+
+
+def legend_rows(legend) -> int:
+    """Rows of a drawn legend: the distinct heights of its labels."""
+    return len({round(t.get_window_extent().y0) for t in legend.get_texts()})
+
+
 #: Width of the docs page's content column, where the static PNG of a widget is shown: furo's
 #: 46em at 16 px (tests/test_docs.py measures the same in Chromium).
 DOCS_PAGE_PX = 46 * 16
@@ -481,6 +513,72 @@ def test_run_comparison_png_is_legible_at_the_page_width():
         RunComparison(runs, columns=0)
 
 
+def tiny_net(seed: int):
+    """Two conv blocks and a linear head on 1×8×8 inputs, initialised from ``seed`` (train mode)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 8 * 8, 3),
+    )
+
+
+def _legible_widget(name: str):
+    """Each widget in its default view on small synthetic data or a tiny seeded CNN."""
+    if name in ("ChannelInspector", "AttributionComparison"):
+        torch = pytest.importorskip("torch")
+        torch.manual_seed(0)
+        images = torch.rand(7, 1, 8, 8)
+        if name == "ChannelInspector":
+            return ChannelInspector(tiny_net(0).eval(), images)
+        pytest.importorskip("captum.attr")
+        from xaisparse.widgets import AttributionComparison
+
+        labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+        return AttributionComparison({"a": tiny_net(0).eval(), "b": tiny_net(1).eval()}, images, labels, n_steps=4)
+    h = synthetic_history(seed=0)
+    h.detection = detection(4)
+    if name == "LiveDashboard":
+        dash = LiveDashboard(total_epochs=3)
+        dash.on_epoch_end(synthetic_history(epochs=3, seed=0))
+        return dash
+    if name == "RunComparison":
+        return RunComparison({"a": synthetic_history(epochs=6, seed=0), "b": synthetic_history(epochs=6, seed=1)})
+    return {
+        "SparsityTimeline": SparsityTimeline,
+        "LayerEpochHeatmap": LayerEpochHeatmap,
+        "SparsityDistribution": SparsityDistribution,
+    }[name](h)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SparsityTimeline",
+        "LayerEpochHeatmap",
+        "SparsityDistribution",
+        "RunComparison",
+        "ChannelInspector",
+        "LiveDashboard",
+        "AttributionComparison",
+    ],
+)
+def test_every_widget_png_is_legible_at_the_page_width(name):
+    """The static PNG the docs show without a kernel: its smallest text is at least 8 pt where the
+    PNG is shown in the 736 px column (it is drawn, not a message figure)."""
+    w = _legible_widget(name)
+    assert w.message_level != "error" and bytes(w.image.value).startswith(PNG), w.message
+    fig = w.to_figure()
+    fig.draw_without_rendering()
+    assert _shown_text_pt(w._repr_png_(), fig) >= 8.0
+
+
 def test_run_comparison_robustness():
     single = RunComparison({"only": synthetic_history(epochs=2)})
     assert "only one run" in single.message
@@ -498,18 +596,7 @@ def test_run_comparison_robustness():
 @pytest.fixture(scope="module")
 def tiny_cnn():
     torch = pytest.importorskip("torch")
-    from torch import nn
-
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(6 * 8 * 8, 3),
-    )
-    return net, torch.randn(6, 1, 8, 8)
+    return tiny_net(0), torch.randn(6, 1, 8, 8)
 
 
 def test_channel_inspector_titles_equal_independent_sparsity(tiny_cnn):

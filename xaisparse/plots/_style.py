@@ -112,6 +112,11 @@ def new_figure(width: float = 9.0, height: float = 4.2) -> PlotFigure:
 #: at its natural size on the documentation page (no shrinking, so its text stays legible).
 PAGE_WIDTH = 9.0
 
+#: Width (inches) of a one-panel-row widget figure (timeline, heatmap, live dashboard, feature and
+#: attribution maps): its PNG (:data:`DPI`) is about as wide as the documentation column (736 px),
+#: so its smallest text (9 pt) is shown at 8 pt or more there, and at its own size in JupyterLab.
+WIDGET_WIDTH = 8.0
+
 
 def check_columns(columns: object) -> int:
     """``columns`` (panels to a row) as an int >= 1, else a ValueError saying what was got."""
@@ -143,6 +148,30 @@ def panel_figure(
         last = i == n - 1
         axes.append(fig.add_subplot(grid[row, col:] if last else grid[row, col]))
     return fig, axes
+
+
+def legend_columns(fig: Figure, labels: Sequence[str], fontsize: float = 10.0) -> int:
+    """How many columns a figure-wide legend of ``labels`` (patch or line handles) can have in ``fig``.
+
+    Every column is given the width of the widest label (measured in ``fontsize`` with
+    matplotlib's text layout) plus the handle, its padding and the column spacing, so the legend
+    is never wider than the figure; labels that do not fit in one row wrap into more.
+    """
+    if not labels:
+        return 1
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    font = FontProperties(size=fontsize)
+    widest = max(TextToPath().get_text_width_height_descent(str(t), font, ismath=False)[0] for t in labels)
+    # the legend's spacings are in units of its font size; widths here are in points
+    handle = (float(rcParams["legend.handlelength"]) + float(rcParams["legend.handletextpad"])) * fontsize
+    spacing = float(rcParams["legend.columnspacing"]) * fontsize
+    margin = 2 * (float(rcParams["legend.borderpad"]) + float(rcParams["legend.borderaxespad"])) * fontsize + 8.0
+    column = handle + widest + spacing
+    room = fig.get_figwidth() * 72.0 - margin + spacing  # no spacing after the last column
+    return max(1, min(len(labels), int(room // column)))
 
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:

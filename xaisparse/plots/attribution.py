@@ -34,6 +34,7 @@ from ._style import (
     DEAD_COLOR,
     PAGE_WIDTH,
     PALETTE,
+    WIDGET_WIDTH,
     NoData,
     check_columns,
     new_figure,
@@ -235,7 +236,7 @@ def attribution_maps(
 
     cmap = matplotlib.colormaps[MAP_CMAPS[sign]]
     n_rows = len(rows) + int(show_inputs)
-    fig = new_figure(max(1.75 * n + 2.2, 5.2), 1.8 * n_rows + 0.9)
+    fig = new_figure(min(max(1.75 * n + 2.2, 5.2), WIDGET_WIDTH), 1.8 * n_rows + 0.9)
     axes = fig.subplots(n_rows, n, squeeze=False)
     height, width = imgs.shape[2], imgs.shape[3]
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)

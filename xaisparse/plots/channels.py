@@ -14,7 +14,7 @@ from .._deprecation import deprecated
 from .._validation import check_split
 from ..history import DEAD_THRESHOLD, History, channel_ordering
 from ._draw import channel_ticks, dead_legend, draw_boxes, draw_ridge, draw_violins
-from ._style import DEAD_COLOR, NoData, as_history, new_figure, split_color, statistic_label
+from ._style import DEAD_COLOR, WIDGET_WIDTH, NoData, as_history, new_figure, split_color, statistic_label
 
 __all__ = [
     "DISTRIBUTION_KINDS",
@@ -373,7 +373,7 @@ def channel_maps(
     if not 0 <= channel < maps.shape[1]:
         raise NoData(f"layer {layer!r} has {maps.shape[1]} channels; channel {channel} does not exist.")
     k = len(chosen)
-    fig = new_figure(max(2.3 * k + 0.6, 5.0), 5.0)
+    fig = new_figure(min(max(2.3 * k + 0.6, 5.0), WIDGET_WIDTH), 5.0)
     axes = fig.subplots(2, k, squeeze=False)
     values = []
     for j, i in enumerate(chosen):

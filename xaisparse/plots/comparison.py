@@ -11,7 +11,15 @@ from matplotlib.patches import Patch
 
 from ..history import History, as_runs, common_layers
 from ._draw import draw_boxes, draw_violins
-from ._style import PALETTE, NoData, check_columns, check_statistic, panel_figure, statistic_label
+from ._style import (
+    PALETTE,
+    NoData,
+    check_columns,
+    check_statistic,
+    legend_columns,
+    panel_figure,
+    statistic_label,
+)
 
 __all__ = ["COMPARISON_KINDS", "comparison", "comparison_default_epoch", "comparison_epochs"]
 
@@ -222,5 +230,6 @@ def comparison(
             color="#777777",
         )
     handles = [Patch(facecolor=colors[n], label=n) for n in runs_all]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=10, frameon=False)
+    ncol = legend_columns(fig, list(runs_all), fontsize=10)
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=10, frameon=False)
     return fig

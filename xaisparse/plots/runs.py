@@ -16,6 +16,7 @@ from ._style import (
     ALARM_COLOR,
     MINIMUM_COLOR,
     PALETTE,
+    WIDGET_WIDTH,
     NoData,
     as_history,
     check_statistic,
@@ -154,9 +155,9 @@ def draw_timeline(
         handles, labels = handles + h2, labels + l2
     if legend == "axes":
         anchor = (1.09 if twin is not None else 1.01, 1.0)
-        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=anchor, fontsize=8, frameon=False)
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=anchor, fontsize=9, frameon=False)
     elif legend == "figure":
-        ax.figure.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
+        ax.figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     return {"frame": frame, "losses": losses, "twin": twin, **marks}
 
 
@@ -173,9 +174,9 @@ def _depth_colorbar(ax: Axes, names: list[str], colors: list[Any]) -> None:
     mappable = ScalarMappable(norm=BoundaryNorm(np.arange(n + 1) - 0.5, n), cmap=ListedColormap(colors))
     bar = ax.figure.colorbar(mappable, ax=ax, location="left", fraction=0.04, pad=0.12, aspect=30)
     ticks = sorted({0, (n - 1) // 2, n - 1})
-    bar.set_ticks(ticks, labels=[names[i] for i in ticks], fontsize=7)
+    bar.set_ticks(ticks, labels=[names[i] for i in ticks], fontsize=9)
     bar.minorticks_off()
-    bar.set_label(f"layer (network order, {n} layers)", fontsize=8)
+    bar.set_label(f"layer (network order, {n} layers)", fontsize=9)
 
 
 def _check_names(history: History, split: str, statistic: str) -> None:
@@ -237,7 +238,7 @@ def draw_heatmap(ax: Axes, history: History, split: str, statistic: str, notes: 
             textcoords="offset points",
             ha="center",
             va="bottom",
-            fontsize=8,
+            fontsize=9,
             color=color,
         )
     return {"matrix": matrix, "image": im, "alarm": alarm, "minimum": best}
@@ -275,7 +276,7 @@ def timeline(
     if layers is not None and not list(layers):
         raise NoData("Select at least one layer.")
     notes = [] if notes is None else notes
-    fig = new_figure(9.5, 4.3)
+    fig = new_figure(WIDGET_WIDTH, 4.3)
     ax = fig.add_subplot()
     drawn = draw_timeline(ax, h, split, layers, statistic, notes)
     ax.set_title(f"{statistic_name(statistic)} per layer ({split}) and loss over epochs", fontsize=11)
@@ -300,7 +301,7 @@ def heatmap(
     h = _layer_history(history)
     statistic = check_statistic(statistic)
     notes = [] if notes is None else notes
-    fig = new_figure(9.0, float(np.clip(0.45 * len(h.layer_names) + 1.6, 2.6, 10.0)))
+    fig = new_figure(WIDGET_WIDTH, float(np.clip(0.45 * len(h.layer_names) + 1.6, 2.6, 10.0)))
     ax = fig.add_subplot()
     drawn = draw_heatmap(ax, h, split, statistic, notes)
     ax.set_title(f"{statistic_name(statistic)} by layer and epoch ({split})", fontsize=11, pad=14)
@@ -327,7 +328,7 @@ def dashboard(
     statistic = check_statistic(statistic)
     notes = [] if notes is None else notes
     rows = float(np.clip(0.4 * len(history.layer_names) + 1.2, 2.2, 7.0))
-    fig = new_figure(10.0, 4.0 + rows)
+    fig = new_figure(WIDGET_WIDTH, 4.0 + rows)
     ax_t, ax_h = fig.subplots(2, 1, height_ratios=[4.0, rows])
     drawn = draw_timeline(ax_t, history, split, None, statistic, notes, legend="figure")
     ax_t.set_title(f"epoch {history.epochs[-1]}: {statistic_name(statistic)} per layer ({split}) and loss", fontsize=11)
