@@ -188,8 +188,9 @@ def _signal_figure(out: Path, scored: dict[str, Any], split: str = "held_out") -
         ax.axvline(0, color="k", lw=0.8)
         ax.set_title(f"{name} ({split.replace('_', '-')} runs)")
         ax.set_xlabel("epoch − e* (test-loss minimum)")
-        ax.set_ylabel("signal, z-scored per run (median, IQR)")
+        ax.set_ylabel("z-scored per run" if ax.get_subplotspec().is_first_col() else "")
     name = "signals.png" if split == "held_out" else f"signals_{split}.png"
+    fig.suptitle("each signal z-scored per run; median and interquartile range over runs", fontsize=10)
     fig.savefig(out / name, dpi=FIGURE_DPI)
     return name
 
