@@ -228,7 +228,9 @@ class History:
     detection: DetectionResult | None = None
     outcome: RunOutcome = field(default_factory=RunOutcome)
     # (metrics, layers, their lengths, splits, sparsity splits): see _split_lists
-    _splits_seen: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _splits_seen: dict[str, tuple[Any, int, list[str]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for kind, keys in _KEYS.items():
@@ -314,30 +316,27 @@ class History:
     @property
     def splits(self) -> list[str]:
         """Splits with any record, ``train`` first, then ``val``, ``test``, then any other."""
-        return list(self._split_lists()[0])
+        return _split_order(list(dict.fromkeys([*self._table_splits("metrics"), *self._table_splits("layers")])))
 
     @property
     def sparsity_splits(self) -> list[str]:
-        """Splits with layer sparsity recorded (same order as :attr:`splits`)."""
-        return list(self._split_lists()[1])
+        """Splits with layer sparsity recorded (same order as :attr:`splits`; never read from the metrics)."""
+        return _split_order(self._table_splits("layers"))
 
-    def _split_lists(self) -> tuple[list[str], list[str]]:
-        """(:attr:`splits`, :attr:`sparsity_splits`), computed once per state of the two tables.
+    def _table_splits(self, name: str) -> list[str]:
+        """The splits of one table (``metrics`` or ``layers``), computed once per state of that table.
 
         Every query checks its split, so scoring many runs asked for these lists again and again.
-        The cache holds the two table objects themselves (so their ids cannot be reused) and their
-        lengths: replacing a table (as :meth:`record_epoch` and loading do) or adding rows to it
-        recomputes the lists.
+        The cache holds the table object itself (so its id cannot be reused) and its length:
+        replacing the table (as :meth:`record_epoch` and loading do) or adding rows recomputes it.
         """
-        metrics, layers = self.metrics, self.layers
-        seen = self._splits_seen
-        if seen is not None and seen[0] is metrics and seen[1] is layers and seen[2] == (len(metrics), len(layers)):
-            return seen[3], seen[4]
-        in_layers = [str(s) for s in layers.split.unique()]
-        found = list(dict.fromkeys([*(str(s) for s in metrics.split.unique()), *in_layers]))
-        lists = (_split_order(found), _split_order(in_layers))
-        self._splits_seen = (metrics, layers, (len(metrics), len(layers)), *lists)
-        return lists
+        table = getattr(self, name)
+        seen = self._splits_seen.get(name)
+        if seen is not None and seen[0] is table and seen[1] == len(table):
+            return seen[2]
+        found = [str(x) for x in table.split.unique()]
+        self._splits_seen[name] = (table, len(table), found)
+        return found
 
     @property
     def sparsity_epochs(self) -> list[int]:
