@@ -21,7 +21,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_widgets import PNG, line_by_gid
+from tests.test_widgets import PNG, _shown_text_pt, line_by_gid
+from xaisparse import plots
 from xaisparse.data import load_digits_dataset
 from xaisparse.models import SmallCNN
 from xaisparse.penalty import SparsityPenalty
@@ -149,6 +150,16 @@ def test_the_views_show_the_runs_own_numbers(trained):
     assert pg.figure("maps").get_suptitle().startswith("epoch 2: feature maps of a test image of digit 0")
     page = pg.figure("curves", columns=2)  # for a document: two panels to a row
     assert len({round(ax.get_position().y0, 3) for ax in page.axes[:3]}) == 2
+    assert _shown_text_pt(plots.figure_png(page), page) >= 8.0  # legible on the docs page
+    wide = pg.figure("curves")
+    assert _shown_text_pt(plots.figure_png(wide), wide) < 8.0  # the app's one wide row, shrunk to the page
+    pg.columns = 2  # the playground's own default for its curves (OverfittingPlayground(columns=2))
+    try:
+        assert len({round(ax.get_position().y0, 3) for ax in pg.figure("curves").axes[:3]}) == 2
+    finally:
+        pg.columns = 3
+    with pytest.raises(ValueError, match="columns must be an int >= 1"):
+        OverfittingPlayground(columns=0)
     with pytest.raises(ValueError, match="columns must be an int >= 1"):
         pg.figure("curves", columns=0)
     test = load_digits_dataset(size=16, seed=0, train_subset=40, label_noise=0.25).test

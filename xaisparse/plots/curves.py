@@ -11,7 +11,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..history import History, check_history
-from ._style import ALARM_COLOR, MINIMUM_COLOR, NoData, check_columns, layer_colors, panel_figure, split_color
+from ._style import (
+    ALARM_COLOR,
+    MINIMUM_COLOR,
+    WIDGET_WIDTH,
+    NoData,
+    check_columns,
+    layer_colors,
+    panel_figure,
+    split_color,
+)
 
 __all__ = ["LOSS_NOTE", "learning_curves"]
 
@@ -41,7 +50,7 @@ def _mark_changes(ax: Axes, changes: Sequence[tuple[int, str]], label: bool) -> 
                 rotation=90,
                 ha="left",
                 va="top",
-                fontsize=7,
+                fontsize=9,
                 color="#7a3e9d",
             )
 
@@ -81,6 +90,8 @@ def learning_curves(
     notes = [] if notes is None else notes
     earlier = _earlier_runs(previous)
     fig, (ax_loss, ax_acc, ax_sp) = panel_figure(3, columns, 12.5, 3.7, ratios=[1.0, 1.0, 1.25])
+    if columns < 3:  # wrapped for a page: as wide as the widgets' figures, so no text shows under 8 pt
+        fig.set_size_inches(WIDGET_WIDTH, fig.get_figheight())
     drawn: dict[str, Any] = {"loss": {}, "accuracy": {}, "sparsity": {}, "earlier": len(earlier)}
     for k, old in enumerate(earlier):
         label = "earlier runs" if k == 0 else None
@@ -114,7 +125,7 @@ def learning_curves(
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    ax_loss.set_ylabel(LOSS_NOTE, fontsize=8)
+    ax_loss.set_ylabel(LOSS_NOTE, fontsize=9)
     ax_acc.set_ylim(-0.02, 1.02)
     if h.layer_names and not h.layers.empty:
         frame = h.layer_frame(split)
@@ -124,7 +135,7 @@ def learning_curves(
     else:
         notes.append("this run records no layer sparsity.")
     ax_sp.set_title(f"sparsity per layer ({split})", fontsize=10)
-    ax_sp.set_ylabel("spatial sparsity (0 dense – 1 one unit)", fontsize=8)
+    ax_sp.set_ylabel("spatial sparsity (0 dense – 1 one unit)", fontsize=9)
     ax_sp.set_xlabel("epoch")
     ax_sp.grid(alpha=0.3)
     best, alarm = h.test_loss_minimum(split), h.alarm_epoch
@@ -138,7 +149,7 @@ def learning_curves(
             right = min(int(total_epochs), max(10, int(np.ceil(1.25 * h.epochs[-1]))))
             ax.set_xlim(-0.5, max(right, h.epochs[-1]) + 0.5)
     for ax in (ax_loss, ax_sp):
-        ax.legend(fontsize=7, frameon=False, loc="best")
+        ax.legend(fontsize=9, frameon=False, loc="best")
     last = h.epochs[-1]
     head = f"epoch {last}" + (f" / {total_epochs}" if total_epochs is not None else "")
     if best is not None:

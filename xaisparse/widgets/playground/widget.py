@@ -125,6 +125,8 @@ class OverfittingPlayground(FigureWidget):
         knobs: single settings that override ``settings`` (``train_size=100``, ``weight=1.0``,
             …; names and ranges in :data:`~.settings.KNOB_RANGES`), checked at once.
         n_images: test images whose feature maps are shown (the first of classes 0, 1, …).
+        columns: the learning curves' panels to a row (3: one wide row, for a wide screen or the
+            classroom app; 2: wrapped to a notebook or docs page's width).
 
     **Train** starts a run in a background thread (the kernel stays free): **Pause** /
     **Resume**, **Step** (exactly one epoch, also from a fresh start), **Stop** (within one
@@ -139,7 +141,7 @@ class OverfittingPlayground(FigureWidget):
 
     _title = "overfitting playground"
 
-    def __init__(self, settings: Any = None, *, n_images: int = 4, **knobs: Any) -> None:
+    def __init__(self, settings: Any = None, *, n_images: int = 4, columns: int = 3, **knobs: Any) -> None:
         for old in ("split", "statistic"):
             if old in knobs:
                 knobs.pop(old)
@@ -154,6 +156,7 @@ class OverfittingPlayground(FigureWidget):
         if not isinstance(n_images, int) or isinstance(n_images, bool) or not 1 <= n_images <= 10:
             raise ValueError(f"n_images must be an int in [1, 10], got {n_images!r}")
         self.n_images = n_images
+        self.columns = check_columns(columns)
         self.probe_size = start.probe_size
         self._changes = start.changes
         self.runs: list[History] = []
@@ -467,7 +470,7 @@ class OverfittingPlayground(FigureWidget):
     def _snapshot(self) -> Snapshot | None:
         return self.run.snapshot if self.run is not None else None
 
-    def _figure(self, name: str, snap: Snapshot, notes: list[str], columns: int = 3) -> Figure:
+    def _figure(self, name: str, snap: Snapshot, notes: list[str], columns: int | None = None) -> Figure:
         if name == "curves":
             earlier = [h for h in self.runs if h is not (self.run.history if self.run else None)][-EARLIER_RUNS:]
             changes = [(e, _change_text(k, old, new)) for e, k, old, new in snap.changes]
@@ -476,7 +479,7 @@ class OverfittingPlayground(FigureWidget):
                 earlier,
                 _merge(changes),
                 total_epochs=self.run.settings.epochs if self.run else None,
-                columns=columns,
+                columns=self.columns if columns is None else columns,
                 notes=notes,
             )
         if snap.maps is None:
@@ -587,13 +590,15 @@ class OverfittingPlayground(FigureWidget):
             raise plots.NoData("Set the knobs and press Train.")
         return self._figure("curves", snap, notes)
 
-    def figure(self, view: str = "curves", *, columns: int = 3) -> Figure:
+    def figure(self, view: str = "curves", *, columns: int | None = None) -> Figure:
         """One view of the current run as a matplotlib figure: one of ``curves``, ``maps``,
         ``distribution``, ``channel`` (for static notebooks and reports). ``columns``: the
-        ``curves`` panels to a row (3: one wide row as in the app; 2 or 1 wrap them to a page's width)."""
+        ``curves`` panels to a row (default: the playground's ``columns``; 3 is one wide row,
+        2 or 1 wrap them to a page's width)."""
         if view not in VIEWS:
             raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
-        check_columns(columns)
+        if columns is not None:
+            check_columns(columns)
         snap = self._snapshot()
         if snap is None:
             raise plots.NoData("no run yet: press Train (or call train()) first")
