@@ -18,6 +18,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from tests import oracle
+from tests.test_widgets import tiny_net
 
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
@@ -39,15 +40,8 @@ N_STEPS = 8
 
 
 def net(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(6 * 8 * 8, 3),
-    ).eval()
+    """tests.test_widgets' tiny two-block CNN, initialised from ``seed``, in eval mode."""
+    return tiny_net(seed).eval()
 
 
 @pytest.fixture(scope="module")

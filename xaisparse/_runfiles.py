@@ -217,13 +217,18 @@ SCHEMA_2: dict[str, Any] = {
 }
 
 
+def _schema(version: int) -> dict[str, Any]:
+    """The JSON schema of a manifest of ``version`` (1 and 2 share one)."""
+    return {4: SCHEMA_4, 3: SCHEMA_3}.get(version, SCHEMA_2)
+
+
 @functools.cache
 def _validator(version: int) -> Any:
     """The manifest check, compiled by fastjsonschema (imports in ~10 ms; jsonschema's import takes
     about a second, spent only to explain a manifest that fails, see :func:`_schema_problem`)."""
     import fastjsonschema
 
-    schema = {4: SCHEMA_4, 3: SCHEMA_3}.get(version, SCHEMA_2)
+    schema = _schema(version)
     # The keywords used here mean the same in draft 7, which fastjsonschema compiles.
     return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
 
@@ -617,7 +622,7 @@ def _schema_problem(manifest: Any, version: int) -> str | None:
     except fastjsonschema.JsonSchemaValueException as fast:
         import jsonschema  # a damaged manifest: jsonschema's best match names the deepest cause
 
-        schema = {4: SCHEMA_4, 3: SCHEMA_3}.get(version, SCHEMA_2)
+        schema = _schema(version)
         error = jsonschema.exceptions.best_match(
             jsonschema.validators.validator_for(schema)(schema).iter_errors(manifest)
         )

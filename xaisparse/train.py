@@ -498,8 +498,9 @@ def _save_best(
     """
     metric, mode = ("loss", "min") if early_stopping is None else (early_stopping.metric, early_stopping.mode)
     split = "test" if early_stopping is None else early_stopping._split(history)
-    m = history.metrics
-    series = m[(m.split == split) & (m.metric == metric)].set_index("epoch")["value"].astype(float)
+    if split not in history.splits or metric not in history.metric_names():
+        return
+    series = history.metric(split, metric)
     series = series[series.index <= epoch]
     best = loss_minimum(series if mode == "min" else -series)
     if best is None or best[0] != epoch:

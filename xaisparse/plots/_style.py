@@ -126,13 +126,19 @@ def check_columns(columns: object) -> int:
 
 
 def panel_figure(
-    n: int, columns: int, width: float, height: float, ratios: Sequence[float] | None = None
+    n: int,
+    columns: int,
+    width: float,
+    height: float,
+    ratios: Sequence[float] | None = None,
+    *,
+    page_width: float = PAGE_WIDTH,
 ) -> tuple[PlotFigure, list[Any]]:
     """A figure of ``n`` panels, ``columns`` to a row, and its axes in reading order.
 
     With all panels in one row the figure is ``width`` × ``height`` inches and ``ratios`` sets
     the panels' relative widths. With fewer columns than panels the rows wrap: the figure is
-    :data:`PAGE_WIDTH` wide and ``height`` per row, and the last panel of a short last row
+    ``page_width`` wide (default :data:`PAGE_WIDTH`) and ``height`` per row, and the last panel of a short last row
     spans what is left of it.
     """
     columns = min(check_columns(columns), n)
@@ -140,7 +146,7 @@ def panel_figure(
         fig = new_figure(width, height)
         return fig, list(fig.subplots(1, n, gridspec_kw={"width_ratios": list(ratios or [1.0] * n)}))
     rows = -(-n // columns)
-    fig = new_figure(PAGE_WIDTH, height * rows)
+    fig = new_figure(page_width, height * rows)
     grid = fig.add_gridspec(rows, columns)
     axes = []
     for i in range(n):

@@ -89,9 +89,8 @@ def learning_curves(
         raise NoData("waiting for the first epoch…")
     notes = [] if notes is None else notes
     earlier = _earlier_runs(previous)
-    fig, (ax_loss, ax_acc, ax_sp) = panel_figure(3, columns, 12.5, 3.7, ratios=[1.0, 1.0, 1.25])
-    if columns < 3:  # wrapped for a page: as wide as the widgets' figures, so no text shows under 8 pt
-        fig.set_size_inches(WIDGET_WIDTH, fig.get_figheight())
+    # wrapped for a page: as wide as the widgets' figures, so no text shows under 8 pt
+    fig, (ax_loss, ax_acc, ax_sp) = panel_figure(3, columns, 12.5, 3.7, [1.0, 1.0, 1.25], page_width=WIDGET_WIDTH)
     drawn: dict[str, Any] = {"loss": {}, "accuracy": {}, "sparsity": {}, "earlier": len(earlier)}
     for k, old in enumerate(earlier):
         label = "earlier runs" if k == 0 else None
